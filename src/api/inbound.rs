@@ -1,0 +1,72 @@
+//! `PUT|PATCH /inbound/{id}`: the external system writing an order's status and delivery time
+//! back, as in the reference service. The change emits no sync event, so nothing echoes back.
+//! The body is `{"order": {"status": ..., "delivered_on": epoch}}` as JSON, or the same as a
+//! form (`order[status]=delivered&order[delivered_on]=1749000000`).
+
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+
+use super::{ApiError, AppState};
+use crate::db;
+use crate::domain::InboundUpdate;
+
+pub async fn update_from_inbound(
+    state: web::Data<AppState>,
+    id: web::Path<i64>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let (status, delivered_on) = read_inbound_body(&req, &body)?;
+    let update = InboundUpdate::parse(status.as_ref(), delivered_on.as_ref())
+        .map_err(ApiError::Validation)?;
+    db::update_from_inbound(&state.db, id.into_inner(), update).await?;
+    Ok(HttpResponse::Ok().json(json!({"message": "Order record updated successfully."})))
+}
+
+/// The raw `status` and `delivered_on` values, from a form or a JSON body.
+fn read_inbound_body(
+    req: &HttpRequest,
+    body: &[u8],
+) -> Result<(Option<Value>, Option<Value>), ApiError> {
+    let is_form = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if is_form {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+            .map_err(|e| ApiError::BadRequest(format!("the form body cannot be read: {e}")))?;
+        let take = |key: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| Value::String(v.clone()))
+        };
+        return Ok((take("order[status]"), take("order[delivered_on]")));
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::MalformedJson(format!("the body is not valid JSON: {e}")))?;
+    let Some(order) = value.get("order").and_then(Value::as_object) else {
+        let mut fields = crate::domain::FieldErrors::new();
+        fields.insert(
+            "order".into(),
+            "must be an object with status and/or delivered_on".into(),
+        );
+        return Err(ApiError::Validation(fields));
+    };
+    let mut fields = crate::domain::FieldErrors::new();
+    for key in order
+        .keys()
+        .filter(|k| !matches!(k.as_str(), "status" | "delivered_on"))
+    {
+        fields.insert(format!("order[{key}]"), "is not a known field".into());
+    }
+    if !fields.is_empty() {
+        return Err(ApiError::Validation(fields));
+    }
+    Ok((
+        order.get("status").cloned(),
+        order.get("delivered_on").cloned(),
+    ))
+}

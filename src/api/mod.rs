@@ -1,0 +1,93 @@
+//! The HTTP API (actix-web): orders, the inbound write-back, health. Routes are listed here in
+//! one place; each resource's handlers live in its own module.
+
+mod error;
+mod health;
+mod inbound;
+mod orders;
+
+pub use error::ApiError;
+
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::{web, HttpRequest, HttpResponse};
+use redis::aio::ConnectionManager;
+use sea_orm::DatabaseConnection;
+
+/// What every handler can reach, shared through `web::Data`.
+pub struct AppState {
+    pub db: DatabaseConnection,
+    pub redis: ConnectionManager,
+}
+
+/// Registers every route, and the extractor settings that turn bad input into `ApiError`s.
+pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(max_body_bytes)
+            // curl -d sends a form content type; a JSON body is still a JSON body.
+            .content_type_required(false)
+            .error_handler(move |err, _req| json_error(err, max_body_bytes).into()),
+    )
+    .app_data(web::PayloadConfig::new(max_body_bytes))
+    .app_data(web::PathConfig::default().error_handler(|err, _req| path_error(err).into()))
+    .app_data(web::QueryConfig::default().error_handler(|err, _req| query_error(err).into()))
+    .route("/health", web::get().to(health::check_health))
+    .service(
+        web::resource("/orders")
+            .route(web::post().to(orders::create_order))
+            .route(web::get().to(orders::list_orders))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/orders/{id}")
+            .route(web::get().to(orders::get_order))
+            .route(web::put().to(orders::replace_order))
+            .route(web::patch().to(orders::patch_order))
+            .route(web::delete().to(orders::delete_order))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/inbound/{id}")
+            .route(web::put().to(inbound::update_from_inbound))
+            .route(web::patch().to(inbound::update_from_inbound))
+            .default_service(web::to(method_not_allowed)),
+    );
+}
+
+/// The answer for paths no route matches.
+pub async fn route_not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}
+
+fn json_error(err: JsonPayloadError, limit: usize) -> ApiError {
+    match err {
+        JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+            ApiError::PayloadTooLarge { limit }
+        }
+        JsonPayloadError::Deserialize(e) => {
+            ApiError::MalformedJson(format!("the body is not valid JSON: {e}"))
+        }
+        other => ApiError::BadRequest(format!("cannot read the body: {other}")),
+    }
+}
+
+fn path_error(err: PathError) -> ApiError {
+    match err {
+        PathError::Deserialize(_) => {
+            ApiError::BadRequest("the id in the path must be an integer".into())
+        }
+        other => ApiError::BadRequest(other.to_string()),
+    }
+}
+
+fn query_error(err: QueryPayloadError) -> ApiError {
+    ApiError::BadRequest(format!("bad query string: {err}"))
+}

@@ -1,0 +1,252 @@
+//! Service configuration, read once at start-up from the environment (and a `.env` file).
+//!
+//! Every variable has a default that works on a machine where PostgreSQL and Redis run locally
+//! on their standard ports, so `cargo run` needs no setup. A value that does not parse is an
+//! error naming the variable, never a silent fallback.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+/// A secret read from the environment. It prints as `[redacted]` in `Debug` and `Display`, so
+/// neither a log line nor an error message can leak it.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that must send it (a header) or compare it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// All settings of one service instance. Field names are the environment variables, lower-cased.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    #[serde(default = "defaults::port")]
+    pub port: u16,
+    #[serde(default = "defaults::host")]
+    pub host: String,
+    #[serde(default = "defaults::database_url")]
+    pub database_url: String,
+    /// Most connections the pool opens to PostgreSQL.
+    #[serde(default = "defaults::database_max_connections")]
+    pub database_max_connections: u32,
+    #[serde(default = "defaults::redis_url")]
+    pub redis_url: String,
+    /// Namespace of every Redis key, so tests and instances can share one Redis.
+    #[serde(default = "defaults::redis_prefix")]
+    pub redis_prefix: String,
+    /// Unset: start the built-in fake external API and use it.
+    #[serde(default)]
+    pub external_api_url: Option<String>,
+    #[serde(default = "defaults::external_api_token")]
+    pub external_api_token: Secret,
+    #[serde(default = "defaults::rate_limit_per_sec")]
+    pub rate_limit_per_sec: u32,
+    #[serde(default = "defaults::rate_limit_burst")]
+    pub rate_limit_burst: u32,
+    #[serde(default = "defaults::max_concurrent_calls")]
+    pub max_concurrent_calls: u32,
+    #[serde(default = "defaults::max_in_flight_events")]
+    pub max_in_flight_events: u32,
+    #[serde(default = "defaults::order_actor_idle_secs")]
+    pub order_actor_idle_secs: u64,
+    #[serde(default = "defaults::retry_max_attempts")]
+    pub retry_max_attempts: u32,
+    /// Unset: the admin endpoints are off (404), not open.
+    #[serde(default)]
+    pub admin_token: Option<Secret>,
+    #[serde(default = "defaults::shutdown_timeout_secs")]
+    pub shutdown_timeout_secs: u64,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+mod defaults {
+    use super::Secret;
+
+    pub fn port() -> u16 {
+        8080
+    }
+    pub fn host() -> String {
+        "0.0.0.0".into()
+    }
+    pub fn database_url() -> String {
+        "postgres://postgres@127.0.0.1:5432/order_sync".into()
+    }
+    pub fn database_max_connections() -> u32 {
+        20
+    }
+    pub fn redis_url() -> String {
+        "redis://127.0.0.1:6379".into()
+    }
+    pub fn redis_prefix() -> String {
+        "order-sync".into()
+    }
+    pub fn external_api_token() -> Secret {
+        Secret::new("dev-token")
+    }
+    /// The reference throttles at 1,000 calls per 10 s.
+    pub fn rate_limit_per_sec() -> u32 {
+        100
+    }
+    pub fn rate_limit_burst() -> u32 {
+        100
+    }
+    pub fn max_concurrent_calls() -> u32 {
+        25
+    }
+    pub fn max_in_flight_events() -> u32 {
+        1000
+    }
+    pub fn order_actor_idle_secs() -> u64 {
+        30
+    }
+    /// Faraday's retry middleware in the reference: 3 retries.
+    pub fn retry_max_attempts() -> u32 {
+        4
+    }
+    /// Sidekiq waits 25 s for jobs in flight on TERM.
+    pub fn shutdown_timeout_secs() -> u64 {
+        25
+    }
+    pub fn max_body_bytes() -> usize {
+        64 * 1024
+    }
+}
+
+/// A setting that is missing its meaning: the message names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Settings {
+    /// Reads `.env` (if present) and then the process environment, which wins.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        // A missing .env is normal; a malformed one is worth failing on.
+        match dotenvy::dotenv() {
+            Ok(_) => {}
+            Err(e) if e.not_found() => {}
+            Err(e) => return Err(ConfigError(format!(".env: {e}"))),
+        }
+        Self::from_vars(std::env::vars())
+    }
+
+    /// Builds settings from explicit `(NAME, value)` pairs; tests use this to avoid touching the
+    /// process environment.
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        // Empty values count as unset, as in most shells' `VAR= cargo run`.
+        let vars = vars.into_iter().filter(|(_, v)| !v.is_empty());
+        let settings: Settings = envy::from_iter(vars).map_err(|e| ConfigError(e.to_string()))?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("RATE_LIMIT_PER_SEC", u64::from(self.rate_limit_per_sec)),
+            ("MAX_CONCURRENT_CALLS", u64::from(self.max_concurrent_calls)),
+            ("MAX_IN_FLIGHT_EVENTS", u64::from(self.max_in_flight_events)),
+            ("RETRY_MAX_ATTEMPTS", u64::from(self.retry_max_attempts)),
+            (
+                "DATABASE_MAX_CONNECTIONS",
+                u64::from(self.database_max_connections),
+            ),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(ConfigError(format!("{name} must be at least 1")));
+            }
+        }
+        if let Some(url) = &self.external_api_url {
+            url::Url::parse(url)
+                .map_err(|e| ConfigError(format!("EXTERNAL_API_URL={}: {e}", redact_url(url))))?;
+        }
+        Ok(())
+    }
+}
+
+/// The URL with any password replaced, for error messages and logs.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("redacted"));
+            }
+            url.to_string()
+        }
+        Err(_) => "<unparseable url>".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let s = Settings::from_vars(vec![]).expect("defaults are valid");
+        assert_eq!(s.port, 8080);
+        assert_eq!(s.redis_prefix, "order-sync");
+        assert!(s.external_api_url.is_none());
+        assert!(s.admin_token.is_none());
+    }
+
+    #[test]
+    fn a_bad_number_names_its_variable() {
+        let err = Settings::from_vars(vars(&[("PORT", "eighty")])).unwrap_err();
+        assert!(err.to_string().contains("PORT"), "{err}");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Settings::from_vars(vars(&[
+            ("EXTERNAL_API_TOKEN", "hunter2"),
+            ("ADMIN_TOKEN", "s3cret"),
+        ]))
+        .expect("valid");
+        let printed = format!("{s:?}");
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("s3cret"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        let shown = redact_url("postgres://user:pw@db:5432/x");
+        assert!(!shown.contains("pw@"), "{shown}");
+    }
+}

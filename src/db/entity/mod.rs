@@ -1,0 +1,4 @@
+//! sea-orm entities, one per table of the migrations.
+
+pub mod orders;
+pub mod outbox;

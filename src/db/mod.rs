@@ -1,0 +1,87 @@
+//! PostgreSQL, the source of truth: the connection, the schema's entities, and the queries
+//! that change orders. Every change of an order writes its outbox row in the same transaction.
+
+pub mod entity;
+mod orders;
+
+pub use orders::{
+    create_order, delete_order, get_order, list_orders, patch_order, replace_order,
+    update_from_inbound, OrderFilter, OrderPage, PageRequest, StoreError,
+};
+
+use std::time::Duration;
+
+use anyhow::Context;
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, RuntimeErr};
+use sqlx::Connection;
+
+/// Creates the database named by `url` when it does not exist yet, by connecting to the
+/// server's `postgres` database; a new machine then needs no `createdb` step.
+pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
+    let mut parsed = url::Url::parse(url).context("not a valid URL")?;
+    let name = parsed.path().trim_start_matches('/').to_string();
+    anyhow::ensure!(!name.is_empty(), "the URL names no database");
+    parsed.set_path("/postgres");
+    let mut admin = tokio::time::timeout(
+        Duration::from_secs(10),
+        sqlx::PgConnection::connect(parsed.as_str()),
+    )
+    .await
+    .context("timed out connecting")?
+    .context("cannot connect")?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await
+            .context("cannot list databases")?;
+    if !exists {
+        let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        match sqlx::query(&create).execute(&mut admin).await {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // Another process created it between our check and our CREATE: fine.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e).context("cannot create the database"),
+        }
+    }
+    admin.close().await.ok();
+    Ok(())
+}
+
+/// Opens the pool and applies pending migrations.
+pub async fn connect_and_migrate(
+    url: &str,
+    max_connections: u32,
+) -> anyhow::Result<DatabaseConnection> {
+    let mut options = ConnectOptions::new(url.to_string());
+    options
+        .max_connections(max_connections)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5))
+        .sqlx_logging(false);
+    let db = Database::connect(options).await.context("cannot connect")?;
+    Migrator::up(&db, None)
+        .await
+        .context("cannot apply migrations")?;
+    Ok(db)
+}
+
+/// True when the error means PostgreSQL cannot be reached right now (as opposed to a bad query):
+/// the API answers those with 503 and the sync engine retries them.
+pub fn is_unavailable(err: &DbErr) -> bool {
+    match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            matches!(
+                e,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Protocol(_)
+            ) || matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,306 @@
+//! Queries on orders. Each write locks the row, bumps `version`, and inserts the outbox row
+//! `(order_id, version, action)` in the same transaction: either both are committed or neither.
+
+use chrono::Utc;
+use sea_orm::sea_query::Query;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+};
+
+use super::entity::{orders, outbox};
+use super::is_unavailable;
+use crate::domain::{
+    AddressLine, FieldErrors, InboundUpdate, Money, OrderFields, OrderPatch, OrderStatus, Pincode,
+    SyncState,
+};
+
+/// Why a query on orders failed, in terms the API can answer with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("order {0} not found")]
+    NotFound(i64),
+    /// The change would make the order invalid (checked against its current state).
+    #[error("the change makes the order invalid")]
+    Invalid(FieldErrors),
+    #[error("the database is unavailable")]
+    Unavailable(#[source] DbErr),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl From<DbErr> for StoreError {
+    fn from(err: DbErr) -> Self {
+        if is_unavailable(&err) {
+            Self::Unavailable(err)
+        } else {
+            Self::Unexpected(anyhow::Error::new(err).context("database query failed"))
+        }
+    }
+}
+
+/// What a change did to an order, as recorded in the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeAction {
+    Create,
+    Update,
+    Delete,
+}
+
+impl ChangeAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Update => "update",
+            Self::Delete => "delete",
+        }
+    }
+}
+
+/// Inserts a new order (version 1) and its `create` outbox row.
+pub async fn create_order(
+    db: &DatabaseConnection,
+    fields: &OrderFields,
+) -> Result<orders::Model, StoreError> {
+    let txn = db.begin().await?;
+    let mut row = orders::ActiveModel {
+        version: Set(1),
+        sync_state: Set(SyncState::Pending.as_str().into()),
+        ..Default::default()
+    };
+    set_fields(&mut row, fields);
+    let order = row.insert(&txn).await?;
+    write_outbox(&txn, order.id, order.version, ChangeAction::Create).await?;
+    txn.commit().await?;
+    Ok(order)
+}
+
+/// Replaces every field of a live order (`PUT`).
+pub async fn replace_order(
+    db: &DatabaseConnection,
+    id: i64,
+    fields: OrderFields,
+) -> Result<orders::Model, StoreError> {
+    change_order(db, id, |_| Ok(fields)).await
+}
+
+/// Applies a partial change to a live order (`PATCH`); the result must be a valid order.
+pub async fn patch_order(
+    db: &DatabaseConnection,
+    id: i64,
+    patch: OrderPatch,
+) -> Result<orders::Model, StoreError> {
+    change_order(db, id, |current| current.patched(patch)).await
+}
+
+/// Turns a live order into a tombstone and records the `delete` that is owed to the external API.
+pub async fn delete_order(db: &DatabaseConnection, id: i64) -> Result<(), StoreError> {
+    let txn = db.begin().await?;
+    let current = lock_live_order(&txn, id).await?;
+    let version = current.version + 1;
+    let mut row: orders::ActiveModel = current.clone().into();
+    row.version = Set(version);
+    row.deleted_at = Set(Some(Utc::now()));
+    row.updated_at = Set(Utc::now());
+    row.sync_state = Set(state_after_change(&current.sync_state).into());
+    row.update(&txn).await?;
+    write_outbox(&txn, id, version, ChangeAction::Delete).await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// Applies a change written back by the external system. It emits no sync event (no echo back to
+/// where the change came from) and leaves `version` alone, so the reconciler does not treat the
+/// order as behind; the next local change carries the new status along anyway.
+pub async fn update_from_inbound(
+    db: &DatabaseConnection,
+    id: i64,
+    update: InboundUpdate,
+) -> Result<orders::Model, StoreError> {
+    let txn = db.begin().await?;
+    let current = lock_live_order(&txn, id).await?;
+    let fields = stored_fields(&current)?
+        .with_inbound(update)
+        .map_err(StoreError::Invalid)?;
+    let mut row: orders::ActiveModel = current.into();
+    set_fields(&mut row, &fields);
+    let order = row.update(&txn).await?;
+    txn.commit().await?;
+    Ok(order)
+}
+
+/// A live (not deleted) order.
+pub async fn get_order(db: &DatabaseConnection, id: i64) -> Result<orders::Model, StoreError> {
+    orders::Entity::find_by_id(id)
+        .filter(orders::Column::DeletedAt.is_null())
+        .one(db)
+        .await?
+        .ok_or(StoreError::NotFound(id))
+}
+
+/// Which orders `GET /orders` lists.
+#[derive(Debug, Clone, Default)]
+pub struct OrderFilter {
+    pub status: Option<OrderStatus>,
+    pub sync_state: Option<SyncState>,
+}
+
+/// How `GET /orders` pages: by page number (with a total), or by cursor (the last id seen),
+/// which stays fast and stable however deep the client reads.
+#[derive(Debug, Clone, Copy)]
+pub enum PageRequest {
+    Numbered { page: u64, per_page: u64 },
+    After { cursor: Option<i64>, per_page: u64 },
+}
+
+/// One page of orders, newest first.
+#[derive(Debug)]
+pub struct OrderPage {
+    pub orders: Vec<orders::Model>,
+    /// How many orders match the filter (numbered pages only).
+    pub total: Option<u64>,
+    /// Pass as `cursor` to get the next page; `None` on the last page.
+    pub next_cursor: Option<i64>,
+}
+
+/// Lists live orders, newest first (by id, which grows with creation time).
+pub async fn list_orders(
+    db: &DatabaseConnection,
+    filter: &OrderFilter,
+    page: PageRequest,
+) -> Result<OrderPage, StoreError> {
+    let mut query = orders::Entity::find()
+        .filter(orders::Column::DeletedAt.is_null())
+        .order_by_desc(orders::Column::Id);
+    if let Some(status) = filter.status {
+        query = query.filter(orders::Column::Status.eq(status.as_str()));
+    }
+    if let Some(state) = filter.sync_state {
+        query = query.filter(orders::Column::SyncState.eq(state.as_str()));
+    }
+    let (per_page, total, query) = match page {
+        PageRequest::Numbered { page, per_page } => {
+            let total = query.clone().count(db).await?;
+            let offset = page.saturating_sub(1).saturating_mul(per_page);
+            (per_page, Some(total), query.offset(offset))
+        }
+        PageRequest::After { cursor, per_page } => {
+            let query = match cursor {
+                Some(last_seen) => query.filter(orders::Column::Id.lt(last_seen)),
+                None => query,
+            };
+            (per_page, None, query)
+        }
+    };
+    // One row more than asked tells whether another page exists.
+    let mut rows = query.limit(per_page + 1).all(db).await?;
+    let more = rows.len() as u64 > per_page;
+    rows.truncate(per_page as usize);
+    let next_cursor = if more {
+        rows.last().map(|row| row.id)
+    } else {
+        None
+    };
+    Ok(OrderPage {
+        orders: rows,
+        total,
+        next_cursor,
+    })
+}
+
+/// Locks a live order, lets `change` compute its new fields from the current ones, and writes
+/// them with a new version and an `update` outbox row.
+async fn change_order(
+    db: &DatabaseConnection,
+    id: i64,
+    change: impl FnOnce(OrderFields) -> Result<OrderFields, FieldErrors>,
+) -> Result<orders::Model, StoreError> {
+    let txn = db.begin().await?;
+    let current = lock_live_order(&txn, id).await?;
+    let fields = change(stored_fields(&current)?).map_err(StoreError::Invalid)?;
+    let version = current.version + 1;
+    let sync_state = state_after_change(&current.sync_state);
+    let mut row: orders::ActiveModel = current.into();
+    set_fields(&mut row, &fields);
+    row.version = Set(version);
+    row.sync_state = Set(sync_state.into());
+    let order = row.update(&txn).await?;
+    write_outbox(&txn, id, version, ChangeAction::Update).await?;
+    txn.commit().await?;
+    Ok(order)
+}
+
+/// A change makes a synced order pending again, and gives a dead one a fresh start (the change
+/// may be the fix for what killed it). A parked (`retrying`) order stays parked: the change
+/// waits behind it and is coalesced into its next attempt.
+fn state_after_change(current: &str) -> &'static str {
+    match current.parse::<SyncState>() {
+        Ok(SyncState::Retrying) => SyncState::Retrying.as_str(),
+        _ => SyncState::Pending.as_str(),
+    }
+}
+
+async fn lock_live_order(txn: &DatabaseTransaction, id: i64) -> Result<orders::Model, StoreError> {
+    orders::Entity::find_by_id(id)
+        .filter(orders::Column::DeletedAt.is_null())
+        .lock_exclusive()
+        .one(txn)
+        .await?
+        .ok_or(StoreError::NotFound(id))
+}
+
+async fn write_outbox(
+    txn: &DatabaseTransaction,
+    order_id: i64,
+    version: i64,
+    action: ChangeAction,
+) -> Result<(), DbErr> {
+    let insert = Query::insert()
+        .into_table(outbox::Entity)
+        .columns([
+            outbox::Column::OrderId,
+            outbox::Column::Version,
+            outbox::Column::Action,
+        ])
+        .values_panic([order_id.into(), version.into(), action.as_str().into()])
+        .to_owned();
+    txn.execute(txn.get_database_backend().build(&insert))
+        .await?;
+    Ok(())
+}
+
+fn set_fields(row: &mut orders::ActiveModel, fields: &OrderFields) {
+    row.status = Set(fields.status.as_str().into());
+    row.placed_at = Set(fields.placed_at);
+    row.delivered_at = Set(fields.delivered_at);
+    row.amount = Set(fields.amount.minor_units());
+    row.tax = Set(fields.tax.minor_units());
+    row.street_address = Set(fields.street_address.as_str().into());
+    row.city = Set(fields.city.as_str().into());
+    row.state = Set(fields.state.as_str().into());
+    row.country = Set(fields.country.as_str().into());
+    row.pincode = Set(fields.pincode.as_str().into());
+    row.updated_at = Set(Utc::now());
+}
+
+/// The stored row as domain values. Rows are written only from valid values, so a failure here
+/// means the row was changed behind the service's back.
+fn stored_fields(row: &orders::Model) -> Result<OrderFields, StoreError> {
+    let corrupt = |field: &str, why: String| {
+        anyhow::anyhow!("order {} has an invalid stored {field}: {why}", row.id)
+    };
+    let line =
+        |field: &str, value: &str| AddressLine::new(value).map_err(|why| corrupt(field, why));
+    Ok(OrderFields {
+        status: row.status.parse().map_err(|why| corrupt("status", why))?,
+        placed_at: row.placed_at,
+        delivered_at: row.delivered_at,
+        amount: Money::new(row.amount).map_err(|why| corrupt("amount", why))?,
+        tax: Money::new(row.tax).map_err(|why| corrupt("tax", why))?,
+        street_address: line("street_address", &row.street_address)?,
+        city: line("city", &row.city)?,
+        state: line("state", &row.state)?,
+        country: line("country", &row.country)?,
+        pincode: Pincode::new(&row.pincode).map_err(|why| corrupt("pincode", why))?,
+    })
+}
