@@ -138,7 +138,17 @@ mod defaults {
     }
 }
 
-/// A setting that is missing its meaning: the message names the variable.
+/// `DATABASE_URL` from the environment (after `.env`), or its default: for tools such as the
+/// seeder that need only the database.
+pub fn database_url_from_env() -> String {
+    let _ = dotenvy::dotenv();
+    std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(defaults::database_url)
+}
+
+/// A setting that cannot be used: the message names the variable.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(String);

@@ -202,15 +202,19 @@ pub struct OrderPatch {
 impl OrderFields {
     /// Parses a full order (`POST`, `PUT`): every field but `delivered_at` is required.
     pub fn parse(body: &Value) -> Result<Self, FieldErrors> {
-        let patch = OrderPatch::parse(body)?;
-        let mut errors = FieldErrors::new();
-        for name in FIELD_NAMES.iter().filter(|name| **name != "delivered_at") {
-            if !patch.has(name) {
-                errors.insert(name.to_string(), "is required".into());
+        let (patch, mut errors) = match OrderPatch::parse(body) {
+            Ok(patch) => (Some(patch), FieldErrors::new()),
+            Err(errors) => (None, errors),
+        };
+        if let Some(object) = body.as_object() {
+            for name in FIELD_NAMES.iter().filter(|name| **name != "delivered_at") {
+                if !object.contains_key(*name) {
+                    errors.insert(name.to_string(), "is required".into());
+                }
             }
         }
         match patch {
-            OrderPatch {
+            Some(OrderPatch {
                 status: Some(status),
                 placed_at: Some(placed_at),
                 delivered_at,
@@ -221,7 +225,7 @@ impl OrderFields {
                 state: Some(state),
                 country: Some(country),
                 pincode: Some(pincode),
-            } if errors.is_empty() => Self {
+            }) if errors.is_empty() => Self {
                 status,
                 placed_at,
                 delivered_at: delivered_at.flatten(),
@@ -331,22 +335,6 @@ impl OrderPatch {
             Ok(patch)
         } else {
             Err(errors)
-        }
-    }
-
-    fn has(&self, name: &str) -> bool {
-        match name {
-            "status" => self.status.is_some(),
-            "placed_at" => self.placed_at.is_some(),
-            "delivered_at" => self.delivered_at.is_some(),
-            "amount" => self.amount.is_some(),
-            "tax" => self.tax.is_some(),
-            "street_address" => self.street_address.is_some(),
-            "city" => self.city.is_some(),
-            "state" => self.state.is_some(),
-            "country" => self.country.is_some(),
-            "pincode" => self.pincode.is_some(),
-            _ => false,
         }
     }
 }

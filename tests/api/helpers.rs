@@ -1,0 +1,210 @@
+//! `spawn_app()`: a real service instance on a random port, with its own freshly created
+//! PostgreSQL database and its own Redis prefix, so tests run in parallel and leave nothing
+//! behind. The database is dropped when the `TestApp` is.
+
+use std::sync::Once;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use order_sync::config::Settings;
+use order_sync::startup::Application;
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgPool};
+
+/// The server the tests use; override with `TEST_DATABASE_SERVER`.
+pub fn database_server() -> String {
+    std::env::var("TEST_DATABASE_SERVER").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Test databases are named `order_sync_test_<unix seconds>_<random>`, so a sweep can tell
+/// stale ones (left by a killed run) from those of tests running now.
+const TEST_DB_PREFIX: &str = "order_sync_test_";
+
+pub struct TestApp {
+    pub address: String,
+    pub db_name: String,
+    #[allow(dead_code)] // used by the sync engine tests
+    pub redis_prefix: String,
+    /// A small pool on the test's database, for checking what was written.
+    pub pool: PgPool,
+    pub http: reqwest::Client,
+}
+
+/// Builds settings for a test instance; `overrides` are `(VARIABLE, value)` pairs.
+pub fn test_settings(db_name: &str, redis_prefix: &str, overrides: &[(&str, &str)]) -> Settings {
+    let mut vars = vec![
+        ("DATABASE_URL".to_string(), format!("{}/{db_name}", database_server())),
+        ("DATABASE_MAX_CONNECTIONS".to_string(), "5".to_string()),
+        ("REDIS_URL".to_string(), redis_url()),
+        ("REDIS_PREFIX".to_string(), redis_prefix.to_string()),
+        ("HOST".to_string(), "127.0.0.1".to_string()),
+        ("PORT".to_string(), "0".to_string()),
+        ("SHUTDOWN_TIMEOUT_SECS".to_string(), "1".to_string()),
+    ];
+    // Later pairs win, as overrides should.
+    let vars: std::collections::BTreeMap<String, String> = vars
+        .into_iter()
+        .chain(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    Settings::from_vars(vars).expect("test settings are valid")
+}
+
+pub fn unique_db_name() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    format!("{TEST_DB_PREFIX}{secs}_{}", &tag[..12])
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
+    sweep_stale_databases_once().await;
+    let db_name = unique_db_name();
+    let redis_prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let settings = test_settings(&db_name, &redis_prefix, overrides);
+    let app = Application::build(settings).await.expect("the test app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    actix_rt::spawn(app.run_until_stopped());
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&format!("{}/{db_name}", database_server()))
+        .await
+        .expect("connect to the test database");
+    TestApp {
+        address,
+        db_name,
+        redis_prefix,
+        pool,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let name = self.db_name.clone();
+        // Drop runs inside the test's runtime, which cannot block on itself: use a thread with
+        // its own small runtime. FORCE ends the server's pooled connections.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            if let Ok(runtime) = runtime {
+                runtime.block_on(drop_database(&name));
+            }
+        })
+        .join();
+    }
+}
+
+pub async fn drop_database(name: &str) {
+    let url = format!("{}/postgres", database_server());
+    if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .execute(&mut conn)
+            .await;
+    }
+}
+
+/// Drops test databases older than an hour: the leftovers of runs that were killed.
+async fn sweep_stale_databases_once() {
+    static SWEEP: Once = Once::new();
+    let mut first = false;
+    SWEEP.call_once(|| first = true);
+    if !first {
+        return;
+    }
+    let url = format!("{}/postgres", database_server());
+    let Ok(mut conn) = sqlx::PgConnection::connect(&url).await else {
+        return;
+    };
+    let names: Vec<String> = sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE $1")
+        .bind(format!("{TEST_DB_PREFIX}%"))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_default();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    for name in names {
+        let created = name
+            .trim_start_matches(TEST_DB_PREFIX)
+            .split('_')
+            .next()
+            .and_then(|secs| secs.parse::<u64>().ok());
+        if created.is_some_and(|secs| secs + 3600 < now) {
+            drop_database(&name).await;
+        }
+    }
+}
+
+/// A valid order body; tests change single fields of it.
+pub fn order_body() -> Value {
+    json!({
+        "status": "delivered",
+        "placed_at": "2025-06-01T10:00:00Z",
+        "delivered_at": "2025-06-04T10:00:00Z",
+        "amount": 1000,
+        "tax": 180,
+        "street_address": "12 MG Road",
+        "city": "Pune",
+        "state": "Maharashtra",
+        "country": "India",
+        "pincode": "011001"
+    })
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn post_order(&self, body: &Value) -> reqwest::Response {
+        self.http.post(self.url("/orders")).json(body).send().await.expect("request sent")
+    }
+
+    /// Creates a valid order and returns its JSON.
+    pub async fn create_order(&self) -> Value {
+        let response = self.post_order(&order_body()).await;
+        assert_eq!(response.status(), 201);
+        response.json().await.expect("order JSON")
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&self.pool)
+            .await
+            .expect("count rows")
+    }
+
+    /// Every order row and outbox row, to compare before and after a rejected request.
+    pub async fn snapshot(&self) -> (Vec<String>, Vec<String>) {
+        let orders = sqlx::query_scalar("SELECT row_to_json(o)::text FROM orders o ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .expect("read orders");
+        let outbox = sqlx::query_scalar("SELECT row_to_json(o)::text FROM outbox o ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .expect("read outbox");
+        (orders, outbox)
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+#[allow(dead_code)]
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

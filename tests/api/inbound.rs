@@ -1,0 +1,76 @@
+//! `PUT|PATCH /inbound/{id}`: the external system's write-back, which must not echo a sync event.
+
+use serde_json::{json, Value};
+
+use crate::helpers::{order_body, spawn_app};
+
+#[actix_web::test]
+async fn an_inbound_json_update_changes_status_and_delivery_without_a_sync_event() {
+    let app = spawn_app().await;
+    let mut body = order_body();
+    body["status"] = json!("pending");
+    body["delivered_at"] = Value::Null;
+    let id = app.post_order(&body).await.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let outbox_before = app.count("outbox").await;
+
+    let response = app
+        .http
+        .patch(app.url(&format!("/inbound/{id}")))
+        .json(&json!({"order": {"status": "delivered", "delivered_on": 1_749_000_000}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap(), json!({"message": "Order record updated successfully."}));
+
+    let order: Value = app.http.get(app.url(&format!("/orders/{id}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(order["status"], "delivered");
+    assert_eq!(order["delivered_at"], "2025-06-04T01:20:00Z");
+    assert_eq!(order["version"], 1, "an inbound change must not bump the version");
+    assert_eq!(app.count("outbox").await, outbox_before, "an inbound change must not emit a sync event");
+}
+
+#[actix_web::test]
+async fn an_inbound_form_update_works_as_in_the_reference() {
+    let app = spawn_app().await;
+    let id = app.create_order().await["id"].as_i64().unwrap();
+    let response = app
+        .http
+        .put(app.url(&format!("/inbound/{id}")))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("order%5Bstatus%5D=canceled")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let order: Value = app.http.get(app.url(&format!("/orders/{id}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(order["status"], "canceled");
+    assert_eq!(order["delivered_at"], Value::Null, "a status other than delivered clears the delivery time");
+    assert_eq!(app.count("outbox").await, 1);
+}
+
+#[actix_web::test]
+async fn bad_inbound_input_is_rejected_and_changes_nothing() {
+    let app = spawn_app().await;
+    let id = app.create_order().await["id"].as_i64().unwrap();
+    let before = app.snapshot().await;
+    let path = app.url(&format!("/inbound/{id}"));
+    let cases = [
+        (json!({"order": {"status": "lost"}}), "order[status]"),
+        (json!({"order": {"delivered_on": "soon"}}), "order[delivered_on]"),
+        (json!({"order": {"colour": "red"}}), "order[colour]"),
+        (json!({"order": {}}), "order"),
+        (json!({"status": "delivered"}), "order"),
+    ];
+    for (body, field) in cases {
+        let response = app.http.put(&path).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 422, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert!(error["error"]["fields"][field].is_string(), "{field} not named in {error}");
+    }
+    let malformed = app.http.put(&path).header("content-type", "application/json").body("{").send().await.unwrap();
+    assert_eq!(malformed.status(), 400);
+    let missing = app.http.put(app.url("/inbound/424242")).json(&json!({"order": {"status": "canceled"}})).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(app.snapshot().await, before);
+}
