@@ -4,7 +4,9 @@
 //! amount, a bug), and a fake street address, city, state, country and postcode.
 
 use chrono::{DateTime, Duration, Utc};
-use fake::faker::address::en::{BuildingNumber, CityName, CountryName, StateName, StreetName, ZipCode};
+use fake::faker::address::en::{
+    BuildingNumber, CityName, CountryName, StateName, StreetName, ZipCode,
+};
 use fake::Fake;
 use rand::Rng;
 
@@ -34,8 +36,8 @@ impl OrderColumns {
         for _ in 0..count {
             let status = ["delivered", "pending", "canceled"][rng.gen_range(0..3)];
             let placed_at = now - Duration::seconds(rng.gen_range(0..100 * 86_400));
-            let delivered_at = (status == "delivered")
-                .then(|| placed_at + Duration::days(rng.gen_range(2..=7)));
+            let delivered_at =
+                (status == "delivered").then(|| placed_at + Duration::days(rng.gen_range(2..=7)));
             let amount: i64 = rng.gen_range(100..=9999);
             columns.status.push(status);
             columns.placed_at.push(placed_at);
@@ -69,10 +71,19 @@ mod tests {
         for i in 0..orders.len() {
             assert!(Money::new(orders.amount[i]).is_ok() && Money::new(orders.tax[i]).is_ok());
             assert_eq!(orders.tax[i], (orders.amount[i] * 18 + 50) / 100);
-            for line in [&orders.street_address[i], &orders.city[i], &orders.state[i], &orders.country[i]] {
+            for line in [
+                &orders.street_address[i],
+                &orders.city[i],
+                &orders.state[i],
+                &orders.country[i],
+            ] {
                 assert!(AddressLine::new(line).is_ok(), "{line:?}");
             }
-            assert!(Pincode::new(&orders.pincode[i]).is_ok(), "{:?}", orders.pincode[i]);
+            assert!(
+                Pincode::new(&orders.pincode[i]).is_ok(),
+                "{:?}",
+                orders.pincode[i]
+            );
             let age = now - orders.placed_at[i];
             assert!(age >= Duration::zero() && age <= Duration::days(100));
             match orders.delivered_at[i] {

@@ -37,8 +37,11 @@ async fn main() -> ExitCode {
 async fn seed(options: SeedOptions) -> anyhow::Result<()> {
     let database_url = order_sync::config::database_url_from_env();
     let shown_url = order_sync::config::redact_url(&database_url);
-    let connect_error = |e: anyhow::Error| e.context(format!("cannot use DATABASE_URL={shown_url}"));
-    order_sync::db::ensure_database(&database_url).await.map_err(connect_error)?;
+    let connect_error =
+        |e: anyhow::Error| e.context(format!("cannot use DATABASE_URL={shown_url}"));
+    order_sync::db::ensure_database(&database_url)
+        .await
+        .map_err(connect_error)?;
     let db = order_sync::db::connect_and_migrate(&database_url, write::CONNECTIONS + 1)
         .await
         .map_err(connect_error)?;
@@ -55,7 +58,8 @@ async fn seed(options: SeedOptions) -> anyhow::Result<()> {
         ProgressStyle::with_template("{bar:40} {pos}/{len} orders {per_sec} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let created = write::insert_orders(&pool, options.count, options.sync, |n| progress.inc(n)).await?;
+    let created =
+        write::insert_orders(&pool, options.count, options.sync, |n| progress.inc(n)).await?;
     progress.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     println!("{created} orders created successfully.");

@@ -43,7 +43,10 @@ fn flag(name: &str, raw: Option<&str>, default: bool) -> Result<bool, String> {
         None => Ok(default),
         Some("true" | "1" | "yes") => Ok(true),
         Some("false" | "0" | "no") => Ok(false),
-        Some(_) => Err(format!("{name} must be true or false, not {:?}", raw.unwrap_or_default())),
+        Some(_) => Err(format!(
+            "{name} must be true or false, not {:?}",
+            raw.unwrap_or_default()
+        )),
     }
 }
 
@@ -52,18 +55,33 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn defaults_match_the_reference() {
         let options = SeedOptions::from_vars(&[]).expect("defaults");
-        assert_eq!(options, SeedOptions { count: 10_000, clean: false, sync: true });
+        assert_eq!(
+            options,
+            SeedOptions {
+                count: 10_000,
+                clean: false,
+                sync: true
+            }
+        );
     }
 
     #[test]
     fn bad_values_name_their_variable() {
-        for (name, value) in [("ORDER_COUNT", "abc"), ("ORDER_COUNT", "-5"), ("CLEAN_ORDERS", "maybe"), ("SYNC", "2")] {
+        for (name, value) in [
+            ("ORDER_COUNT", "abc"),
+            ("ORDER_COUNT", "-5"),
+            ("CLEAN_ORDERS", "maybe"),
+            ("SYNC", "2"),
+        ] {
             let err = SeedOptions::from_vars(&vars(&[(name, value)])).unwrap_err();
             assert!(err.contains(name), "{err}");
         }

@@ -35,15 +35,24 @@ pub async fn delete_all_orders(pool: &PgPool) -> anyhow::Result<u64> {
         .await?;
     // TRUNCATE, not DELETE: a million rows go in milliseconds. Ids keep growing (no RESTART
     // IDENTITY) so events still in Redis can never be mistaken for a new order's.
-    sqlx::query("TRUNCATE orders, outbox").execute(&mut *txn).await?;
+    sqlx::query("TRUNCATE orders, outbox")
+        .execute(&mut *txn)
+        .await?;
     txn.commit().await?;
     Ok(count as u64)
 }
 
 /// Inserts `count` fake orders (with outbox rows when `sync`), calling `progress` after each batch.
-pub async fn insert_orders(pool: &PgPool, count: u64, sync: bool, progress: impl Fn(u64)) -> anyhow::Result<u64> {
+pub async fn insert_orders(
+    pool: &PgPool,
+    count: u64,
+    sync: bool,
+    progress: impl Fn(u64),
+) -> anyhow::Result<u64> {
     let now = chrono::Utc::now();
-    let batches = (0..count).step_by(BATCH_SIZE as usize).map(|start| (count - start).min(BATCH_SIZE));
+    let batches = (0..count)
+        .step_by(BATCH_SIZE as usize)
+        .map(|start| (count - start).min(BATCH_SIZE));
     stream::iter(batches)
         .map(|size| async move {
             // Generating takes about as long as inserting, so it runs on the blocking pool

@@ -5,7 +5,8 @@ use std::process::{Command, Output};
 use sqlx::{Connection, PgConnection};
 
 fn server() -> String {
-    std::env::var("TEST_DATABASE_SERVER").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("TEST_DATABASE_SERVER")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 /// A database of this test's own, dropped at the end (the seeder creates it on first use).
@@ -20,7 +21,10 @@ impl TestDatabase {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         Self {
-            name: format!("order_sync_test_{secs}_seed{}", std::process::id() ^ rand_suffix()),
+            name: format!(
+                "order_sync_test_{secs}_seed{}",
+                std::process::id() ^ rand_suffix()
+            ),
         }
     }
 
@@ -38,7 +42,10 @@ impl TestDatabase {
 
     async fn count(&self, query: &str) -> i64 {
         let mut conn = PgConnection::connect(&self.url()).await.expect("connect");
-        sqlx::query_scalar(query).fetch_one(&mut conn).await.expect("count")
+        sqlx::query_scalar(query)
+            .fetch_one(&mut conn)
+            .await
+            .expect("count")
     }
 }
 
@@ -54,13 +61,17 @@ impl Drop for TestDatabase {
         let url = format!("{}/postgres", server());
         let name = self.name.clone();
         let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
             if let Ok(runtime) = runtime {
                 runtime.block_on(async {
                     if let Ok(mut conn) = PgConnection::connect(&url).await {
-                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                            .execute(&mut conn)
-                            .await;
+                        let _ = sqlx::query(&format!(
+                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                        ))
+                        .execute(&mut conn)
+                        .await;
                     }
                 });
             }
@@ -70,7 +81,11 @@ impl Drop for TestDatabase {
 }
 
 fn stdout(output: &Output) -> String {
-    assert!(output.status.success(), "seeder failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "seeder failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -79,17 +94,30 @@ async fn seeding_creates_the_orders_with_outbox_rows_and_clean_orders_empties_fi
     let db = TestDatabase::new();
     let out = stdout(&db.seed(&[("ORDER_COUNT", "120")]));
     assert!(out.contains("120 orders created successfully."), "{out}");
-    assert!(out.lines().last().is_some_and(|l| l.starts_with("seeded 120 orders in ") && l.ends_with(" orders/s)")), "{out}");
+    assert!(
+        out.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("seeded 120 orders in ") && l.ends_with(" orders/s)")),
+        "{out}"
+    );
     assert!(!out.contains("deleted"), "{out}");
     assert_eq!(db.count("SELECT count(*) FROM orders").await, 120);
-    assert_eq!(db.count("SELECT count(*) FROM outbox WHERE action = 'create' AND version = 1").await, 120);
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox WHERE action = 'create' AND version = 1")
+            .await,
+        120
+    );
 
     let out = stdout(&db.seed(&[("ORDER_COUNT", "30"), ("CLEAN_ORDERS", "true")]));
-    assert!(out.starts_with("120 orders deleted successfully.\n30 orders created successfully.\n"), "{out}");
+    assert!(
+        out.starts_with("120 orders deleted successfully.\n30 orders created successfully.\n"),
+        "{out}"
+    );
     assert_eq!(db.count("SELECT count(*) FROM orders").await, 30);
     assert_eq!(db.count("SELECT count(*) FROM outbox").await, 30);
     assert_eq!(
-        db.count("SELECT count(*) FROM orders o JOIN outbox b ON b.order_id = o.id").await,
+        db.count("SELECT count(*) FROM orders o JOIN outbox b ON b.order_id = o.id")
+            .await,
         30,
         "every seeded order has its own outbox row"
     );
@@ -107,12 +135,19 @@ async fn sync_false_seeds_orders_without_outbox_rows() {
 async fn bad_values_fail_with_one_line_and_write_nothing() {
     let db = TestDatabase::new();
     stdout(&db.seed(&[("ORDER_COUNT", "5")]));
-    for (name, value) in [("ORDER_COUNT", "abc"), ("ORDER_COUNT", "-5"), ("CLEAN_ORDERS", "maybe")] {
+    for (name, value) in [
+        ("ORDER_COUNT", "abc"),
+        ("ORDER_COUNT", "-5"),
+        ("CLEAN_ORDERS", "maybe"),
+    ] {
         let output = db.seed(&[(name, value)]);
         assert_eq!(output.status.code(), Some(1), "{name}={value}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(stderr.starts_with("error: ") && stderr.contains(name), "{stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(name),
+            "{stderr}"
+        );
     }
     // CLEAN_ORDERS=true with a bad ORDER_COUNT must not have emptied the table either.
     let output = db.seed(&[("ORDER_COUNT", "abc"), ("CLEAN_ORDERS", "true")]);

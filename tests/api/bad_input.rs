@@ -9,7 +9,12 @@ async fn error_body(response: reqwest::Response, status: u16, code: &str) -> Val
     assert_eq!(response.status(), status);
     let body: Value = response.json().await.expect("errors are JSON");
     assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     body
 }
 
@@ -26,9 +31,16 @@ async fn assert_rejected_everywhere(app: &TestApp, id: i64, body: &Value, field:
     for (verb, request) in requests {
         let response = request.json(body).send().await.unwrap();
         let error = error_body(response, 422, "validation_failed").await;
-        assert!(error["error"]["fields"][field].is_string(), "{verb}: {field} not named in {error}");
+        assert!(
+            error["error"]["fields"][field].is_string(),
+            "{verb}: {field} not named in {error}"
+        );
     }
-    assert_eq!(app.snapshot().await, before, "a rejected request wrote something");
+    assert_eq!(
+        app.snapshot().await,
+        before,
+        "a rejected request wrote something"
+    );
 }
 
 #[actix_web::test]
@@ -78,7 +90,18 @@ async fn every_bad_field_is_named_in_one_answer() {
     let body = json!({"status": "lost", "amount": -1, "tax": "x", "pincode": "", "extra": 1});
     let error = error_body(app.post_order(&body).await, 422, "validation_failed").await;
     let fields = error["error"]["fields"].as_object().unwrap();
-    for field in ["status", "amount", "tax", "pincode", "extra", "placed_at", "street_address", "city", "state", "country"] {
+    for field in [
+        "status",
+        "amount",
+        "tax",
+        "pincode",
+        "extra",
+        "placed_at",
+        "street_address",
+        "city",
+        "state",
+        "country",
+    ] {
         assert!(fields.contains_key(field), "{field} missing in {error}");
     }
     assert_eq!(app.count("orders").await, 0);
@@ -106,7 +129,11 @@ async fn malformed_json_answers_400_and_writes_nothing() {
     let app = spawn_app().await;
     let id = app.create_order().await["id"].as_i64().unwrap();
     let before = app.snapshot().await;
-    for (verb, path) in [("POST", "/orders".to_string()), ("PUT", format!("/orders/{id}")), ("PATCH", format!("/orders/{id}"))] {
+    for (verb, path) in [
+        ("POST", "/orders".to_string()),
+        ("PUT", format!("/orders/{id}")),
+        ("PATCH", format!("/orders/{id}")),
+    ] {
         let method = reqwest::Method::from_bytes(verb.as_bytes()).unwrap();
         let response = app
             .http
@@ -124,7 +151,12 @@ async fn malformed_json_answers_400_and_writes_nothing() {
 #[actix_web::test]
 async fn a_body_that_is_not_an_object_answers_422() {
     let app = spawn_app().await;
-    let error = error_body(app.post_order(&json!([1, 2])).await, 422, "validation_failed").await;
+    let error = error_body(
+        app.post_order(&json!([1, 2])).await,
+        422,
+        "validation_failed",
+    )
+    .await;
     assert!(error["error"]["fields"]["body"].is_string());
     assert_eq!(app.count("orders").await, 0);
 }
@@ -157,9 +189,21 @@ async fn unknown_ids_answer_404_and_non_numeric_ids_400() {
     let body = order_body();
     for verb in ["GET", "PUT", "PATCH", "DELETE"] {
         let method = reqwest::Method::from_bytes(verb.as_bytes()).unwrap();
-        let missing = app.http.request(method.clone(), app.url("/orders/999999")).json(&body).send().await.unwrap();
+        let missing = app
+            .http
+            .request(method.clone(), app.url("/orders/999999"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         error_body(missing, 404, "not_found").await;
-        let bad = app.http.request(method, app.url("/orders/abc")).json(&body).send().await.unwrap();
+        let bad = app
+            .http
+            .request(method, app.url("/orders/abc"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         error_body(bad, 400, "bad_request").await;
     }
     assert_eq!(app.count("orders").await, 0);
@@ -168,6 +212,16 @@ async fn unknown_ids_answer_404_and_non_numeric_ids_400() {
 #[actix_web::test]
 async fn unknown_routes_and_methods_answer_in_the_same_json_shape() {
     let app = spawn_app().await;
-    error_body(app.http.get(app.url("/nowhere")).send().await.unwrap(), 404, "not_found").await;
-    error_body(app.http.delete(app.url("/orders")).send().await.unwrap(), 405, "method_not_allowed").await;
+    error_body(
+        app.http.get(app.url("/nowhere")).send().await.unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    error_body(
+        app.http.delete(app.url("/orders")).send().await.unwrap(),
+        405,
+        "method_not_allowed",
+    )
+    .await;
 }

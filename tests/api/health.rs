@@ -13,7 +13,10 @@ async fn health_is_200_when_postgres_and_redis_answer() {
     let response = app.http.get(app.url("/health")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
-    assert_eq!((body["postgres"].as_str(), body["redis"].as_str()), (Some("ok"), Some("ok")));
+    assert_eq!(
+        (body["postgres"].as_str(), body["redis"].as_str()),
+        (Some("ok"), Some("ok"))
+    );
 }
 
 /// A redis-server of the test's own on a free port, killed when dropped.
@@ -24,9 +27,22 @@ struct OwnRedis {
 
 impl OwnRedis {
     fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is installed");
@@ -45,17 +61,30 @@ impl Drop for OwnRedis {
 async fn health_is_503_naming_redis_when_redis_goes_down() {
     let mut redis = OwnRedis::start();
     let url = format!("redis://127.0.0.1:{}", redis.port);
-    wait_for("redis-server to accept connections", Duration::from_secs(10), || async {
-        std::net::TcpStream::connect(("127.0.0.1", redis.port)).ok()
-    })
+    wait_for(
+        "redis-server to accept connections",
+        Duration::from_secs(10),
+        || async { std::net::TcpStream::connect(("127.0.0.1", redis.port)).ok() },
+    )
     .await;
     let app = spawn_app_with(&[("REDIS_URL", &url)]).await;
-    assert_eq!(app.http.get(app.url("/health")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.http
+            .get(app.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     redis.child.kill().unwrap();
     redis.child.wait().unwrap();
     let response = app.http.get(app.url("/health")).send().await.unwrap();
     assert_eq!(response.status(), 503);
     let body: Value = response.json().await.unwrap();
-    assert_eq!((body["postgres"].as_str(), body["redis"].as_str()), (Some("ok"), Some("down")));
+    assert_eq!(
+        (body["postgres"].as_str(), body["redis"].as_str()),
+        (Some("ok"), Some("down"))
+    );
 }

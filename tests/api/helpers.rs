@@ -13,7 +13,8 @@ use sqlx::{Connection, PgPool};
 
 /// The server the tests use; override with `TEST_DATABASE_SERVER`.
 pub fn database_server() -> String {
-    std::env::var("TEST_DATABASE_SERVER").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("TEST_DATABASE_SERVER")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 pub fn redis_url() -> String {
@@ -36,8 +37,11 @@ pub struct TestApp {
 
 /// Builds settings for a test instance; `overrides` are `(VARIABLE, value)` pairs.
 pub fn test_settings(db_name: &str, redis_prefix: &str, overrides: &[(&str, &str)]) -> Settings {
-    let mut vars = vec![
-        ("DATABASE_URL".to_string(), format!("{}/{db_name}", database_server())),
+    let vars = vec![
+        (
+            "DATABASE_URL".to_string(),
+            format!("{}/{db_name}", database_server()),
+        ),
         ("DATABASE_MAX_CONNECTIONS".to_string(), "5".to_string()),
         ("REDIS_URL".to_string(), redis_url()),
         ("REDIS_PREFIX".to_string(), redis_prefix.to_string()),
@@ -48,13 +52,20 @@ pub fn test_settings(db_name: &str, redis_prefix: &str, overrides: &[(&str, &str
     // Later pairs win, as overrides should.
     let vars: std::collections::BTreeMap<String, String> = vars
         .into_iter()
-        .chain(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .chain(
+            overrides
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        )
         .collect();
     Settings::from_vars(vars).expect("test settings are valid")
 }
 
 pub fn unique_db_name() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let tag = uuid::Uuid::new_v4().simple().to_string();
     format!("{TEST_DB_PREFIX}{secs}_{}", &tag[..12])
 }
@@ -68,7 +79,9 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     let db_name = unique_db_name();
     let redis_prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
     let settings = test_settings(&db_name, &redis_prefix, overrides);
-    let app = Application::build(settings).await.expect("the test app builds");
+    let app = Application::build(settings)
+        .await
+        .expect("the test app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     actix_rt::spawn(app.run_until_stopped());
     let pool = PgPoolOptions::new()
@@ -91,7 +104,9 @@ impl Drop for TestApp {
         // Drop runs inside the test's runtime, which cannot block on itself: use a thread with
         // its own small runtime. FORCE ends the server's pooled connections.
         let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
             if let Ok(runtime) = runtime {
                 runtime.block_on(drop_database(&name));
             }
@@ -121,12 +136,16 @@ async fn sweep_stale_databases_once() {
     let Ok(mut conn) = sqlx::PgConnection::connect(&url).await else {
         return;
     };
-    let names: Vec<String> = sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE $1")
-        .bind(format!("{TEST_DB_PREFIX}%"))
-        .fetch_all(&mut conn)
-        .await
-        .unwrap_or_default();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE $1")
+            .bind(format!("{TEST_DB_PREFIX}%"))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     for name in names {
         let created = name
             .trim_start_matches(TEST_DB_PREFIX)
@@ -161,7 +180,12 @@ impl TestApp {
     }
 
     pub async fn post_order(&self, body: &Value) -> reqwest::Response {
-        self.http.post(self.url("/orders")).json(body).send().await.expect("request sent")
+        self.http
+            .post(self.url("/orders"))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
     }
 
     /// Creates a valid order and returns its JSON.

@@ -10,7 +10,9 @@ async fn an_inbound_json_update_changes_status_and_delivery_without_a_sync_event
     let mut body = order_body();
     body["status"] = json!("pending");
     body["delivered_at"] = Value::Null;
-    let id = app.post_order(&body).await.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let id = app.post_order(&body).await.json::<Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
     let outbox_before = app.count("outbox").await;
 
     let response = app
@@ -21,13 +23,31 @@ async fn an_inbound_json_update_changes_status_and_delivery_without_a_sync_event
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(response.json::<Value>().await.unwrap(), json!({"message": "Order record updated successfully."}));
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"message": "Order record updated successfully."})
+    );
 
-    let order: Value = app.http.get(app.url(&format!("/orders/{id}"))).send().await.unwrap().json().await.unwrap();
+    let order: Value = app
+        .http
+        .get(app.url(&format!("/orders/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(order["status"], "delivered");
     assert_eq!(order["delivered_at"], "2025-06-04T01:20:00Z");
-    assert_eq!(order["version"], 1, "an inbound change must not bump the version");
-    assert_eq!(app.count("outbox").await, outbox_before, "an inbound change must not emit a sync event");
+    assert_eq!(
+        order["version"], 1,
+        "an inbound change must not bump the version"
+    );
+    assert_eq!(
+        app.count("outbox").await,
+        outbox_before,
+        "an inbound change must not emit a sync event"
+    );
 }
 
 #[actix_web::test]
@@ -43,9 +63,21 @@ async fn an_inbound_form_update_works_as_in_the_reference() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let order: Value = app.http.get(app.url(&format!("/orders/{id}"))).send().await.unwrap().json().await.unwrap();
+    let order: Value = app
+        .http
+        .get(app.url(&format!("/orders/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(order["status"], "canceled");
-    assert_eq!(order["delivered_at"], Value::Null, "a status other than delivered clears the delivery time");
+    assert_eq!(
+        order["delivered_at"],
+        Value::Null,
+        "a status other than delivered clears the delivery time"
+    );
     assert_eq!(app.count("outbox").await, 1);
 }
 
@@ -57,7 +89,10 @@ async fn bad_inbound_input_is_rejected_and_changes_nothing() {
     let path = app.url(&format!("/inbound/{id}"));
     let cases = [
         (json!({"order": {"status": "lost"}}), "order[status]"),
-        (json!({"order": {"delivered_on": "soon"}}), "order[delivered_on]"),
+        (
+            json!({"order": {"delivered_on": "soon"}}),
+            "order[delivered_on]",
+        ),
         (json!({"order": {"colour": "red"}}), "order[colour]"),
         (json!({"order": {}}), "order"),
         (json!({"status": "delivered"}), "order"),
@@ -66,11 +101,27 @@ async fn bad_inbound_input_is_rejected_and_changes_nothing() {
         let response = app.http.put(&path).json(&body).send().await.unwrap();
         assert_eq!(response.status(), 422, "{body}");
         let error: Value = response.json().await.unwrap();
-        assert!(error["error"]["fields"][field].is_string(), "{field} not named in {error}");
+        assert!(
+            error["error"]["fields"][field].is_string(),
+            "{field} not named in {error}"
+        );
     }
-    let malformed = app.http.put(&path).header("content-type", "application/json").body("{").send().await.unwrap();
+    let malformed = app
+        .http
+        .put(&path)
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(malformed.status(), 400);
-    let missing = app.http.put(app.url("/inbound/424242")).json(&json!({"order": {"status": "canceled"}})).send().await.unwrap();
+    let missing = app
+        .http
+        .put(app.url("/inbound/424242"))
+        .json(&json!({"order": {"status": "canceled"}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 404);
     assert_eq!(app.snapshot().await, before);
 }

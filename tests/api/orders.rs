@@ -12,18 +12,27 @@ async fn creating_an_order_answers_201_with_version_1_and_writes_one_create_outb
     assert_eq!(order["pincode"], "011001");
     assert_eq!(order["sync"]["state"], "pending");
     assert_eq!(order["sync"]["synced_version"], 0);
-    let outbox: Vec<(i64, i64, String)> = sqlx::query_as("SELECT order_id, version, action FROM outbox")
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(outbox, vec![(order["id"].as_i64().unwrap(), 1, "create".to_string())]);
+    let outbox: Vec<(i64, i64, String)> =
+        sqlx::query_as("SELECT order_id, version, action FROM outbox")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        outbox,
+        vec![(order["id"].as_i64().unwrap(), 1, "create".to_string())]
+    );
 }
 
 #[actix_web::test]
 async fn getting_an_order_returns_what_was_created() {
     let app = spawn_app().await;
     let created = app.create_order().await;
-    let response = app.http.get(app.url(&format!("/orders/{}", created["id"]))).send().await.unwrap();
+    let response = app
+        .http
+        .get(app.url(&format!("/orders/{}", created["id"])))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let fetched: Value = response.json().await.unwrap();
     assert_eq!(fetched, created);
@@ -37,15 +46,29 @@ async fn replacing_an_order_bumps_its_version_and_writes_an_update_outbox_row() 
     body["status"] = json!("canceled");
     body["delivered_at"] = Value::Null;
     body["city"] = json!("Mumbai");
-    let response = app.http.put(app.url(&format!("/orders/{id}"))).json(&body).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    let order: Value = response.json().await.unwrap();
-    assert_eq!((order["version"].as_i64(), order["status"].as_str(), order["city"].as_str()), (Some(2), Some("canceled"), Some("Mumbai")));
-    assert_eq!(order["delivered_at"], Value::Null);
-    let outbox: Vec<(i64, String)> = sqlx::query_as("SELECT version, action FROM outbox ORDER BY id")
-        .fetch_all(&app.pool)
+    let response = app
+        .http
+        .put(app.url(&format!("/orders/{id}")))
+        .json(&body)
+        .send()
         .await
         .unwrap();
+    assert_eq!(response.status(), 200);
+    let order: Value = response.json().await.unwrap();
+    assert_eq!(
+        (
+            order["version"].as_i64(),
+            order["status"].as_str(),
+            order["city"].as_str()
+        ),
+        (Some(2), Some("canceled"), Some("Mumbai"))
+    );
+    assert_eq!(order["delivered_at"], Value::Null);
+    let outbox: Vec<(i64, String)> =
+        sqlx::query_as("SELECT version, action FROM outbox ORDER BY id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(outbox, vec![(1, "create".into()), (2, "update".into())]);
 }
 
@@ -66,10 +89,23 @@ async fn patching_an_order_changes_only_the_fields_sent() {
     assert_eq!(order["amount"], 2500);
     assert_eq!(order["pincode"], "411001");
     assert_eq!(order["version"], 2);
-    for unchanged in ["status", "placed_at", "delivered_at", "tax", "street_address", "city", "state", "country"] {
+    for unchanged in [
+        "status",
+        "placed_at",
+        "delivered_at",
+        "tax",
+        "street_address",
+        "city",
+        "state",
+        "country",
+    ] {
         assert_eq!(order[unchanged], created[unchanged], "{unchanged} changed");
     }
-    assert_eq!(app.count("outbox WHERE action = 'update' AND version = 2").await, 1);
+    assert_eq!(
+        app.count("outbox WHERE action = 'update' AND version = 2")
+            .await,
+        1
+    );
 }
 
 #[actix_web::test]
@@ -80,18 +116,49 @@ async fn a_deleted_order_answers_404_from_then_on_and_stays_as_a_tombstone_with_
     let response = app.http.delete(&path).send().await.unwrap();
     assert_eq!(response.status(), 204);
     assert_eq!(app.http.get(&path).send().await.unwrap().status(), 404);
-    assert_eq!(app.http.put(&path).json(&order_body()).send().await.unwrap().status(), 404);
-    assert_eq!(app.http.patch(&path).json(&json!({"city": "X"})).send().await.unwrap().status(), 404);
+    assert_eq!(
+        app.http
+            .put(&path)
+            .json(&order_body())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        app.http
+            .patch(&path)
+            .json(&json!({"city": "X"}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
     assert_eq!(app.http.delete(&path).send().await.unwrap().status(), 404);
-    let listed: Value = app.http.get(app.url("/orders")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(listed["orders"].as_array().map(Vec::len), Some(0));
-    let (version, tombstone): (i64, bool) = sqlx::query_as("SELECT version, deleted_at IS NOT NULL FROM orders WHERE id = $1")
-        .bind(id)
-        .fetch_one(&app.pool)
+    let listed: Value = app
+        .http
+        .get(app.url("/orders"))
+        .send()
+        .await
+        .unwrap()
+        .json()
         .await
         .unwrap();
+    assert_eq!(listed["orders"].as_array().map(Vec::len), Some(0));
+    let (version, tombstone): (i64, bool) =
+        sqlx::query_as("SELECT version, deleted_at IS NOT NULL FROM orders WHERE id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!((version, tombstone), (2, true));
-    assert_eq!(app.count("outbox WHERE action = 'delete' AND version = 2").await, 1);
+    assert_eq!(
+        app.count("outbox WHERE action = 'delete' AND version = 2")
+            .await,
+        1
+    );
 }
 
 /// Creates `n` orders with the given statuses in turn and returns their ids, oldest first.
@@ -111,7 +178,12 @@ async fn create_orders(app: &crate::helpers::TestApp, statuses: &[&str], n: usiz
 }
 
 fn ids_of(page: &Value) -> Vec<i64> {
-    page["orders"].as_array().unwrap().iter().map(|o| o["id"].as_i64().unwrap()).collect()
+    page["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_i64().unwrap())
+        .collect()
 }
 
 #[actix_web::test]
@@ -177,7 +249,12 @@ async fn listing_filters_by_status_and_by_sync_state() {
     assert_eq!(ids_of(&canceled), vec![ids[4], ids[1]]);
     let dead: Value = get("sync.state=dead").await.unwrap().json().await.unwrap();
     assert_eq!(ids_of(&dead), vec![ids[1]]);
-    let both: Value = get("status=pending&sync_state=dead").await.unwrap().json().await.unwrap();
+    let both: Value = get("status=pending&sync_state=dead")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ids_of(&both), Vec::<i64>::new());
 }
 
@@ -193,6 +270,9 @@ async fn listing_with_bad_parameters_answers_422_naming_each() {
     assert_eq!(response.status(), 422);
     let body: Value = response.json().await.unwrap();
     for field in ["status", "sync.state", "per_page", "page"] {
-        assert!(body["error"]["fields"][field].is_string(), "{field} not named in {body}");
+        assert!(
+            body["error"]["fields"][field].is_string(),
+            "{field} not named in {body}"
+        );
     }
 }

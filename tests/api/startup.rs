@@ -17,17 +17,30 @@ async fn the_service_creates_its_database_when_missing_and_migrates_it() {
     .await
     .unwrap();
     for table in ["orders", "outbox", "seaql_migrations"] {
-        assert!(tables.iter().any(|t| t == table), "{table} missing from {tables:?}");
+        assert!(
+            tables.iter().any(|t| t == table),
+            "{table} missing from {tables:?}"
+        );
     }
     let _: &TestApp = &app;
 }
 
 #[actix_web::test]
 async fn an_unreachable_database_fails_start_up_naming_database_url() {
-    let settings = test_settings(&unique_db_name(), "unused", &[("DATABASE_URL", "postgres://postgres:pw@127.0.0.1:1/nothing")]);
-    let err = Application::build(settings).await.err().expect("start-up must fail");
+    let settings = test_settings(
+        &unique_db_name(),
+        "unused",
+        &[("DATABASE_URL", "postgres://postgres:pw@127.0.0.1:1/nothing")],
+    );
+    let err = Application::build(settings)
+        .await
+        .err()
+        .expect("start-up must fail");
     let message = err.to_string();
-    assert!(message.contains("DATABASE_URL=postgres://postgres:redacted@127.0.0.1:1/nothing"), "{message}");
+    assert!(
+        message.contains("DATABASE_URL=postgres://postgres:redacted@127.0.0.1:1/nothing"),
+        "{message}"
+    );
     assert!(!message.contains(":pw@"), "the password leaked: {message}");
 }
 
@@ -35,8 +48,14 @@ async fn an_unreachable_database_fails_start_up_naming_database_url() {
 async fn an_unreachable_redis_fails_start_up_naming_redis_url() {
     let db_name = unique_db_name();
     let settings = test_settings(&db_name, "unused", &[("REDIS_URL", "redis://127.0.0.1:1")]);
-    let err = Application::build(settings).await.err().expect("start-up must fail");
-    assert!(err.to_string().contains("REDIS_URL=redis://127.0.0.1:1"), "{err}");
+    let err = Application::build(settings)
+        .await
+        .err()
+        .expect("start-up must fail");
+    assert!(
+        err.to_string().contains("REDIS_URL=redis://127.0.0.1:1"),
+        "{err}"
+    );
     crate::helpers::drop_database(&db_name).await;
 }
 
@@ -56,7 +75,10 @@ fn the_binary_exits_1_with_one_line_naming_the_variable() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let lines: Vec<&str> = stderr.lines().collect();
         assert_eq!(lines.len(), 1, "{stderr}");
-        assert!(lines[0].starts_with("error: ") && lines[0].contains(variable), "{stderr}");
+        assert!(
+            lines[0].starts_with("error: ") && lines[0].contains(variable),
+            "{stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
