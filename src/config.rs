@@ -75,6 +75,15 @@ pub struct Settings {
     pub order_actor_idle_secs: u64,
     #[serde(default = "defaults::retry_max_attempts")]
     pub retry_max_attempts: u32,
+    /// Delayed retries (Sidekiq's schedule) after the quick ones, before an order is `dead`.
+    #[serde(default = "defaults::delayed_retry_limit")]
+    pub delayed_retry_limit: u32,
+    /// Multiplies the delayed schedule (1.0 = Sidekiq's `count^4 + 15 + jitter` seconds).
+    #[serde(default = "defaults::delayed_retry_scale")]
+    pub delayed_retry_scale: f64,
+    /// Connect and request timeout of each external call, in milliseconds.
+    #[serde(default = "defaults::external_timeout_ms")]
+    pub external_timeout_ms: u64,
     /// Unset: the admin endpoints are off (404), not open.
     #[serde(default)]
     pub admin_token: Option<Secret>,
@@ -128,6 +137,17 @@ mod defaults {
     /// Faraday's retry middleware in the reference: 3 retries.
     pub fn retry_max_attempts() -> u32 {
         4
+    }
+    /// Sidekiq's default retry count.
+    pub fn delayed_retry_limit() -> u32 {
+        25
+    }
+    pub fn delayed_retry_scale() -> f64 {
+        1.0
+    }
+    /// The reference's Faraday timeouts: 5 s to connect, 5 s for the request.
+    pub fn external_timeout_ms() -> u64 {
+        5_000
     }
     /// Sidekiq waits 25 s for jobs in flight on TERM.
     pub fn shutdown_timeout_secs() -> u64 {
@@ -192,6 +212,11 @@ impl Settings {
             if value == 0 {
                 return Err(ConfigError(format!("{name} must be at least 1")));
             }
+        }
+        if !(self.delayed_retry_scale.is_finite() && self.delayed_retry_scale >= 0.0) {
+            return Err(ConfigError(
+                "DELAYED_RETRY_SCALE must be a number >= 0".into(),
+            ));
         }
         if let Some(url) = &self.external_api_url {
             url::Url::parse(url)

@@ -3,16 +3,24 @@
 //!
 //! The modules follow the picture in DESIGN.md:
 //!
-//! - [`api`] — the actix-web HTTP API (orders, inbound write-back, health).
+//! - [`api`] — the actix-web HTTP API (orders, inbound write-back, health, metrics).
+//! - [`backlog`] — the Redis streams: the outbox relay, the dispatcher, the retry scheduler.
+//! - [`actors`] — the supervisor, one actor per order, and the global throttle.
+//! - [`external`] — the external API: payload, awc client, and the built-in fake.
+//! - [`metrics`] — the engine's counters and the lag window.
 //! - [`domain`] — order fields as types that can only hold valid values.
 //! - [`db`] — PostgreSQL, the source of truth: entities, queries, the outbox rows.
 //! - [`config`] — settings from the environment.
 //! - [`startup`] — builds and runs an instance.
 //! - [`telemetry`] — logging.
 
+pub mod actors;
 pub mod api;
+pub mod backlog;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod external;
+pub mod metrics;
 pub mod startup;
 pub mod telemetry;

@@ -1,12 +1,17 @@
 //! Building and running one service instance, in the order its parts depend on each other:
-//! configuration -> PostgreSQL (created and migrated) -> Redis -> HTTP server.
+//! configuration -> PostgreSQL (created and migrated) -> Redis -> the external API (the built-in
+//! fake when none is configured) -> the sync engine (throttle, supervisor, dispatcher, relay,
+//! scheduler) -> the HTTP server.
 //!
 //! `Application::build` binds its own listener (port 0 works, for tests) and fails with one
 //! clear error naming the variable at fault when a dependency cannot be reached.
 
 use std::net::TcpListener;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
+use actix::Actor;
 use actix_web::dev::{Server, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
@@ -15,9 +20,19 @@ use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tracing_actix_web::TracingLogger;
 
+use crate::actors::order_sync::{RetryPolicy, SyncDeps};
+use crate::actors::supervisor::SupervisorActor;
+use crate::actors::throttle::Throttle;
 use crate::api::{self, AppState};
+use crate::backlog::dispatcher::Dispatcher;
+use crate::backlog::keys::{Keys, CONSUMER};
+use crate::backlog::relay::OutboxRelay;
+use crate::backlog::scheduler::Scheduler;
 use crate::config::{redact_url, Settings};
 use crate::db;
+use crate::external::fake::{FakeConfig, FakeExternalApi};
+use crate::external::ExternalClient;
+use crate::metrics::SyncMetrics;
 
 /// Why the service could not start. Each message names the variable to fix.
 #[derive(Debug, thiserror::Error)]
@@ -28,12 +43,15 @@ pub enum StartupError {
     Redis { url: String, cause: anyhow::Error },
     #[error("cannot listen on {addr} (PORT): {cause}")]
     Bind { addr: String, cause: std::io::Error },
+    #[error("cannot start the built-in fake external API: {0}")]
+    FakeApi(String),
 }
 
-/// A built service: connected, migrated and listening, not yet serving.
+/// A built service: connected, migrated, its sync engine running, listening but not yet serving.
 pub struct Application {
     port: u16,
     server: Server,
+    external_api_url: String,
 }
 
 impl Application {
@@ -48,13 +66,77 @@ impl Application {
         let db = db::connect_and_migrate(&settings.database_url, settings.database_max_connections)
             .await
             .map_err(database_error)?;
-        let redis =
-            connect_redis(&settings.redis_url)
-                .await
-                .map_err(|cause| StartupError::Redis {
-                    url: redact_url(&settings.redis_url),
-                    cause,
-                })?;
+        let redis_error = |cause| StartupError::Redis {
+            url: redact_url(&settings.redis_url),
+            cause,
+        };
+        let redis = connect_redis(&settings.redis_url)
+            .await
+            .map_err(redis_error)?;
+        // A connection of its own for the dispatcher's blocking reads.
+        let redis_reader = connect_redis(&settings.redis_url)
+            .await
+            .map_err(redis_error)?;
+
+        let external_api_url = match &settings.external_api_url {
+            Some(url) => url.clone(),
+            None => {
+                let config = FakeConfig::from_env().map_err(StartupError::FakeApi)?;
+                let listener = TcpListener::bind("127.0.0.1:0")
+                    .map_err(|e| StartupError::FakeApi(e.to_string()))?;
+                let fake = FakeExternalApi::start(listener, config)
+                    .map_err(|e| StartupError::FakeApi(e.to_string()))?;
+                tracing::info!(url = %fake.url, "EXTERNAL_API_URL is unset: started the built-in fake external API");
+                fake.url
+            }
+        };
+
+        let metrics = Arc::new(SyncMetrics::default());
+        let relay_wake_up = Arc::new(tokio::sync::Notify::new());
+        let throttle = Throttle::start(
+            settings.rate_limit_per_sec,
+            settings.rate_limit_burst,
+            settings.max_concurrent_calls,
+        );
+        let pool = db.get_postgres_connection_pool().clone();
+        let deps = Rc::new(SyncDeps {
+            pool: pool.clone(),
+            client: ExternalClient::new(
+                &external_api_url,
+                settings.external_api_token.clone(),
+                Duration::from_millis(settings.external_timeout_ms),
+            ),
+            throttle: throttle.clone(),
+            retry: RetryPolicy {
+                quick_attempts: settings.retry_max_attempts,
+                delayed_limit: settings.delayed_retry_limit,
+                delayed_scale: settings.delayed_retry_scale,
+            },
+            metrics: metrics.clone(),
+        });
+        let supervisor =
+            SupervisorActor::new(deps, Duration::from_secs(settings.order_actor_idle_secs)).start();
+        let keys = Keys::new(&settings.redis_prefix);
+        let dispatcher = Dispatcher::new(
+            redis_reader,
+            redis.clone(),
+            keys.clone(),
+            CONSUMER.to_string(),
+            supervisor,
+            settings.max_in_flight_events as usize,
+            metrics.clone(),
+        );
+        actix_rt::spawn(dispatcher.run());
+        actix_rt::spawn(
+            OutboxRelay::new(
+                pool.clone(),
+                redis.clone(),
+                keys.clone(),
+                relay_wake_up.clone(),
+            )
+            .run(),
+        );
+        actix_rt::spawn(Scheduler::new(pool, redis.clone(), keys).run());
 
         let addr = format!("{}:{}", settings.host, settings.port);
         let listener = TcpListener::bind(&addr).map_err(|cause| StartupError::Bind {
@@ -66,7 +148,13 @@ impl Application {
             .map(|a| a.port())
             .unwrap_or(settings.port);
 
-        let state = web::Data::new(AppState { db, redis });
+        let state = web::Data::new(AppState {
+            db,
+            redis,
+            relay_wake_up,
+            metrics,
+            throttle,
+        });
         let max_body_bytes = settings.max_body_bytes;
         let server = HttpServer::new(move || {
             App::new()
@@ -81,7 +169,16 @@ impl Application {
         .shutdown_timeout(settings.shutdown_timeout_secs)
         .run();
         tracing::info!(port, "order-sync listening");
-        Ok(Self { port, server })
+        Ok(Self {
+            port,
+            server,
+            external_api_url,
+        })
+    }
+
+    /// Where external calls go (the built-in fake's address when none was configured).
+    pub fn external_api_url(&self) -> &str {
+        &self.external_api_url
     }
 
     /// The port actually bound (useful when `PORT=0`).

@@ -43,7 +43,10 @@ CREATE TABLE orders (
     sync_attempts    INTEGER     NOT NULL DEFAULT 0,
     sync_last_error  TEXT        NULL,
     synced_at        TIMESTAMPTZ NULL,
-    sync_next_attempt_at TIMESTAMPTZ NULL
+    sync_next_attempt_at TIMESTAMPTZ NULL,
+    -- Set just before the first POST is sent: if a crash then hides whether it arrived, the
+    -- order may exist remotely, and a later delete must still be sent.
+    create_sent_at   TIMESTAMPTZ NULL
 );
 -- GET /orders pages newest first (id DESC) over live orders, optionally by status or sync state.
 CREATE INDEX orders_live_status_idx ON orders (status, id DESC) WHERE deleted_at IS NULL;

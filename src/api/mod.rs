@@ -4,19 +4,30 @@
 mod error;
 mod health;
 mod inbound;
+mod metrics;
 mod orders;
 
 pub use error::ApiError;
 
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::{web, HttpRequest, HttpResponse};
+use std::sync::Arc;
+
 use redis::aio::ConnectionManager;
 use sea_orm::DatabaseConnection;
+use tokio::sync::Notify;
+
+use crate::actors::throttle::Throttle;
+use crate::metrics::SyncMetrics;
 
 /// What every handler can reach, shared through `web::Data`.
 pub struct AppState {
     pub db: DatabaseConnection,
     pub redis: ConnectionManager,
+    /// Wakes the outbox relay after a commit, so a change is published at once.
+    pub relay_wake_up: Arc<Notify>,
+    pub metrics: Arc<SyncMetrics>,
+    pub throttle: Throttle,
 }
 
 /// Registers every route, and the extractor settings that turn bad input into `ApiError`s.
@@ -32,6 +43,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     .app_data(web::PathConfig::default().error_handler(|err, _req| path_error(err).into()))
     .app_data(web::QueryConfig::default().error_handler(|err, _req| query_error(err).into()))
     .route("/health", web::get().to(health::check_health))
+    .route("/metrics/actors", web::get().to(metrics::actor_metrics))
     .service(
         web::resource("/orders")
             .route(web::post().to(orders::create_order))

@@ -152,6 +152,7 @@ pub async fn create_order(
 ) -> Result<HttpResponse, ApiError> {
     let fields = OrderFields::parse(&body).map_err(ApiError::Validation)?;
     let order = db::create_order(&state.db, &fields).await?;
+    state.relay_wake_up.notify_one();
     Ok(HttpResponse::Created().json(OrderOut::from(order)))
 }
 
@@ -189,6 +190,7 @@ pub async fn replace_order(
 ) -> Result<HttpResponse, ApiError> {
     let fields = OrderFields::parse(&body).map_err(ApiError::Validation)?;
     let order = db::replace_order(&state.db, id.into_inner(), fields).await?;
+    state.relay_wake_up.notify_one();
     Ok(HttpResponse::Ok().json(OrderOut::from(order)))
 }
 
@@ -199,6 +201,7 @@ pub async fn patch_order(
 ) -> Result<HttpResponse, ApiError> {
     let patch = OrderPatch::parse(&body).map_err(ApiError::Validation)?;
     let order = db::patch_order(&state.db, id.into_inner(), patch).await?;
+    state.relay_wake_up.notify_one();
     Ok(HttpResponse::Ok().json(OrderOut::from(order)))
 }
 
@@ -207,5 +210,6 @@ pub async fn delete_order(
     id: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     db::delete_order(&state.db, id.into_inner()).await?;
+    state.relay_wake_up.notify_one();
     Ok(HttpResponse::NoContent().finish())
 }

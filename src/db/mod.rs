@@ -1,8 +1,10 @@
-//! PostgreSQL, the source of truth: the connection, the schema's entities, and the queries
-//! that change orders. Every change of an order writes its outbox row in the same transaction.
+//! PostgreSQL, the source of truth: the connection, the schema's entities, the queries that
+//! change orders (every change writes its outbox row in the same transaction), and the sync
+//! engine's queries ([`sync`]).
 
 pub mod entity;
 mod orders;
+pub mod sync;
 
 pub use orders::{
     create_order, delete_order, get_order, list_orders, patch_order, replace_order,

@@ -29,6 +29,8 @@ pub struct Model {
     pub sync_last_error: Option<String>,
     pub synced_at: Option<DateTimeUtc>,
     pub sync_next_attempt_at: Option<DateTimeUtc>,
+    /// When the first `POST` was sent; a tombstone without it was never created remotely.
+    pub create_sent_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

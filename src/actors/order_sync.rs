@@ -1,0 +1,495 @@
+//! `OrderSyncActor`: one per order id. An actor because it gives each order a mailbox of its
+//! own: the order's events queue there and are handled one at a time (`AtomicResponse` holds
+//! the mailbox until an event is fully handled), so the external API never sees two calls for
+//! one order at once, while other orders' actors run concurrently.
+//!
+//! Handling an event means: read the order's current row, decide the one call that brings the
+//! external API to that state (or none), take a token from the throttle, make the call with quick
+//! retries, and record the outcome in PostgreSQL. Only then is the event reported done, and only
+//! then does the dispatcher acknowledge it in Redis.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::Utc;
+use rand::Rng;
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+use tokio_retry::strategy::{jitter, ExponentialBackoff};
+use tokio_retry::RetryIf;
+
+use super::supervisor::{OrderActorIdle, SupervisorActor};
+use super::throttle::{CallPermit, Throttle};
+use crate::backlog::{EventKind, SyncEvent};
+use crate::db::sync::{self as queries, SyncRow};
+use crate::domain::SyncState;
+use crate::external::payload::ExternalOrder;
+use crate::external::{CallError, ExternalCall, ExternalClient};
+use crate::metrics::SyncMetrics;
+
+/// How failed calls are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts per call in process (the first included), with exponential backoff and jitter.
+    pub quick_attempts: u32,
+    /// Delayed retries (Sidekiq's schedule) before the order is `dead`.
+    pub delayed_limit: u32,
+    /// Multiplies the delayed schedule; 1.0 is Sidekiq's own (`count^4 + 15 + jitter` seconds).
+    pub delayed_scale: f64,
+}
+
+impl RetryPolicy {
+    /// The delay before delayed retry number `attempt` (1-based): Sidekiq's
+    /// `count**4 + 15 + rand(10 * (count + 1))` seconds with `count = attempt - 1`.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let count = f64::from(attempt.saturating_sub(1));
+        let jitter = rand::thread_rng().gen_range(0.0..10.0 * (count + 1.0));
+        Duration::from_secs_f64((count.powi(4) + 15.0 + jitter) * self.delayed_scale)
+    }
+}
+
+/// What every order actor shares. Not `Send` (awc), so it lives on one arbiter.
+pub struct SyncDeps {
+    pub pool: PgPool,
+    pub client: ExternalClient,
+    pub throttle: Throttle,
+    pub retry: RetryPolicy,
+    pub metrics: Arc<SyncMetrics>,
+}
+
+/// One event to handle; `done` carries the outcome once it is recorded in PostgreSQL.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HandleEvent {
+    pub event: SyncEvent,
+    pub done: oneshot::Sender<Outcome>,
+}
+
+/// Tells an idle actor to stop; the supervisor has already forgotten it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopIdle;
+
+/// How an event ended. Every outcome is recorded in PostgreSQL before it is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A call succeeded and the order's `synced_version` was recorded.
+    Synced,
+    /// Nothing to do: already synced (coalesced), gone, parked or dead.
+    Skipped,
+    /// A tombstone that was never created remotely was removed without a call.
+    Purged,
+    /// Quick retries were used up; the order waits for its delayed retry.
+    Parked,
+    /// The call cannot succeed (or every retry failed): the order is `dead`.
+    Dead,
+}
+
+pub struct OrderSyncActor {
+    order_id: i64,
+    /// Tells this actor apart from a later one for the same order.
+    child_id: u64,
+    deps: Rc<SyncDeps>,
+    supervisor: Addr<SupervisorActor>,
+    idle_after: Duration,
+    /// Events handled so far; the supervisor compares it with the events it sent.
+    handled: u64,
+    idle_timer: Option<SpawnHandle>,
+}
+
+impl OrderSyncActor {
+    pub fn new(
+        order_id: i64,
+        child_id: u64,
+        deps: Rc<SyncDeps>,
+        supervisor: Addr<SupervisorActor>,
+        idle_after: Duration,
+    ) -> Self {
+        Self {
+            order_id,
+            child_id,
+            deps,
+            supervisor,
+            idle_after,
+            handled: 0,
+            idle_timer: None,
+        }
+    }
+
+    /// (Re)starts the idle countdown; when it runs out, the actor offers to stop.
+    fn arm_idle_timer(&mut self, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.idle_timer.take() {
+            ctx.cancel_future(handle);
+        }
+        self.idle_timer = Some(ctx.run_later(self.idle_after, |act, _| {
+            act.supervisor.do_send(OrderActorIdle {
+                order_id: act.order_id,
+                child_id: act.child_id,
+                handled: act.handled,
+            });
+        }));
+    }
+}
+
+impl Actor for OrderSyncActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.arm_idle_timer(ctx);
+    }
+}
+
+impl Handler<HandleEvent> for OrderSyncActor {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, msg: HandleEvent, ctx: &mut Context<Self>) -> Self::Result {
+        // Not idle while working; re-armed when this event is done.
+        if let Some(handle) = self.idle_timer.take() {
+            ctx.cancel_future(handle);
+        }
+        let deps = self.deps.clone();
+        let HandleEvent { event, done } = msg;
+        AtomicResponse::new(Box::pin(
+            async move { sync_order(&deps, event).await }
+                .into_actor(self)
+                .map(move |outcome, act, ctx| {
+                    act.handled += 1;
+                    let _ = done.send(outcome);
+                    act.arm_idle_timer(ctx);
+                }),
+        ))
+    }
+}
+
+impl Handler<StopIdle> for OrderSyncActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopIdle, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+/// What to do for an order, decided from its current row alone.
+#[derive(Debug, Clone, PartialEq)]
+enum Decision {
+    Skip(&'static str),
+    /// A tombstone never created remotely: remove it, call nothing.
+    PurgeWithoutCall,
+    Call(Verb),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Create,
+    Update,
+    Delete,
+}
+
+fn decide(row: Option<&SyncRow>, kind: EventKind) -> Decision {
+    let Some(row) = row else {
+        return Decision::Skip("gone");
+    };
+    match (row.sync_state(), kind) {
+        // A parked order's changes wait for its delayed retry, which syncs the latest state.
+        (Some(SyncState::Retrying), EventKind::Change) => return Decision::Skip("parked"),
+        // A change revives a dead order in the same transaction, so this event is stale.
+        (Some(SyncState::Dead), EventKind::Change) => return Decision::Skip("dead"),
+        _ => {}
+    }
+    if row.version <= row.synced_version {
+        return Decision::Skip("already synced");
+    }
+    if row.deleted {
+        // Never created remotely, and no create was ever sent: nothing to delete.
+        if row.synced_version == 0 && !row.create_sent {
+            return Decision::PurgeWithoutCall;
+        }
+        return Decision::Call(Verb::Delete);
+    }
+    if row.synced_version == 0 {
+        Decision::Call(Verb::Create)
+    } else {
+        Decision::Call(Verb::Update)
+    }
+}
+
+fn build_call(row: &SyncRow, verb: Verb) -> ExternalCall {
+    match verb {
+        Verb::Create => ExternalCall::Create(ExternalOrder::from(&row.snapshot())),
+        Verb::Update => ExternalCall::Update(ExternalOrder::from(&row.snapshot())),
+        Verb::Delete => ExternalCall::Delete {
+            id: row.id,
+            version: row.version,
+        },
+    }
+}
+
+/// Brings the external API to the order's current state, and records the outcome.
+async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
+    let pool = &deps.pool;
+    let id = event.order_id;
+    let mut kind = event.kind;
+    loop {
+        let row = retry_db("load order", || queries::load(pool, id)).await;
+        let verb = match decide(row.as_ref(), kind) {
+            Decision::Skip(reason) => {
+                tracing::debug!(
+                    order_id = id,
+                    event_version = event.version,
+                    reason,
+                    "skipped"
+                );
+                deps.metrics.skipped.inc();
+                return Outcome::Skipped;
+            }
+            Decision::PurgeWithoutCall => {
+                retry_db("purge tombstone", || queries::purge_tombstone(pool, id)).await;
+                tracing::info!(order_id = id, "deleted before it was ever synced: no call");
+                deps.metrics.purged.inc();
+                return Outcome::Purged;
+            }
+            Decision::Call(verb) => verb,
+        };
+        let asked = Instant::now();
+        let Some(permit) = deps.throttle.acquire().await else {
+            return Outcome::Skipped; // shutting down: the event stays unacknowledged
+        };
+        // While we waited for a turn the order may have changed again: decide on the freshest
+        // state (more coalescing, and no create for an order deleted meanwhile).
+        let mut row = row;
+        if asked.elapsed() > Duration::from_millis(1) {
+            row = retry_db("reload order", || queries::load(pool, id)).await;
+            if decide(row.as_ref(), kind) != Decision::Call(verb) {
+                deps.throttle.refund();
+                drop(permit);
+                continue;
+            }
+        }
+        let Some(row) = row else { continue };
+        let call = build_call(&row, verb);
+        if verb == Verb::Create && !row.create_sent {
+            retry_db("mark create sent", || queries::mark_create_sent(pool, id)).await;
+        }
+        let started = Instant::now();
+        let result = call_with_retries(deps, &call, permit).await;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        deps.metrics.record_call(call.verb(), &result);
+        match result {
+            Ok(()) => {
+                tracing::info!(
+                    order_id = id,
+                    version = row.version,
+                    verb = call.verb(),
+                    status = "ok",
+                    duration_ms = elapsed_ms,
+                    "synced"
+                );
+                deps.metrics.record_lag(event.committed_at_ms);
+                if verb == Verb::Delete {
+                    retry_db("purge tombstone", || queries::purge_tombstone(pool, id)).await;
+                    deps.metrics.synced.inc();
+                    return Outcome::Synced;
+                }
+                let current = retry_db("record synced", || {
+                    queries::record_synced(pool, id, row.version)
+                })
+                .await;
+                deps.metrics.synced.inc();
+                match current {
+                    // A change committed during the call: sync that too, now.
+                    Some(current) if current > row.version => kind = EventKind::Change,
+                    _ => return Outcome::Synced,
+                }
+            }
+            Err(error) => return record_failure(deps, &row, &call, &error, elapsed_ms).await,
+        }
+    }
+}
+
+/// Parks the order for its next delayed retry, or marks it dead.
+async fn record_failure(
+    deps: &SyncDeps,
+    row: &SyncRow,
+    call: &ExternalCall,
+    error: &CallError,
+    elapsed_ms: u64,
+) -> Outcome {
+    let pool = &deps.pool;
+    let attempts = row.sync_attempts.saturating_add(1);
+    let message = error.to_string();
+    let limit = i32::try_from(deps.retry.delayed_limit).unwrap_or(i32::MAX);
+    if !error.is_retryable() || attempts > limit {
+        tracing::warn!(order_id = row.id, version = row.version, verb = call.verb(), error = %message, attempts, duration_ms = elapsed_ms, "sync failed for good: order is dead");
+        retry_db("record dead", || {
+            queries::record_dead(pool, row.id, attempts, &message)
+        })
+        .await;
+        deps.metrics.dead.inc();
+        return Outcome::Dead;
+    }
+    let delay = deps.retry.delay(attempts as u32);
+    let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+    tracing::warn!(order_id = row.id, version = row.version, verb = call.verb(), error = %message, attempts, retry_in_ms = delay.as_millis() as u64, duration_ms = elapsed_ms, "sync failed: parked for a delayed retry");
+    retry_db("record retrying", || {
+        queries::record_retrying(pool, row.id, attempts, &message, next)
+    })
+    .await;
+    deps.metrics.parked.inc();
+    Outcome::Parked
+}
+
+/// Makes the call, retrying quickly (exponential backoff with jitter) what may pass on a retry.
+/// Every attempt takes its own turn from the throttle; the first uses `first_permit`.
+async fn call_with_retries(
+    deps: &SyncDeps,
+    call: &ExternalCall,
+    first_permit: CallPermit,
+) -> Result<(), CallError> {
+    let backoff = ExponentialBackoff::from_millis(2)
+        .factor(25)
+        .max_delay(Duration::from_secs(2))
+        .map(jitter)
+        .take(deps.retry.quick_attempts.saturating_sub(1) as usize);
+    let first_permit = Cell::new(Some(first_permit));
+    let attempt = || {
+        let permit = first_permit.take();
+        async move {
+            let _permit = match permit {
+                Some(permit) => permit,
+                None => {
+                    deps.metrics.retried.inc();
+                    deps.throttle
+                        .acquire()
+                        .await
+                        .ok_or_else(|| CallError::Connect("shutting down".into()))?
+                }
+            };
+            let result = deps.client.send(call).await;
+            if let Err(CallError::Status {
+                status: 429,
+                retry_after: Some(delay),
+                ..
+            }) = &result
+            {
+                deps.throttle.pause_for(*delay);
+            }
+            result
+        }
+    };
+    RetryIf::start(backoff, attempt, CallError::is_retryable).await
+}
+
+/// Runs a PostgreSQL step until it succeeds. The event is held (unacknowledged) meanwhile, and
+/// so are the order's later events: PostgreSQL being down delays syncing but loses nothing.
+async fn retry_db<T, F, Fut>(what: &str, mut step: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match step().await {
+            Ok(value) => return value,
+            Err(error) => {
+                tracing::warn!(step = what, error = %error, retry_in_ms = delay.as_millis() as u64, "database step failed; retrying");
+                actix_rt::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(
+        version: i64,
+        synced_version: i64,
+        state: &str,
+        deleted: bool,
+        create_sent: bool,
+    ) -> SyncRow {
+        SyncRow {
+            id: 1,
+            status: "pending".into(),
+            placed_at: Utc::now(),
+            delivered_at: None,
+            amount: 1,
+            tax: 0,
+            street_address: "a".into(),
+            city: "b".into(),
+            state: "c".into(),
+            country: "d".into(),
+            pincode: "123".into(),
+            version,
+            deleted,
+            sync_state: state.into(),
+            synced_version,
+            sync_attempts: 0,
+            create_sent,
+        }
+    }
+
+    #[test]
+    fn the_decision_follows_the_orders_state() {
+        use EventKind::{Change, Retry};
+        assert_eq!(decide(None, Change), Decision::Skip("gone"));
+        assert_eq!(
+            decide(Some(&row(3, 3, "synced", false, true)), Change),
+            Decision::Skip("already synced")
+        );
+        assert_eq!(
+            decide(Some(&row(1, 0, "pending", false, false)), Change),
+            Decision::Call(Verb::Create)
+        );
+        assert_eq!(
+            decide(Some(&row(4, 2, "pending", false, true)), Change),
+            Decision::Call(Verb::Update)
+        );
+        assert_eq!(
+            decide(Some(&row(2, 1, "pending", true, true)), Change),
+            Decision::Call(Verb::Delete)
+        );
+        assert_eq!(
+            decide(Some(&row(2, 0, "pending", true, false)), Change),
+            Decision::PurgeWithoutCall
+        );
+        // A create may have arrived before a crash: the delete is still owed.
+        assert_eq!(
+            decide(Some(&row(2, 0, "pending", true, true)), Change),
+            Decision::Call(Verb::Delete)
+        );
+        assert_eq!(
+            decide(Some(&row(4, 2, "retrying", false, true)), Change),
+            Decision::Skip("parked")
+        );
+        assert_eq!(
+            decide(Some(&row(4, 2, "retrying", false, true)), Retry),
+            Decision::Call(Verb::Update)
+        );
+        assert_eq!(
+            decide(Some(&row(4, 2, "dead", false, true)), Change),
+            Decision::Skip("dead")
+        );
+    }
+
+    #[test]
+    fn the_delayed_schedule_is_sidekiqs() {
+        let policy = RetryPolicy {
+            quick_attempts: 4,
+            delayed_limit: 25,
+            delayed_scale: 1.0,
+        };
+        let first = policy.delay(1).as_secs_f64();
+        assert!((15.0..25.0).contains(&first), "{first}");
+        let fifth = policy.delay(5).as_secs_f64();
+        assert!(
+            (256.0 + 15.0..256.0 + 15.0 + 50.0).contains(&fifth),
+            "{fifth}"
+        );
+    }
+}

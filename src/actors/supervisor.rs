@@ -1,0 +1,127 @@
+//! `SupervisorActor`: spawns or reuses one `OrderSyncActor` per order id. An actor because the
+//! map from order id to actor is state that only one party may change: spawning, forwarding and
+//! forgetting happen in its mailbox, one after another, so two actors can never exist for one
+//! order.
+//!
+//! Idle actors stop: an actor whose idle timer ran out reports how many events it handled; if
+//! the supervisor has sent it no more than that, nothing is on its way to it, so it is forgotten
+//! and told to stop. A failed actor (its mailbox closed) is replaced on the next event; the
+//! events it held were never acknowledged and are delivered again by the dispatcher.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::order_sync::{HandleEvent, OrderSyncActor, StopIdle, SyncDeps};
+use crate::metrics::SyncMetrics;
+
+/// An idle actor offers to stop (`handled` events so far).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct OrderActorIdle {
+    pub order_id: i64,
+    pub child_id: u64,
+    pub handled: u64,
+}
+
+struct Child {
+    addr: Addr<OrderSyncActor>,
+    child_id: u64,
+    /// Events forwarded to this actor.
+    sent: u64,
+}
+
+pub struct SupervisorActor {
+    deps: Rc<SyncDeps>,
+    idle_after: Duration,
+    children: HashMap<i64, Child>,
+    next_child_id: u64,
+    metrics: Arc<SyncMetrics>,
+}
+
+impl SupervisorActor {
+    pub fn new(deps: Rc<SyncDeps>, idle_after: Duration) -> Self {
+        let metrics = deps.metrics.clone();
+        Self {
+            deps,
+            idle_after,
+            children: HashMap::new(),
+            next_child_id: 0,
+            metrics,
+        }
+    }
+
+    fn spawn_child(&mut self, order_id: i64, ctx: &mut Context<Self>) -> Child {
+        self.next_child_id += 1;
+        let child_id = self.next_child_id;
+        let actor = OrderSyncActor::new(
+            order_id,
+            child_id,
+            self.deps.clone(),
+            ctx.address(),
+            self.idle_after,
+        );
+        self.metrics.actors_spawned.inc();
+        Child {
+            addr: actor.start(),
+            child_id,
+            sent: 0,
+        }
+    }
+}
+
+/// Events arrive by `do_send`, which no mailbox bound refuses: the dispatcher already bounds the
+/// events in flight, and an order's events must never be refused out of order.
+impl Actor for SupervisorActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<HandleEvent> for SupervisorActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: HandleEvent, ctx: &mut Context<Self>) {
+        let order_id = msg.event.order_id;
+        let replace = match self.children.get(&order_id) {
+            Some(child) if !child.addr.connected() => {
+                tracing::warn!(order_id, "order actor failed; starting a new one");
+                self.metrics.actors_restarted.inc();
+                self.metrics.actors_stopped.inc();
+                true
+            }
+            Some(_) => false,
+            None => true,
+        };
+        if replace {
+            let child = self.spawn_child(order_id, ctx);
+            self.children.insert(order_id, child);
+        }
+        if let Some(child) = self.children.get_mut(&order_id) {
+            child.sent += 1;
+            // do_send: an order's events must keep their order, and the dispatcher already bounds
+            // how many are in memory, so the child's mailbox needs no bound of its own.
+            child.addr.do_send(msg);
+        }
+        self.metrics.live_actors.set(self.children.len() as i64);
+    }
+}
+
+impl Handler<OrderActorIdle> for SupervisorActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: OrderActorIdle, _: &mut Context<Self>) {
+        let idle = self
+            .children
+            .get(&msg.order_id)
+            .is_some_and(|child| child.child_id == msg.child_id && child.sent == msg.handled);
+        if idle {
+            if let Some(child) = self.children.remove(&msg.order_id) {
+                child.addr.do_send(StopIdle);
+                self.metrics.actors_stopped.inc();
+            }
+        }
+        self.metrics.live_actors.set(self.children.len() as i64);
+    }
+}

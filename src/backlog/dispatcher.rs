@@ -1,0 +1,205 @@
+//! The dispatcher: reads the shard streams with a consumer group and hands each event to the
+//! supervisor. It holds at most `MAX_IN_FLIGHT_EVENTS` unacknowledged events: when that many are
+//! out it stops reading (backpressure), so a backlog of millions stays in Redis, not in memory.
+//!
+//! An entry is acknowledged (XACK, then XDEL to keep the stream short) only after the order's
+//! actor reported its outcome, which it does only after recording it in PostgreSQL. Entries a
+//! previous run read but never acknowledged are read again first, at start.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::AsyncCommands;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+
+use super::keys::{Keys, GROUP, SHARDS};
+use super::SyncEvent;
+use crate::actors::order_sync::{HandleEvent, Outcome};
+use crate::actors::supervisor::SupervisorActor;
+use crate::metrics::SyncMetrics;
+
+/// How long one read waits for new entries before looking again.
+const BLOCK_MS: usize = 1_000;
+/// Most entries read from one shard at once.
+const MAX_READ_PER_SHARD: usize = 256;
+
+pub struct Dispatcher {
+    /// A connection of its own: a blocking XREADGROUP holds it while it waits.
+    reader: ConnectionManager,
+    acker: ConnectionManager,
+    keys: Keys,
+    consumer: String,
+    supervisor: Addr<SupervisorActor>,
+    in_flight: Arc<Semaphore>,
+    metrics: Arc<SyncMetrics>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        reader: ConnectionManager,
+        acker: ConnectionManager,
+        keys: Keys,
+        consumer: String,
+        supervisor: Addr<SupervisorActor>,
+        max_in_flight: usize,
+        metrics: Arc<SyncMetrics>,
+    ) -> Self {
+        Self {
+            reader,
+            acker,
+            keys,
+            consumer,
+            supervisor,
+            in_flight: Arc::new(Semaphore::new(max_in_flight.max(SHARDS as usize))),
+            metrics,
+        }
+    }
+
+    /// Reads and dispatches until the process ends. Redis errors are retried with backoff; a
+    /// lost consumer group (Redis restarted without its data) is created again.
+    pub async fn run(mut self) {
+        let mut backoff = Duration::from_millis(100);
+        let mut recovered = false;
+        loop {
+            let step = async {
+                self.ensure_groups().await?;
+                if !recovered {
+                    self.read_all(true).await?;
+                    recovered = true;
+                }
+                self.read_all(false).await
+            };
+            if let Err(error) = step.await {
+                tracing::warn!(error = %error, retry_in_ms = backoff.as_millis() as u64, "reading the backlog failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            } else {
+                backoff = Duration::from_millis(100);
+            }
+        }
+    }
+
+    /// Creates the consumer group on every shard stream (and the stream), if missing.
+    async fn ensure_groups(&mut self) -> redis::RedisResult<()> {
+        for stream in self.keys.streams() {
+            let created: redis::RedisResult<()> =
+                self.acker.xgroup_create_mkstream(&stream, GROUP, "0").await;
+            match created {
+                Ok(()) => {}
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// With `history`, reads this consumer's entries that were delivered but never acknowledged
+    /// (a previous run died) until none are left; otherwise reads new entries, forever.
+    async fn read_all(&mut self, history: bool) -> redis::RedisResult<()> {
+        let streams = self.keys.streams();
+        let mut positions: Vec<String> =
+            vec![if history { "0".into() } else { ">".into() }; streams.len()];
+        loop {
+            let free = self.wait_for_room().await;
+            let per_shard = (free / SHARDS as usize).clamp(1, MAX_READ_PER_SHARD);
+            let mut options = StreamReadOptions::default()
+                .group(GROUP, &self.consumer)
+                .count(per_shard);
+            if !history {
+                options = options.block(BLOCK_MS);
+            }
+            let reply: Option<StreamReadReply> = self
+                .reader
+                .xread_options(&streams, &positions, &options)
+                .await?;
+            let Some(reply) = reply else { continue };
+            let mut read = 0;
+            for stream in reply.keys {
+                let position = streams.iter().position(|s| *s == stream.key);
+                for entry in stream.ids {
+                    read += 1;
+                    if let (true, Some(i)) = (history, position) {
+                        positions[i] = entry.id.clone();
+                    }
+                    self.dispatch(&stream.key, entry.id, SyncEvent::from_fields(&entry.map));
+                }
+            }
+            if history && read == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits until at least one read's worth of room is free; returns how many slots are free.
+    async fn wait_for_room(&self) -> usize {
+        loop {
+            let free = self.in_flight.available_permits();
+            if free >= SHARDS as usize {
+                return free;
+            }
+            // Released when an event is acknowledged; give the slot straight back.
+            if let Ok(permit) = self.in_flight.acquire().await {
+                drop(permit);
+            }
+        }
+    }
+
+    fn dispatch(&self, stream: &str, entry_id: String, event: Option<SyncEvent>) {
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            // Cannot happen (reads never exceed the free slots); the entry stays pending.
+            tracing::error!(stream, entry_id, "no room for a read entry");
+            return;
+        };
+        let acker = self.acker.clone();
+        let stream = stream.to_string();
+        let Some(event) = event else {
+            // Not ours, or deleted before it was read: nothing to sync.
+            tracing::warn!(stream, entry_id, "dropping an unreadable backlog entry");
+            actix_rt::spawn(acknowledge(acker, stream, entry_id, permit));
+            return;
+        };
+        self.metrics.events_received.inc();
+        // Forwarded now, in stream order; only the waiting is spawned.
+        let first = forward(&self.supervisor, event.clone());
+        let supervisor = self.supervisor.clone();
+        actix_rt::spawn(async move {
+            let mut outcome = first.await;
+            while outcome.is_err() {
+                // The order's actor failed holding this event: the supervisor starts a new one.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                outcome = forward(&supervisor, event.clone()).await;
+            }
+            acknowledge(acker, stream, entry_id, permit).await;
+        });
+    }
+}
+
+fn forward(supervisor: &Addr<SupervisorActor>, event: SyncEvent) -> oneshot::Receiver<Outcome> {
+    let (done, outcome) = oneshot::channel();
+    supervisor.do_send(HandleEvent { event, done });
+    outcome
+}
+
+/// XACK and XDEL in one round trip; the slot is freed afterwards. If Redis is away the entry
+/// stays pending and is handled again after a restart, where its version makes it a no-op.
+async fn acknowledge(
+    mut redis: ConnectionManager,
+    stream: String,
+    entry_id: String,
+    permit: OwnedSemaphorePermit,
+) {
+    let result: redis::RedisResult<()> = redis::pipe()
+        .xack(&stream, GROUP, &[&entry_id])
+        .ignore()
+        .xdel(&stream, &[&entry_id])
+        .ignore()
+        .query_async(&mut redis)
+        .await;
+    if let Err(error) = result {
+        tracing::warn!(stream, entry_id, error = %error, "could not acknowledge an entry; it will be handled again");
+    }
+    drop(permit);
+}

@@ -1,0 +1,126 @@
+//! The outbox relay: moves committed changes from the `outbox` table into the Redis streams.
+//!
+//! It runs right after each API commit (the API wakes it) and by a sweep every few seconds for
+//! rows left behind (a crash between commit and publish, Redis down for a while). Rows are taken
+//! in id order with `FOR UPDATE SKIP LOCKED` (so several instances never publish one row twice
+//! at once), written to their shard's stream in one pipeline, and deleted in the same
+//! transaction only after Redis has answered: a row is never deleted before its entry exists.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+use super::keys::{shard_of, Keys};
+use super::{EventKind, SyncEvent};
+
+/// Rows published per transaction.
+const BATCH: i64 = 1_000;
+/// How often the relay looks for rows even when nobody woke it.
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
+
+pub struct OutboxRelay {
+    pool: PgPool,
+    redis: ConnectionManager,
+    keys: Keys,
+    wake_up: Arc<Notify>,
+}
+
+impl OutboxRelay {
+    pub fn new(pool: PgPool, redis: ConnectionManager, keys: Keys, wake_up: Arc<Notify>) -> Self {
+        Self {
+            pool,
+            redis,
+            keys,
+            wake_up,
+        }
+    }
+
+    /// Publishes until the outbox is empty, then waits for a wake-up or the next sweep. Errors
+    /// (PostgreSQL or Redis away) are logged and retried with backoff: rows wait in the outbox.
+    pub async fn run(mut self) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.publish_batch().await {
+                Ok(published) if published as i64 == BATCH => continue,
+                Ok(_) => {
+                    backoff = Duration::from_millis(100);
+                    tokio::select! {
+                        _ = self.wake_up.notified() => {}
+                        _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "outbox relay failed; retrying"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Publishes up to `BATCH` rows; returns how many.
+    pub async fn publish_batch(&mut self) -> anyhow::Result<usize> {
+        let mut txn = self.pool.begin().await.context("begin")?;
+        let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT id, order_id, version, (extract(epoch FROM created_at) * 1000)::bigint
+             FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(BATCH)
+        .fetch_all(&mut *txn)
+        .await
+        .context("read outbox")?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        for &(_, order_id, version, committed_at_ms) in &rows {
+            let event = SyncEvent {
+                order_id,
+                version,
+                kind: EventKind::Change,
+                committed_at_ms,
+            };
+            pipe.xadd(self.keys.stream(shard_of(order_id)), "*", &event.fields())
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.redis)
+            .await
+            .context("publish to Redis")?;
+        let ids: Vec<i64> = rows.iter().map(|row| row.0).collect();
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *txn)
+            .await
+            .context("delete published outbox rows")?;
+        // If this commit fails the rows are published again later: a duplicate event, which
+        // the actor skips by version. Never a lost one.
+        txn.commit().await.context("commit")?;
+        Ok(rows.len())
+    }
+}
+
+/// Publishes events straight to the streams (for retries and the reconciler, which start from
+/// PostgreSQL state rather than from outbox rows).
+pub async fn publish(
+    redis: &mut ConnectionManager,
+    keys: &Keys,
+    events: &[SyncEvent],
+) -> redis::RedisResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for event in events {
+        pipe.xadd(keys.stream(shard_of(event.order_id)), "*", &event.fields())
+            .ignore();
+    }
+    pipe.query_async::<()>(redis).await
+}
