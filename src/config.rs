@@ -89,6 +89,10 @@ pub struct Settings {
     pub admin_token: Option<Secret>,
     #[serde(default = "defaults::shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
+    /// `false`: serve the API only, and leave the relay, dispatcher and actors to another
+    /// instance (as the reference ran `web` and `sidekiq` apart). Changes wait in the outbox.
+    #[serde(default = "defaults::sync_engine")]
+    pub sync_engine: bool,
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: usize,
@@ -152,6 +156,9 @@ mod defaults {
     /// Sidekiq waits 25 s for jobs in flight on TERM.
     pub fn shutdown_timeout_secs() -> u64 {
         25
+    }
+    pub fn sync_engine() -> bool {
+        true
     }
     pub fn max_body_bytes() -> usize {
         64 * 1024

@@ -114,29 +114,24 @@ impl Application {
             },
             metrics: metrics.clone(),
         });
-        let supervisor =
-            SupervisorActor::new(deps, Duration::from_secs(settings.order_actor_idle_secs)).start();
-        let keys = Keys::new(&settings.redis_prefix);
-        let dispatcher = Dispatcher::new(
-            redis_reader,
-            redis.clone(),
-            keys.clone(),
-            CONSUMER.to_string(),
-            supervisor,
-            settings.max_in_flight_events as usize,
-            metrics.clone(),
-        );
-        actix_rt::spawn(dispatcher.run());
-        actix_rt::spawn(
-            OutboxRelay::new(
-                pool.clone(),
+        if settings.sync_engine {
+            let keys = Keys::new(&settings.redis_prefix);
+            let supervisor = SupervisorActor::new(deps, Duration::from_secs(settings.order_actor_idle_secs)).start();
+            let dispatcher = Dispatcher::new(
+                redis_reader,
                 redis.clone(),
                 keys.clone(),
-                relay_wake_up.clone(),
-            )
-            .run(),
-        );
-        actix_rt::spawn(Scheduler::new(pool, redis.clone(), keys).run());
+                CONSUMER.to_string(),
+                supervisor,
+                settings.max_in_flight_events as usize,
+                metrics.clone(),
+            );
+            actix_rt::spawn(dispatcher.run());
+            actix_rt::spawn(OutboxRelay::new(pool.clone(), redis.clone(), keys.clone(), relay_wake_up.clone()).run());
+            actix_rt::spawn(Scheduler::new(pool, redis.clone(), keys).run());
+        } else {
+            tracing::info!("SYNC_ENGINE=false: serving the API only; changes wait in the outbox");
+        }
 
         let addr = format!("{}:{}", settings.host, settings.port);
         let listener = TcpListener::bind(&addr).map_err(|cause| StartupError::Bind {

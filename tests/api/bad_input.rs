@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{order_body, spawn_app, TestApp};
+use crate::helpers::{order_body, spawn_api_only, TestApp};
 
 /// Asserts the one error shape and returns the body.
 async fn error_body(response: reqwest::Response, status: u16, code: &str) -> Value {
@@ -45,7 +45,7 @@ async fn assert_rejected_everywhere(app: &TestApp, id: i64, body: &Value, field:
 
 #[actix_web::test]
 async fn each_invalid_field_is_rejected_with_422_naming_it_and_nothing_is_written() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     let id = app.create_order().await["id"].as_i64().unwrap();
     let cases: Vec<(&str, Value)> = vec![
         ("status", json!("lost")),
@@ -77,7 +77,7 @@ async fn each_invalid_field_is_rejected_with_422_naming_it_and_nothing_is_writte
 
 #[actix_web::test]
 async fn delivered_at_on_an_order_that_is_not_delivered_is_rejected() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     let id = app.create_order().await["id"].as_i64().unwrap();
     let mut body = order_body();
     body["status"] = json!("pending");
@@ -86,7 +86,7 @@ async fn delivered_at_on_an_order_that_is_not_delivered_is_rejected() {
 
 #[actix_web::test]
 async fn every_bad_field_is_named_in_one_answer() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     let body = json!({"status": "lost", "amount": -1, "tax": "x", "pincode": "", "extra": 1});
     let error = error_body(app.post_order(&body).await, 422, "validation_failed").await;
     let fields = error["error"]["fields"].as_object().unwrap();
@@ -109,7 +109,7 @@ async fn every_bad_field_is_named_in_one_answer() {
 
 #[actix_web::test]
 async fn a_patch_that_would_make_the_order_invalid_is_rejected_and_changes_nothing() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     let id = app.create_order().await["id"].as_i64().unwrap();
     let before = app.snapshot().await;
     let response = app
@@ -126,7 +126,7 @@ async fn a_patch_that_would_make_the_order_invalid_is_rejected_and_changes_nothi
 
 #[actix_web::test]
 async fn malformed_json_answers_400_and_writes_nothing() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     let id = app.create_order().await["id"].as_i64().unwrap();
     let before = app.snapshot().await;
     for (verb, path) in [
@@ -150,7 +150,7 @@ async fn malformed_json_answers_400_and_writes_nothing() {
 
 #[actix_web::test]
 async fn a_body_that_is_not_an_object_answers_422() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     let error = error_body(
         app.post_order(&json!([1, 2])).await,
         422,
@@ -180,12 +180,12 @@ async fn a_body_over_the_limit_answers_413_and_writes_nothing() {
 }
 
 async fn spawn_app_limited() -> TestApp {
-    crate::helpers::spawn_app_with(&[("MAX_BODY_BYTES", "1024")]).await
+    crate::helpers::spawn_app_with(&[("MAX_BODY_BYTES", "1024"), ("SYNC_ENGINE", "false")]).await
 }
 
 #[actix_web::test]
 async fn unknown_ids_answer_404_and_non_numeric_ids_400() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     let body = order_body();
     for verb in ["GET", "PUT", "PATCH", "DELETE"] {
         let method = reqwest::Method::from_bytes(verb.as_bytes()).unwrap();
@@ -211,7 +211,7 @@ async fn unknown_ids_answer_404_and_non_numeric_ids_400() {
 
 #[actix_web::test]
 async fn unknown_routes_and_methods_answer_in_the_same_json_shape() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     error_body(
         app.http.get(app.url("/nowhere")).send().await.unwrap(),
         404,

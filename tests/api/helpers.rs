@@ -27,6 +27,8 @@ const TEST_DB_PREFIX: &str = "order_sync_test_";
 
 pub struct TestApp {
     pub address: String,
+    /// Where the app sends external calls (the built-in fake when none was given).
+    pub external_api_url: String,
     pub db_name: String,
     #[allow(dead_code)] // used by the sync engine tests
     pub redis_prefix: String,
@@ -74,6 +76,12 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }
 
+/// An app without its sync engine (`SYNC_ENGINE=false`): the outbox rows and sync columns stay
+/// exactly as the API wrote them, for tests of the API's writes.
+pub async fn spawn_api_only() -> TestApp {
+    spawn_app_with(&[("SYNC_ENGINE", "false")]).await
+}
+
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     sweep_stale_databases_once().await;
     let db_name = unique_db_name();
@@ -83,6 +91,7 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         .await
         .expect("the test app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let external_api_url = app.external_api_url().to_string();
     actix_rt::spawn(app.run_until_stopped());
     let pool = PgPoolOptions::new()
         .max_connections(2)
@@ -91,6 +100,7 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         .expect("connect to the test database");
     TestApp {
         address,
+        external_api_url,
         db_name,
         redis_prefix,
         pool,
@@ -202,6 +212,75 @@ impl TestApp {
             .expect("count rows")
     }
 
+    pub async fn get_order(&self, id: i64) -> Value {
+        self.http
+            .get(self.url(&format!("/orders/{id}")))
+            .send()
+            .await
+            .expect("request sent")
+            .json()
+            .await
+            .expect("order JSON")
+    }
+
+    pub async fn patch_order(&self, id: i64, body: &Value) -> Value {
+        let response = self
+            .http
+            .patch(self.url(&format!("/orders/{id}")))
+            .json(body)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("order JSON")
+    }
+
+    pub async fn delete_order(&self, id: i64) {
+        let response = self
+            .http
+            .delete(self.url(&format!("/orders/{id}")))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 204);
+    }
+
+    /// Waits until the order's external copy is at its current version.
+    pub async fn wait_until_synced(&self, id: i64) -> Value {
+        wait_for(
+            &format!("order {id} to be synced"),
+            Duration::from_secs(20),
+            || async {
+                let order = self.get_order(id).await;
+                let synced = order["sync"]["state"] == "synced"
+                    && order["sync"]["synced_version"] == order["version"];
+                synced.then_some(order)
+            },
+        )
+        .await
+    }
+
+    /// Waits until a deleted order's tombstone is gone (its delete was synced, or not owed).
+    pub async fn wait_until_purged(&self, id: i64) {
+        wait_for(
+            &format!("order {id} to be purged"),
+            Duration::from_secs(20),
+            || async { (self.count(&format!("orders WHERE id = {id}")).await == 0).then_some(()) },
+        )
+        .await
+    }
+
+    pub async fn actor_metrics(&self) -> Value {
+        self.http
+            .get(self.url("/metrics/actors"))
+            .send()
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("metrics JSON")
+    }
+
     /// Every order row and outbox row, to compare before and after a rejected request.
     pub async fn snapshot(&self) -> (Vec<String>, Vec<String>) {
         let orders = sqlx::query_scalar("SELECT row_to_json(o)::text FROM orders o ORDER BY id")
@@ -217,7 +296,6 @@ impl TestApp {
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
-#[allow(dead_code)]
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,

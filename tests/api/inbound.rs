@@ -2,11 +2,11 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{order_body, spawn_app};
+use crate::helpers::{order_body, spawn_api_only};
 
 #[actix_web::test]
 async fn an_inbound_json_update_changes_status_and_delivery_without_a_sync_event() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     let mut body = order_body();
     body["status"] = json!("pending");
     body["delivered_at"] = Value::Null;
@@ -52,7 +52,7 @@ async fn an_inbound_json_update_changes_status_and_delivery_without_a_sync_event
 
 #[actix_web::test]
 async fn an_inbound_form_update_works_as_in_the_reference() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     let id = app.create_order().await["id"].as_i64().unwrap();
     let response = app
         .http
@@ -83,7 +83,7 @@ async fn an_inbound_form_update_works_as_in_the_reference() {
 
 #[actix_web::test]
 async fn bad_inbound_input_is_rejected_and_changes_nothing() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     let id = app.create_order().await["id"].as_i64().unwrap();
     let before = app.snapshot().await;
     let path = app.url(&format!("/inbound/{id}"));

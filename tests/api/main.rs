@@ -2,9 +2,11 @@
 //! (see `helpers::spawn_app`).
 
 mod bad_input;
+mod external;
 mod health;
 mod helpers;
 mod inbound;
 mod orders;
 mod outbox;
 mod startup;
+mod sync;

@@ -2,11 +2,11 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{order_body, spawn_app};
+use crate::helpers::{order_body, spawn_api_only};
 
 #[actix_web::test]
 async fn creating_an_order_answers_201_with_version_1_and_writes_one_create_outbox_row() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     let order = app.create_order().await;
     assert_eq!(order["version"], 1);
     assert_eq!(order["pincode"], "011001");
@@ -25,7 +25,7 @@ async fn creating_an_order_answers_201_with_version_1_and_writes_one_create_outb
 
 #[actix_web::test]
 async fn getting_an_order_returns_what_was_created() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     let created = app.create_order().await;
     let response = app
         .http
@@ -40,7 +40,7 @@ async fn getting_an_order_returns_what_was_created() {
 
 #[actix_web::test]
 async fn replacing_an_order_bumps_its_version_and_writes_an_update_outbox_row() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     let id = app.create_order().await["id"].as_i64().unwrap();
     let mut body = order_body();
     body["status"] = json!("canceled");
@@ -74,7 +74,7 @@ async fn replacing_an_order_bumps_its_version_and_writes_an_update_outbox_row() 
 
 #[actix_web::test]
 async fn patching_an_order_changes_only_the_fields_sent() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     let created = app.create_order().await;
     let id = created["id"].as_i64().unwrap();
     let response = app
@@ -110,7 +110,7 @@ async fn patching_an_order_changes_only_the_fields_sent() {
 
 #[actix_web::test]
 async fn a_deleted_order_answers_404_from_then_on_and_stays_as_a_tombstone_with_a_delete_event() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     let id = app.create_order().await["id"].as_i64().unwrap();
     let path = app.url(&format!("/orders/{id}"));
     let response = app.http.delete(&path).send().await.unwrap();
@@ -188,7 +188,7 @@ fn ids_of(page: &Value) -> Vec<i64> {
 
 #[actix_web::test]
 async fn listing_pages_by_number_newest_first_with_a_total() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     let ids = create_orders(&app, &["pending"], 5).await;
     let newest_first: Vec<i64> = ids.iter().rev().copied().collect();
     let mut seen = Vec::new();
@@ -211,7 +211,7 @@ async fn listing_pages_by_number_newest_first_with_a_total() {
 
 #[actix_web::test]
 async fn listing_by_cursor_walks_every_order_once() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     let ids = create_orders(&app, &["pending"], 7).await;
     let mut seen = Vec::new();
     let mut cursor: Option<i64> = None;
@@ -237,7 +237,7 @@ async fn listing_by_cursor_walks_every_order_once() {
 
 #[actix_web::test]
 async fn listing_filters_by_status_and_by_sync_state() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     let ids = create_orders(&app, &["pending", "canceled", "delivered"], 6).await;
     sqlx::query("UPDATE orders SET sync_state = 'dead' WHERE id = $1")
         .bind(ids[1])
@@ -260,7 +260,7 @@ async fn listing_filters_by_status_and_by_sync_state() {
 
 #[actix_web::test]
 async fn listing_with_bad_parameters_answers_422_naming_each() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     let response = app
         .http
         .get(app.url("/orders?status=lost&sync.state=gone&per_page=1000&page=0"))

@@ -1,6 +1,6 @@
 //! The order change and its outbox row are one transaction: neither is written without the other.
 
-use crate::helpers::{order_body, spawn_app};
+use crate::helpers::{order_body, spawn_api_only};
 
 /// Makes every insert into the outbox fail, as a broken disk or a bug would.
 const BREAK_OUTBOX: &str = r#"
@@ -11,7 +11,7 @@ CREATE TRIGGER refuse_outbox BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTI
 
 #[actix_web::test]
 async fn when_the_outbox_insert_fails_the_order_change_is_rolled_back_too() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     let id = app.create_order().await["id"].as_i64().unwrap();
     sqlx::raw_sql(BREAK_OUTBOX)
         .execute(&app.pool)
