@@ -89,6 +89,10 @@ pub struct Settings {
     pub admin_token: Option<Secret>,
     #[serde(default = "defaults::shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
+    /// How long an order that is behind must have been quiet, with the backlog and the outbox
+    /// empty, before the reconciler publishes it again (its event was lost with Redis).
+    #[serde(default = "defaults::reconcile_quiet_secs")]
+    pub reconcile_quiet_secs: u64,
     /// `false`: serve the API only, and leave the relay, dispatcher and actors to another
     /// instance (as the reference ran `web` and `sidekiq` apart). Changes wait in the outbox.
     #[serde(default = "defaults::sync_engine")]
@@ -156,6 +160,9 @@ mod defaults {
     /// Sidekiq waits 25 s for jobs in flight on TERM.
     pub fn shutdown_timeout_secs() -> u64 {
         25
+    }
+    pub fn reconcile_quiet_secs() -> u64 {
+        10
     }
     pub fn sync_engine() -> bool {
         true

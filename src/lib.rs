@@ -11,6 +11,7 @@
 //! - [`domain`] — order fields as types that can only hold valid values.
 //! - [`db`] — PostgreSQL, the source of truth: entities, queries, the outbox rows.
 //! - [`config`] — settings from the environment.
+//! - [`crash`] — crash points for the durability tests (inert unless armed).
 //! - [`startup`] — builds and runs an instance.
 //! - [`telemetry`] — logging.
 
@@ -18,6 +19,7 @@ pub mod actors;
 pub mod api;
 pub mod backlog;
 pub mod config;
+pub mod crash;
 pub mod db;
 pub mod domain;
 pub mod external;

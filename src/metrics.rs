@@ -76,6 +76,7 @@ impl SyncMetrics {
             Ok(()) => "2xx",
             Err(CallError::Status { status, .. }) if *status < 500 => "4xx",
             Err(CallError::Status { .. }) => "5xx",
+            Err(CallError::Abandoned) => return,
             Err(_) => "error",
         };
         if let Ok(mut calls) = self.calls.lock() {

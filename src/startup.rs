@@ -18,13 +18,14 @@ use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio_util::sync::CancellationToken;
 use tracing_actix_web::TracingLogger;
 
 use crate::actors::order_sync::{RetryPolicy, SyncDeps};
 use crate::actors::supervisor::SupervisorActor;
 use crate::actors::throttle::Throttle;
 use crate::api::{self, AppState};
-use crate::backlog::dispatcher::Dispatcher;
+use crate::backlog::dispatcher::{Dispatcher, InFlight};
 use crate::backlog::keys::{Keys, CONSUMER};
 use crate::backlog::relay::OutboxRelay;
 use crate::backlog::scheduler::Scheduler;
@@ -52,6 +53,11 @@ pub struct Application {
     port: u16,
     server: Server,
     external_api_url: String,
+    /// Cancelled on SIGTERM or Ctrl-C: writes answer 503, no new event or call starts.
+    shutdown: CancellationToken,
+    /// Events read but not yet acknowledged; shutdown waits for them (`None` without the engine).
+    in_flight: Option<InFlight>,
+    shutdown_timeout: Duration,
 }
 
 impl Application {
@@ -93,6 +99,7 @@ impl Application {
 
         let metrics = Arc::new(SyncMetrics::default());
         let relay_wake_up = Arc::new(tokio::sync::Notify::new());
+        let shutdown = CancellationToken::new();
         let throttle = Throttle::start(
             settings.rate_limit_per_sec,
             settings.rate_limit_burst,
@@ -113,7 +120,9 @@ impl Application {
                 delayed_scale: settings.delayed_retry_scale,
             },
             metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
         });
+        let mut in_flight = None;
         if settings.sync_engine {
             let keys = Keys::new(&settings.redis_prefix);
             let supervisor = SupervisorActor::new(deps, Duration::from_secs(settings.order_actor_idle_secs)).start();
@@ -125,10 +134,20 @@ impl Application {
                 supervisor,
                 settings.max_in_flight_events as usize,
                 metrics.clone(),
+                shutdown.clone(),
             );
+            in_flight = Some(dispatcher.in_flight());
             actix_rt::spawn(dispatcher.run());
-            actix_rt::spawn(OutboxRelay::new(pool.clone(), redis.clone(), keys.clone(), relay_wake_up.clone()).run());
-            actix_rt::spawn(Scheduler::new(pool, redis.clone(), keys).run());
+            let relay = OutboxRelay::new(
+                pool.clone(),
+                redis.clone(),
+                keys.clone(),
+                relay_wake_up.clone(),
+                shutdown.clone(),
+            );
+            actix_rt::spawn(relay.run());
+            let quiet_for = Duration::from_secs(settings.reconcile_quiet_secs);
+            actix_rt::spawn(Scheduler::new(pool, redis.clone(), keys, quiet_for, shutdown.clone()).run());
         } else {
             tracing::info!("SYNC_ENGINE=false: serving the API only; changes wait in the outbox");
         }
@@ -149,6 +168,8 @@ impl Application {
             relay_wake_up,
             metrics,
             throttle,
+            shutdown: shutdown.clone(),
+            admin_token: settings.admin_token.clone().filter(|token| !token.is_empty()),
         });
         let max_body_bytes = settings.max_body_bytes;
         let server = HttpServer::new(move || {
@@ -161,6 +182,8 @@ impl Application {
         })
         .listen(listener)
         .map_err(|cause| StartupError::Bind { addr, cause })?
+        // Signals are ours (see `run_until_stopped`): the engine must drain before the server stops.
+        .disable_signals()
         .shutdown_timeout(settings.shutdown_timeout_secs)
         .run();
         tracing::info!(port, "order-sync listening");
@@ -168,6 +191,9 @@ impl Application {
             port,
             server,
             external_api_url,
+            shutdown,
+            in_flight,
+            shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_secs),
         })
     }
 
@@ -181,8 +207,47 @@ impl Application {
         self.port
     }
 
+    /// Serves until SIGTERM or Ctrl-C, then shuts down gracefully: writes answer 503 and the
+    /// dispatcher stops reading at once; calls in flight get up to `SHUTDOWN_TIMEOUT_SECS` to
+    /// finish and be recorded; events not started stay unacknowledged in Redis for the next
+    /// start. Then the HTTP server stops.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let handle = self.server.handle();
+        let mut server = actix_rt::spawn(self.server);
+        tokio::select! {
+            served = &mut server => return served.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            signal = shutdown_signal() => tracing::info!(signal, "shutting down"),
+        }
+        self.shutdown.cancel();
+        if let Some(in_flight) = &self.in_flight {
+            let pending = in_flight.count();
+            match tokio::time::timeout(self.shutdown_timeout, in_flight.drained()).await {
+                Ok(()) => tracing::info!(events = pending, "in-flight events finished"),
+                Err(_) => tracing::warn!(
+                    events = in_flight.count(),
+                    "shutdown timeout: leaving unfinished events in Redis for the next start"
+                ),
+            }
+        }
+        handle.stop(true).await;
+        let _ = server.await;
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C, with the signal's name.
+async fn shutdown_signal() -> &'static str {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = terminate => "SIGTERM",
     }
 }
 

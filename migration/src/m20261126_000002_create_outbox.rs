@@ -25,7 +25,7 @@ CREATE TABLE outbox (
     id          BIGSERIAL   PRIMARY KEY,
     order_id    BIGINT      NOT NULL,
     version     BIGINT      NOT NULL,
-    action      TEXT        NOT NULL CHECK (action IN ('create', 'update', 'delete')),
+    action      TEXT        NOT NULL CHECK (action IN ('create', 'update', 'delete', 'retry')),
     created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX outbox_order_id_idx ON outbox (order_id);

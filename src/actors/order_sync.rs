@@ -20,6 +20,7 @@ use sqlx::PgPool;
 use tokio::sync::oneshot;
 use tokio_retry::strategy::{jitter, ExponentialBackoff};
 use tokio_retry::RetryIf;
+use tokio_util::sync::CancellationToken;
 
 use super::supervisor::{OrderActorIdle, SupervisorActor};
 use super::throttle::{CallPermit, Throttle};
@@ -58,6 +59,8 @@ pub struct SyncDeps {
     pub throttle: Throttle,
     pub retry: RetryPolicy,
     pub metrics: Arc<SyncMetrics>,
+    /// Cancelled on SIGTERM: no new call starts; calls in flight finish.
+    pub shutdown: CancellationToken,
 }
 
 /// One event to handle; `done` carries the outcome once it is recorded in PostgreSQL.
@@ -86,6 +89,9 @@ pub enum Outcome {
     Parked,
     /// The call cannot succeed (or every retry failed): the order is `dead`.
     Dead,
+    /// The service is shutting down: nothing was recorded, and the event must stay
+    /// unacknowledged so that the next start handles it.
+    Abandoned,
 }
 
 pub struct OrderSyncActor {
@@ -233,6 +239,9 @@ async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
     let id = event.order_id;
     let mut kind = event.kind;
     loop {
+        if deps.shutdown.is_cancelled() {
+            return Outcome::Abandoned;
+        }
         let row = retry_db("load order", || queries::load(pool, id)).await;
         let verb = match decide(row.as_ref(), kind) {
             Decision::Skip(reason) => {
@@ -254,8 +263,12 @@ async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
             Decision::Call(verb) => verb,
         };
         let asked = Instant::now();
-        let Some(permit) = deps.throttle.acquire().await else {
-            return Outcome::Skipped; // shutting down: the event stays unacknowledged
+        let permit = tokio::select! {
+            permit = deps.throttle.acquire() => permit,
+            _ = deps.shutdown.cancelled() => None,
+        };
+        let Some(permit) = permit else {
+            return Outcome::Abandoned;
         };
         // While we waited for a turn the order may have changed again: decide on the freshest
         // state (more coalescing, and no create for an order deleted meanwhile).
@@ -276,9 +289,13 @@ async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
         let started = Instant::now();
         let result = call_with_retries(deps, &call, permit).await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
+        if matches!(result, Err(CallError::Abandoned)) {
+            return Outcome::Abandoned;
+        }
         deps.metrics.record_call(call.verb(), &result);
         match result {
             Ok(()) => {
+                crate::crash::point("after_call");
                 tracing::info!(
                     order_id = id,
                     version = row.version,
@@ -360,11 +377,15 @@ async fn call_with_retries(
             let _permit = match permit {
                 Some(permit) => permit,
                 None => {
+                    // A retry is a new call: none starts once shutdown has begun.
+                    if deps.shutdown.is_cancelled() {
+                        return Err(CallError::Abandoned);
+                    }
                     deps.metrics.retried.inc();
-                    deps.throttle
-                        .acquire()
-                        .await
-                        .ok_or_else(|| CallError::Connect("shutting down".into()))?
+                    tokio::select! {
+                        permit = deps.throttle.acquire() => permit.ok_or(CallError::Abandoned)?,
+                        _ = deps.shutdown.cancelled() => return Err(CallError::Abandoned),
+                    }
                 }
             };
             let result = deps.client.send(call).await;

@@ -17,6 +17,7 @@ pub async fn update_from_inbound(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    state.ensure_accepting_writes()?;
     let (status, delivered_on) = read_inbound_body(&req, &body)?;
     let update = InboundUpdate::parse(status.as_ref(), delivered_on.as_ref())
         .map_err(ApiError::Validation)?;

@@ -1,6 +1,7 @@
 //! The HTTP API (actix-web): orders, the inbound write-back, health. Routes are listed here in
 //! one place; each resource's handlers live in its own module.
 
+mod admin;
 mod error;
 mod health;
 mod inbound;
@@ -16,8 +17,10 @@ use std::sync::Arc;
 use redis::aio::ConnectionManager;
 use sea_orm::DatabaseConnection;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::actors::throttle::Throttle;
+use crate::config::Secret;
 use crate::metrics::SyncMetrics;
 
 /// What every handler can reach, shared through `web::Data`.
@@ -28,6 +31,22 @@ pub struct AppState {
     pub relay_wake_up: Arc<Notify>,
     pub metrics: Arc<SyncMetrics>,
     pub throttle: Throttle,
+    /// Cancelled when shutdown begins: writes answer 503 from then on.
+    pub shutdown: CancellationToken,
+    /// `None`: the admin endpoints are off.
+    pub admin_token: Option<Secret>,
+}
+
+impl AppState {
+    /// Refuses writes once shutdown has begun, so every change accepted is one the engine
+    /// will see (it waits in the outbox for the next start).
+    pub fn ensure_accepting_writes(&self) -> Result<(), ApiError> {
+        if self.shutdown.is_cancelled() {
+            Err(ApiError::Unavailable("the service is shutting down; try again shortly".into()))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// Registers every route, and the extractor settings that turn bad input into `ApiError`s.
@@ -57,6 +76,13 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .route(web::patch().to(orders::patch_order))
             .route(web::delete().to(orders::delete_order))
             .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::scope("/admin")
+            .route("/orders", web::get().to(admin::list_failed_orders))
+            .route("/orders/retry-all", web::post().to(admin::retry_all_dead))
+            .route("/orders/{id}/retry", web::post().to(admin::retry_order))
+            .route("/orders/{id}", web::delete().to(admin::discard_order)),
     )
     .service(
         web::resource("/inbound/{id}")

@@ -150,6 +150,7 @@ pub async fn create_order(
     state: web::Data<AppState>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
+    state.ensure_accepting_writes()?;
     let fields = OrderFields::parse(&body).map_err(ApiError::Validation)?;
     let order = db::create_order(&state.db, &fields).await?;
     state.relay_wake_up.notify_one();
@@ -188,6 +189,7 @@ pub async fn replace_order(
     id: web::Path<i64>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
+    state.ensure_accepting_writes()?;
     let fields = OrderFields::parse(&body).map_err(ApiError::Validation)?;
     let order = db::replace_order(&state.db, id.into_inner(), fields).await?;
     state.relay_wake_up.notify_one();
@@ -199,6 +201,7 @@ pub async fn patch_order(
     id: web::Path<i64>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
+    state.ensure_accepting_writes()?;
     let patch = OrderPatch::parse(&body).map_err(ApiError::Validation)?;
     let order = db::patch_order(&state.db, id.into_inner(), patch).await?;
     state.relay_wake_up.notify_one();
@@ -209,6 +212,7 @@ pub async fn delete_order(
     state: web::Data<AppState>,
     id: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
+    state.ensure_accepting_writes()?;
     db::delete_order(&state.db, id.into_inner()).await?;
     state.relay_wake_up.notify_one();
     Ok(HttpResponse::NoContent().finish())

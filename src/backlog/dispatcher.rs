@@ -3,8 +3,10 @@
 //! out it stops reading (backpressure), so a backlog of millions stays in Redis, not in memory.
 //!
 //! An entry is acknowledged (XACK, then XDEL to keep the stream short) only after the order's
-//! actor reported its outcome, which it does only after recording it in PostgreSQL. Entries a
-//! previous run read but never acknowledged are read again first, at start.
+//! actor reported its outcome, which it does only after recording it in PostgreSQL. At start,
+//! entries that a previous run (of any consumer name) read but never acknowledged are claimed
+//! (XAUTOCLAIM) and handled first, in stream order. On shutdown it stops reading; events not yet
+//! started are abandoned unacknowledged and wait in Redis for the next start.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +16,7 @@ use redis::aio::ConnectionManager;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use super::keys::{Keys, GROUP, SHARDS};
 use super::SyncEvent;
@@ -33,8 +36,37 @@ pub struct Dispatcher {
     keys: Keys,
     consumer: String,
     supervisor: Addr<SupervisorActor>,
-    in_flight: Arc<Semaphore>,
+    in_flight: InFlight,
     metrics: Arc<SyncMetrics>,
+    shutdown: CancellationToken,
+}
+
+/// The bound on unacknowledged events, shared with shutdown (which waits for it to drain).
+#[derive(Clone)]
+pub struct InFlight {
+    slots: Arc<Semaphore>,
+    capacity: usize,
+}
+
+impl InFlight {
+    fn new(capacity: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(capacity)),
+            capacity,
+        }
+    }
+
+    /// Events read but not yet acknowledged (or abandoned).
+    pub fn count(&self) -> usize {
+        self.capacity - self.slots.available_permits()
+    }
+
+    /// Resolves when no event is in flight.
+    pub async fn drained(&self) {
+        if let Ok(all) = self.slots.acquire_many(self.capacity as u32).await {
+            drop(all);
+        }
+    }
 }
 
 impl Dispatcher {
@@ -46,6 +78,7 @@ impl Dispatcher {
         supervisor: Addr<SupervisorActor>,
         max_in_flight: usize,
         metrics: Arc<SyncMetrics>,
+        shutdown: CancellationToken,
     ) -> Self {
         Self {
             reader,
@@ -53,28 +86,42 @@ impl Dispatcher {
             keys,
             consumer,
             supervisor,
-            in_flight: Arc::new(Semaphore::new(max_in_flight.max(SHARDS as usize))),
+            in_flight: InFlight::new(max_in_flight.max(SHARDS as usize)),
             metrics,
+            shutdown,
         }
     }
 
-    /// Reads and dispatches until the process ends. Redis errors are retried with backoff; a
-    /// lost consumer group (Redis restarted without its data) is created again.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.clone()
+    }
+
+    /// Reads and dispatches until shutdown. Redis errors are retried with backoff; a lost
+    /// consumer group (Redis restarted without its data) is created again.
     pub async fn run(mut self) {
         let mut backoff = Duration::from_millis(100);
         let mut recovered = false;
-        loop {
+        let shutdown = self.shutdown.clone();
+        while !shutdown.is_cancelled() {
             let step = async {
                 self.ensure_groups().await?;
                 if !recovered {
+                    self.claim_abandoned().await?;
                     self.read_all(true).await?;
                     recovered = true;
                 }
                 self.read_all(false).await
             };
-            if let Err(error) = step.await {
+            let result = tokio::select! {
+                result = step => result,
+                _ = shutdown.cancelled() => break,
+            };
+            if let Err(error) = result {
                 tracing::warn!(error = %error, retry_in_ms = backoff.as_millis() as u64, "reading the backlog failed; retrying");
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => break,
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             } else {
                 backoff = Duration::from_millis(100);
@@ -91,6 +138,38 @@ impl Dispatcher {
                 Ok(()) => {}
                 Err(e) if e.code() == Some("BUSYGROUP") => {}
                 Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes over every entry that was delivered but never acknowledged, whoever read it (a
+    /// crashed run, perhaps under another consumer name), so `read_all(true)` sees them all.
+    /// This instance holds every shard, so every pending entry is its own to finish.
+    async fn claim_abandoned(&mut self) -> redis::RedisResult<()> {
+        for stream in self.keys.streams() {
+            let mut cursor = "0-0".to_string();
+            loop {
+                let reply: redis::Value = redis::cmd("XAUTOCLAIM")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .arg(&self.consumer)
+                    .arg(0)
+                    .arg(&cursor)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .arg("JUSTID")
+                    .query_async(&mut self.acker)
+                    .await?;
+                // [next cursor, [claimed ids], [deleted ids] (Redis 7)]
+                let next = match &reply {
+                    redis::Value::Array(parts) => parts.first().and_then(|c| redis::from_redis_value::<String>(c).ok()),
+                    _ => None,
+                };
+                match next {
+                    Some(next) if next != "0-0" => cursor = next,
+                    _ => break,
+                }
             }
         }
         Ok(())
@@ -136,19 +215,19 @@ impl Dispatcher {
     /// Waits until at least one read's worth of room is free; returns how many slots are free.
     async fn wait_for_room(&self) -> usize {
         loop {
-            let free = self.in_flight.available_permits();
+            let free = self.in_flight.slots.available_permits();
             if free >= SHARDS as usize {
                 return free;
             }
             // Released when an event is acknowledged; give the slot straight back.
-            if let Ok(permit) = self.in_flight.acquire().await {
+            if let Ok(permit) = self.in_flight.slots.acquire().await {
                 drop(permit);
             }
         }
     }
 
     fn dispatch(&self, stream: &str, entry_id: String, event: Option<SyncEvent>) {
-        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+        let Ok(permit) = self.in_flight.slots.clone().try_acquire_owned() else {
             // Cannot happen (reads never exceed the free slots); the entry stays pending.
             tracing::error!(stream, entry_id, "no room for a read entry");
             return;
@@ -171,6 +250,10 @@ impl Dispatcher {
                 // The order's actor failed holding this event: the supervisor starts a new one.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 outcome = forward(&supervisor, event.clone()).await;
+            }
+            if outcome == Ok(Outcome::Abandoned) {
+                drop(permit); // left pending in Redis for the next start
+                return;
             }
             acknowledge(acker, stream, entry_id, permit).await;
         });

@@ -13,6 +13,7 @@ use anyhow::Context;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::keys::{shard_of, Keys};
 use super::{EventKind, SyncEvent};
@@ -27,15 +28,23 @@ pub struct OutboxRelay {
     redis: ConnectionManager,
     keys: Keys,
     wake_up: Arc<Notify>,
+    shutdown: CancellationToken,
 }
 
 impl OutboxRelay {
-    pub fn new(pool: PgPool, redis: ConnectionManager, keys: Keys, wake_up: Arc<Notify>) -> Self {
+    pub fn new(
+        pool: PgPool,
+        redis: ConnectionManager,
+        keys: Keys,
+        wake_up: Arc<Notify>,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             pool,
             redis,
             keys,
             wake_up,
+            shutdown,
         }
     }
 
@@ -43,15 +52,13 @@ impl OutboxRelay {
     /// (PostgreSQL or Redis away) are logged and retried with backoff: rows wait in the outbox.
     pub async fn run(mut self) {
         let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.publish_batch().await {
+        let shutdown = self.shutdown.clone();
+        while !shutdown.is_cancelled() {
+            let wait = match self.publish_batch().await {
                 Ok(published) if published as i64 == BATCH => continue,
                 Ok(_) => {
                     backoff = Duration::from_millis(100);
-                    tokio::select! {
-                        _ = self.wake_up.notified() => {}
-                        _ = tokio::time::sleep(SWEEP_EVERY) => {}
-                    }
+                    SWEEP_EVERY
                 }
                 Err(error) => {
                     tracing::warn!(
@@ -59,9 +66,14 @@ impl OutboxRelay {
                         retry_in_ms = backoff.as_millis() as u64,
                         "outbox relay failed; retrying"
                     );
-                    tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff
                 }
+            };
+            tokio::select! {
+                _ = self.wake_up.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => {}
             }
         }
     }
@@ -69,8 +81,8 @@ impl OutboxRelay {
     /// Publishes up to `BATCH` rows; returns how many.
     pub async fn publish_batch(&mut self) -> anyhow::Result<usize> {
         let mut txn = self.pool.begin().await.context("begin")?;
-        let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
-            "SELECT id, order_id, version, (extract(epoch FROM created_at) * 1000)::bigint
+        let rows: Vec<(i64, i64, i64, String, i64)> = sqlx::query_as(
+            "SELECT id, order_id, version, action, (extract(epoch FROM created_at) * 1000)::bigint
              FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(BATCH)
@@ -80,15 +92,17 @@ impl OutboxRelay {
         if rows.is_empty() {
             return Ok(0);
         }
+        crate::crash::point("before_publish");
         let mut pipe = redis::pipe();
-        for &(_, order_id, version, committed_at_ms) in &rows {
+        for (_, order_id, version, action, committed_at_ms) in &rows {
             let event = SyncEvent {
-                order_id,
-                version,
-                kind: EventKind::Change,
-                committed_at_ms,
+                order_id: *order_id,
+                version: *version,
+                // An operator's retry must reach a parked order; a change waits behind it.
+                kind: if action == "retry" { EventKind::Retry } else { EventKind::Change },
+                committed_at_ms: *committed_at_ms,
             };
-            pipe.xadd(self.keys.stream(shard_of(order_id)), "*", &event.fields())
+            pipe.xadd(self.keys.stream(shard_of(*order_id)), "*", &event.fields())
                 .ignore();
         }
         pipe.query_async::<()>(&mut self.redis)

@@ -12,6 +12,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use super::keys::Keys;
 use super::relay::publish;
@@ -23,41 +24,52 @@ const RETRY_TICK: Duration = Duration::from_millis(500);
 /// How long a claimed retry is left alone before it may be published again (if its event was
 /// lost on the way).
 const RETRY_LEASE: Duration = Duration::from_secs(300);
-/// How often the reconciler looks, and how long an order must have been quiet.
-const RECONCILE_EVERY: Duration = Duration::from_secs(10);
-const QUIET_FOR: Duration = Duration::from_secs(10);
+/// How often the reconciler looks.
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 const BATCH: i64 = 500;
 
 pub struct Scheduler {
     pool: PgPool,
     redis: ConnectionManager,
     keys: Keys,
+    /// How long an order must have been quiet before the reconciler publishes it again.
+    quiet_for: Duration,
+    shutdown: CancellationToken,
 }
 
 impl Scheduler {
-    pub fn new(pool: PgPool, redis: ConnectionManager, keys: Keys) -> Self {
-        Self { pool, redis, keys }
+    pub fn new(
+        pool: PgPool,
+        redis: ConnectionManager,
+        keys: Keys,
+        quiet_for: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            pool,
+            redis,
+            keys,
+            quiet_for,
+            shutdown,
+        }
     }
 
     pub async fn run(mut self) {
         let mut since_reconcile = Duration::ZERO;
-        loop {
+        while !self.shutdown.is_cancelled() {
             if let Err(error) = self.publish_due_retries().await {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    "publishing due retries failed; will retry"
-                );
+                tracing::warn!(error = format!("{error:#}"), "publishing due retries failed; will retry");
             }
             if since_reconcile >= RECONCILE_EVERY {
                 since_reconcile = Duration::ZERO;
                 if let Err(error) = self.reconcile().await {
-                    tracing::warn!(
-                        error = format!("{error:#}"),
-                        "reconciling failed; will retry"
-                    );
+                    tracing::warn!(error = format!("{error:#}"), "reconciling failed; will retry");
                 }
             }
-            tokio::time::sleep(RETRY_TICK).await;
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY_TICK) => {}
+                _ = self.shutdown.cancelled() => {}
+            }
             since_reconcile += RETRY_TICK;
         }
     }
@@ -91,7 +103,7 @@ impl Scheduler {
         }
         let mut after_id = 0;
         loop {
-            let stale = queries::stale_pending(&self.pool, after_id, BATCH, QUIET_FOR).await?;
+            let stale = queries::stale_pending(&self.pool, after_id, BATCH, self.quiet_for).await?;
             let Some(&(last_id, _)) = stale.last() else {
                 return Ok(());
             };

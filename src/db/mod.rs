@@ -2,6 +2,7 @@
 //! change orders (every change writes its outbox row in the same transaction), and the sync
 //! engine's queries ([`sync`]).
 
+pub mod admin;
 pub mod entity;
 mod orders;
 pub mod sync;

@@ -49,6 +49,9 @@ pub enum CallError {
     Connect(String),
     #[error("timed out")]
     Timeout,
+    /// The service is shutting down: the attempt was not made.
+    #[error("not attempted: shutting down")]
+    Abandoned,
     #[error("HTTP {status}: {body}")]
     Status {
         status: u16,
@@ -64,6 +67,7 @@ impl CallError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Connect(_) | Self::Timeout => true,
+            Self::Abandoned => false,
             Self::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
         }
     }

@@ -9,7 +9,7 @@ pub struct Model {
     pub id: i64,
     pub order_id: i64,
     pub version: i64,
-    /// `create`, `update` or `delete`: what the change was, for logs and metrics. The sync
+    /// `create`, `update`, `delete`, or `retry` (an operator's retry): for logs and metrics. The sync
     /// itself always reads the order's current row.
     pub action: String,
     pub created_at: DateTimeUtc,

@@ -1,0 +1,125 @@
+//! `/admin`: the operator's view of what failed, and the Sidekiq dead-set actions (retry one,
+//! retry all, discard one). Protected by `ADMIN_TOKEN` as a bearer token: no token is 401, a
+//! wrong one 403; with `ADMIN_TOKEN` unset the endpoints are off (404), never open.
+
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiError, AppState};
+use crate::db::admin::{self, AdminChange};
+use crate::domain::{FieldErrors, SyncState};
+
+/// Checks the bearer token in constant time (the comparison must not tell how much matched).
+fn require_admin(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    let Some(expected) = &state.admin_token else {
+        return Err(ApiError::NotFound("the admin endpoints are off (ADMIN_TOKEN is unset)".into()));
+    };
+    let presented = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .ok_or(ApiError::Unauthorized)?;
+    if constant_time_eq::constant_time_eq(presented.as_bytes(), expected.expose().as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden)
+    }
+}
+
+/// `GET /admin/orders?state=dead|retrying&cursor=&per_page=`.
+#[derive(Debug, Deserialize)]
+pub struct FailedQuery {
+    state: Option<String>,
+    cursor: Option<i64>,
+    per_page: Option<i64>,
+}
+
+pub async fn list_failed_orders(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<FailedQuery>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&state, &req)?;
+    let query = query.into_inner();
+    let mut errors = FieldErrors::new();
+    let states = match query.state.as_deref() {
+        None => vec![SyncState::Dead, SyncState::Retrying],
+        Some("dead") => vec![SyncState::Dead],
+        Some("retrying") => vec![SyncState::Retrying],
+        Some(_) => {
+            errors.insert("state".into(), "must be dead or retrying".into());
+            vec![]
+        }
+    };
+    let per_page = query.per_page.unwrap_or(50);
+    if !(1..=500).contains(&per_page) {
+        errors.insert("per_page".into(), "must be an integer from 1 to 500".into());
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let pool = state.db.get_postgres_connection_pool();
+    let orders = admin::list_failed(pool, &states, query.cursor, per_page + 1)
+        .await
+        .map_err(store_error)?;
+    let more = orders.len() as i64 > per_page;
+    let orders: Vec<_> = orders.into_iter().take(per_page as usize).collect();
+    let next_cursor = if more { orders.last().map(|o| o.id) } else { None };
+    Ok(HttpResponse::Ok().json(json!({"orders": orders, "next_cursor": next_cursor})))
+}
+
+pub async fn retry_order(state: web::Data<AppState>, req: HttpRequest, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    require_admin(&state, &req)?;
+    let id = id.into_inner();
+    let change = admin::retry_order(state.db.get_postgres_connection_pool(), id)
+        .await
+        .map_err(store_error)?;
+    answer(change, id, "queued for retry", &state)
+}
+
+pub async fn retry_all_dead(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    require_admin(&state, &req)?;
+    let retried = admin::retry_all_dead(state.db.get_postgres_connection_pool())
+        .await
+        .map_err(store_error)?;
+    state.relay_wake_up.notify_one();
+    tracing::info!(orders = retried, "operator retried every dead order");
+    Ok(HttpResponse::Accepted().json(json!({"retried": retried})))
+}
+
+pub async fn discard_order(state: web::Data<AppState>, req: HttpRequest, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    require_admin(&state, &req)?;
+    let id = id.into_inner();
+    let change = admin::discard_order(state.db.get_postgres_connection_pool(), id)
+        .await
+        .map_err(store_error)?;
+    answer(change, id, "discarded", &state)
+}
+
+fn answer(change: AdminChange, id: i64, done: &str, state: &AppState) -> Result<HttpResponse, ApiError> {
+    match change {
+        AdminChange::Done => {
+            state.relay_wake_up.notify_one();
+            tracing::info!(order_id = id, action = done, "operator action");
+            Ok(HttpResponse::Accepted().json(json!({"id": id, "result": done})))
+        }
+        AdminChange::NotFound => Err(ApiError::NotFound(format!("order {id} not found"))),
+        AdminChange::NotFailed(current) => Err(ApiError::Conflict(format!(
+            "order {id} is {current}, not dead or retrying"
+        ))),
+    }
+}
+
+fn store_error(err: sqlx::Error) -> ApiError {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            ApiError::Unavailable("the database is unavailable; try again shortly".into())
+        }
+        other => ApiError::Unexpected(anyhow::Error::new(other).context("admin query failed")),
+    }
+}

@@ -1,0 +1,120 @@
+//! The operator's queries: the dead and retrying orders, and retrying or discarding them.
+//! A retry writes an outbox row (`retry`) in the same transaction as the state change, so it
+//! reaches the engine however the process fails afterwards.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use crate::domain::SyncState;
+
+/// An order that needs an operator's eye.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct FailedOrder {
+    pub id: i64,
+    pub version: i64,
+    pub synced_version: i64,
+    pub state: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+    pub deleted: bool,
+}
+
+/// Dead and/or retrying orders, newest first, after `cursor` (an id) when given.
+pub async fn list_failed(pool: &PgPool, states: &[SyncState], cursor: Option<i64>, limit: i64) -> Result<Vec<FailedOrder>, sqlx::Error> {
+    let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+    sqlx::query_as(
+        "SELECT id, version, synced_version, sync_state AS state, sync_attempts AS attempts,
+                sync_last_error AS last_error, sync_next_attempt_at AS next_attempt_at, updated_at,
+                deleted_at IS NOT NULL AS deleted
+         FROM orders
+         WHERE sync_state = ANY($1) AND ($2::bigint IS NULL OR id < $2)
+         ORDER BY id DESC LIMIT $3",
+    )
+    .bind(&states)
+    .bind(cursor)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// What a retry or discard of one order found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AdminChange {
+    Done,
+    NotFound,
+    /// The order is neither dead nor retrying: there is nothing to retry or discard.
+    NotFailed(String),
+}
+
+/// Makes a dead or retrying order pending again (attempts reset) and queues a `retry` event,
+/// which syncs its latest state.
+pub async fn retry_order(pool: &PgPool, id: i64) -> Result<AdminChange, sqlx::Error> {
+    let mut txn = pool.begin().await?;
+    let state: Option<String> = sqlx::query_scalar("SELECT sync_state FROM orders WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(&mut *txn)
+        .await?;
+    match state.as_deref() {
+        None => return Ok(AdminChange::NotFound),
+        Some("dead" | "retrying") => {}
+        Some(other) => return Ok(AdminChange::NotFailed(other.to_string())),
+    }
+    sqlx::query(
+        "WITH revived AS (
+             UPDATE orders SET sync_state = 'pending', sync_attempts = 0, sync_next_attempt_at = NULL
+             WHERE id = $1 RETURNING id, version)
+         INSERT INTO outbox (order_id, version, action) SELECT id, version, 'retry' FROM revived",
+    )
+    .bind(id)
+    .execute(&mut *txn)
+    .await?;
+    txn.commit().await?;
+    Ok(AdminChange::Done)
+}
+
+/// Retries every dead order; returns how many.
+pub async fn retry_all_dead(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "WITH revived AS (
+             UPDATE orders SET sync_state = 'pending', sync_attempts = 0, sync_next_attempt_at = NULL
+             WHERE sync_state = 'dead' RETURNING id, version)
+         INSERT INTO outbox (order_id, version, action) SELECT id, version, 'retry' FROM revived",
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Gives up on syncing a dead or retrying order's current version: the external API keeps what
+/// it has. The order counts as synced at its version (its error is kept, marked as discarded),
+/// and a tombstone is removed, since no delete will be sent.
+pub async fn discard_order(pool: &PgPool, id: i64) -> Result<AdminChange, sqlx::Error> {
+    let mut txn = pool.begin().await?;
+    let found: Option<(String, bool)> =
+        sqlx::query_as("SELECT sync_state, deleted_at IS NOT NULL FROM orders WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *txn)
+            .await?;
+    match found {
+        None => return Ok(AdminChange::NotFound),
+        Some((state, _)) if state != "dead" && state != "retrying" => return Ok(AdminChange::NotFailed(state)),
+        Some((_, true)) => {
+            sqlx::query("DELETE FROM orders WHERE id = $1").bind(id).execute(&mut *txn).await?;
+        }
+        Some((_, false)) => {
+            sqlx::query(
+                "UPDATE orders SET sync_state = 'synced', synced_version = version, sync_attempts = 0,
+                        sync_next_attempt_at = NULL,
+                        sync_last_error = 'discarded by an operator; last error: ' || coalesce(sync_last_error, 'none')
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .execute(&mut *txn)
+            .await?;
+        }
+    }
+    txn.commit().await?;
+    Ok(AdminChange::Done)
+}
