@@ -10,7 +10,11 @@ use std::sync::OnceLock;
 /// Aborts the process if `ORDER_SYNC_CRASH_AT` equals `name`.
 pub fn point(name: &str) {
     static CRASH_AT: OnceLock<Option<String>> = OnceLock::new();
-    let armed = CRASH_AT.get_or_init(|| std::env::var("ORDER_SYNC_CRASH_AT").ok().filter(|v| !v.is_empty()));
+    let armed = CRASH_AT.get_or_init(|| {
+        std::env::var("ORDER_SYNC_CRASH_AT")
+            .ok()
+            .filter(|v| !v.is_empty())
+    });
     if armed.as_deref() == Some(name) {
         eprintln!("crash point {name} reached: aborting");
         std::process::abort();

@@ -125,7 +125,9 @@ impl Application {
         let mut in_flight = None;
         if settings.sync_engine {
             let keys = Keys::new(&settings.redis_prefix);
-            let supervisor = SupervisorActor::new(deps, Duration::from_secs(settings.order_actor_idle_secs)).start();
+            let supervisor =
+                SupervisorActor::new(deps, Duration::from_secs(settings.order_actor_idle_secs))
+                    .start();
             let dispatcher = Dispatcher::new(
                 redis_reader,
                 redis.clone(),
@@ -147,7 +149,9 @@ impl Application {
             );
             actix_rt::spawn(relay.run());
             let quiet_for = Duration::from_secs(settings.reconcile_quiet_secs);
-            actix_rt::spawn(Scheduler::new(pool, redis.clone(), keys, quiet_for, shutdown.clone()).run());
+            actix_rt::spawn(
+                Scheduler::new(pool, redis.clone(), keys, quiet_for, shutdown.clone()).run(),
+            );
         } else {
             tracing::info!("SYNC_ENGINE=false: serving the API only; changes wait in the outbox");
         }
@@ -169,7 +173,10 @@ impl Application {
             metrics,
             throttle,
             shutdown: shutdown.clone(),
-            admin_token: settings.admin_token.clone().filter(|token| !token.is_empty()),
+            admin_token: settings
+                .admin_token
+                .clone()
+                .filter(|token| !token.is_empty()),
         });
         let max_body_bytes = settings.max_body_bytes;
         let server = HttpServer::new(move || {

@@ -14,7 +14,9 @@ use crate::domain::{FieldErrors, SyncState};
 /// Checks the bearer token in constant time (the comparison must not tell how much matched).
 fn require_admin(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
     let Some(expected) = &state.admin_token else {
-        return Err(ApiError::NotFound("the admin endpoints are off (ADMIN_TOKEN is unset)".into()));
+        return Err(ApiError::NotFound(
+            "the admin endpoints are off (ADMIN_TOKEN is unset)".into(),
+        ));
     };
     let presented = req
         .headers()
@@ -69,11 +71,19 @@ pub async fn list_failed_orders(
         .map_err(store_error)?;
     let more = orders.len() as i64 > per_page;
     let orders: Vec<_> = orders.into_iter().take(per_page as usize).collect();
-    let next_cursor = if more { orders.last().map(|o| o.id) } else { None };
+    let next_cursor = if more {
+        orders.last().map(|o| o.id)
+    } else {
+        None
+    };
     Ok(HttpResponse::Ok().json(json!({"orders": orders, "next_cursor": next_cursor})))
 }
 
-pub async fn retry_order(state: web::Data<AppState>, req: HttpRequest, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+pub async fn retry_order(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
     require_admin(&state, &req)?;
     let id = id.into_inner();
     let change = admin::retry_order(state.db.get_postgres_connection_pool(), id)
@@ -82,7 +92,10 @@ pub async fn retry_order(state: web::Data<AppState>, req: HttpRequest, id: web::
     answer(change, id, "queued for retry", &state)
 }
 
-pub async fn retry_all_dead(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub async fn retry_all_dead(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     require_admin(&state, &req)?;
     let retried = admin::retry_all_dead(state.db.get_postgres_connection_pool())
         .await
@@ -92,7 +105,11 @@ pub async fn retry_all_dead(state: web::Data<AppState>, req: HttpRequest) -> Res
     Ok(HttpResponse::Accepted().json(json!({"retried": retried})))
 }
 
-pub async fn discard_order(state: web::Data<AppState>, req: HttpRequest, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+pub async fn discard_order(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
     require_admin(&state, &req)?;
     let id = id.into_inner();
     let change = admin::discard_order(state.db.get_postgres_connection_pool(), id)
@@ -101,7 +118,12 @@ pub async fn discard_order(state: web::Data<AppState>, req: HttpRequest, id: web
     answer(change, id, "discarded", &state)
 }
 
-fn answer(change: AdminChange, id: i64, done: &str, state: &AppState) -> Result<HttpResponse, ApiError> {
+fn answer(
+    change: AdminChange,
+    id: i64,
+    done: &str,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
     match change {
         AdminChange::Done => {
             state.relay_wake_up.notify_one();

@@ -42,7 +42,9 @@ impl AppState {
     /// will see (it waits in the outbox for the next start).
     pub fn ensure_accepting_writes(&self) -> Result<(), ApiError> {
         if self.shutdown.is_cancelled() {
-            Err(ApiError::Unavailable("the service is shutting down; try again shortly".into()))
+            Err(ApiError::Unavailable(
+                "the service is shutting down; try again shortly".into(),
+            ))
         } else {
             Ok(())
         }

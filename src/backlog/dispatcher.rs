@@ -163,7 +163,9 @@ impl Dispatcher {
                     .await?;
                 // [next cursor, [claimed ids], [deleted ids] (Redis 7)]
                 let next = match &reply {
-                    redis::Value::Array(parts) => parts.first().and_then(|c| redis::from_redis_value::<String>(c).ok()),
+                    redis::Value::Array(parts) => parts
+                        .first()
+                        .and_then(|c| redis::from_redis_value::<String>(c).ok()),
                     _ => None,
                 };
                 match next {

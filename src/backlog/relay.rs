@@ -99,7 +99,11 @@ impl OutboxRelay {
                 order_id: *order_id,
                 version: *version,
                 // An operator's retry must reach a parked order; a change waits behind it.
-                kind: if action == "retry" { EventKind::Retry } else { EventKind::Change },
+                kind: if action == "retry" {
+                    EventKind::Retry
+                } else {
+                    EventKind::Change
+                },
                 committed_at_ms: *committed_at_ms,
             };
             pipe.xadd(self.keys.stream(shard_of(*order_id)), "*", &event.fields())

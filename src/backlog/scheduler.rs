@@ -58,12 +58,18 @@ impl Scheduler {
         let mut since_reconcile = Duration::ZERO;
         while !self.shutdown.is_cancelled() {
             if let Err(error) = self.publish_due_retries().await {
-                tracing::warn!(error = format!("{error:#}"), "publishing due retries failed; will retry");
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "publishing due retries failed; will retry"
+                );
             }
             if since_reconcile >= RECONCILE_EVERY {
                 since_reconcile = Duration::ZERO;
                 if let Err(error) = self.reconcile().await {
-                    tracing::warn!(error = format!("{error:#}"), "reconciling failed; will retry");
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "reconciling failed; will retry"
+                    );
                 }
             }
             tokio::select! {

@@ -22,7 +22,12 @@ pub struct FailedOrder {
 }
 
 /// Dead and/or retrying orders, newest first, after `cursor` (an id) when given.
-pub async fn list_failed(pool: &PgPool, states: &[SyncState], cursor: Option<i64>, limit: i64) -> Result<Vec<FailedOrder>, sqlx::Error> {
+pub async fn list_failed(
+    pool: &PgPool,
+    states: &[SyncState],
+    cursor: Option<i64>,
+    limit: i64,
+) -> Result<Vec<FailedOrder>, sqlx::Error> {
     let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
     sqlx::query_as(
         "SELECT id, version, synced_version, sync_state AS state, sync_attempts AS attempts,
@@ -52,10 +57,11 @@ pub enum AdminChange {
 /// which syncs its latest state.
 pub async fn retry_order(pool: &PgPool, id: i64) -> Result<AdminChange, sqlx::Error> {
     let mut txn = pool.begin().await?;
-    let state: Option<String> = sqlx::query_scalar("SELECT sync_state FROM orders WHERE id = $1 FOR UPDATE")
-        .bind(id)
-        .fetch_optional(&mut *txn)
-        .await?;
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT sync_state FROM orders WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *txn)
+            .await?;
     match state.as_deref() {
         None => return Ok(AdminChange::NotFound),
         Some("dead" | "retrying") => {}
@@ -92,16 +98,22 @@ pub async fn retry_all_dead(pool: &PgPool) -> Result<u64, sqlx::Error> {
 /// and a tombstone is removed, since no delete will be sent.
 pub async fn discard_order(pool: &PgPool, id: i64) -> Result<AdminChange, sqlx::Error> {
     let mut txn = pool.begin().await?;
-    let found: Option<(String, bool)> =
-        sqlx::query_as("SELECT sync_state, deleted_at IS NOT NULL FROM orders WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *txn)
-            .await?;
+    let found: Option<(String, bool)> = sqlx::query_as(
+        "SELECT sync_state, deleted_at IS NOT NULL FROM orders WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *txn)
+    .await?;
     match found {
         None => return Ok(AdminChange::NotFound),
-        Some((state, _)) if state != "dead" && state != "retrying" => return Ok(AdminChange::NotFailed(state)),
+        Some((state, _)) if state != "dead" && state != "retrying" => {
+            return Ok(AdminChange::NotFailed(state))
+        }
         Some((_, true)) => {
-            sqlx::query("DELETE FROM orders WHERE id = $1").bind(id).execute(&mut *txn).await?;
+            sqlx::query("DELETE FROM orders WHERE id = $1")
+                .bind(id)
+                .execute(&mut *txn)
+                .await?;
         }
         Some((_, false)) => {
             sqlx::query(

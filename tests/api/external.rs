@@ -102,6 +102,13 @@ impl ExternalApi {
             server: MockServer::start().await,
             recorder: Recorder::default(),
         };
+        api.mount_stubs(delay).await;
+        api
+    }
+
+    /// Mounts the 200 stubs for every verb (again, after a `server.reset()`).
+    pub async fn mount_stubs(&self, delay: Duration) {
+        let api = self;
         let stubs = [
             ("POST", None, "Order was successfully created."),
             (
@@ -129,7 +136,6 @@ impl ExternalApi {
                 .mount(&api.server)
                 .await;
         }
-        api
     }
 
     pub fn responder(&self, status: u16, body: Value, delay: Duration) -> Recording {

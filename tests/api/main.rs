@@ -2,11 +2,13 @@
 //! (see `helpers::spawn_app`).
 
 mod bad_input;
+mod durability;
 mod external;
 mod health;
 mod helpers;
 mod inbound;
 mod orders;
 mod outbox;
+mod process;
 mod startup;
 mod sync;

@@ -1,0 +1,529 @@
+//! Nothing is lost: the service binary as a child process, killed with real signals at random
+//! moments and at chosen crash points, against real PostgreSQL and Redis and a recording
+//! external API. After each run the external state must equal the database's.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::external::{Call, ExternalApi, TOKEN};
+use crate::helpers::{order_body, wait_for};
+use crate::process::{log_path, service_env, OwnDatabase, ServiceProcess};
+
+/// What the API acknowledged (2xx) for one order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Acked {
+    Live(i64),
+    Deleted,
+}
+
+#[derive(Default)]
+struct Ledger {
+    acked: BTreeMap<i64, Acked>,
+    errors: u64,
+}
+
+impl Ledger {
+    fn live_ids(&self) -> Vec<i64> {
+        self.acked
+            .iter()
+            .filter(|(_, a)| matches!(a, Acked::Live(_)))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+/// Creates, updates and deletes orders through whichever service is running now (`port`),
+/// recording what was acknowledged, until `stop`.
+async fn drive_load(
+    seed: u64,
+    port: Arc<AtomicU16>,
+    stop: Arc<AtomicBool>,
+    ledger: Arc<Mutex<Ledger>>,
+) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let mut rng = StdRng::seed_from_u64(seed);
+    while !stop.load(Ordering::Relaxed) {
+        let base = format!("http://127.0.0.1:{}", port.load(Ordering::Relaxed));
+        let live = ledger.lock().unwrap().live_ids();
+        let roll: u32 = rng.gen_range(0..100);
+        let target = (!live.is_empty()).then(|| live[rng.gen_range(0..live.len())]);
+        let acked = match (roll, target) {
+            (0..=34, _) | (_, None) => create(&http, &base).await,
+            (35..=84, Some(id)) => update(&http, &base, id, rng.gen_range(100..10_000)).await,
+            (_, Some(id)) => delete(&http, &base, id).await,
+        };
+        match acked {
+            Some((id, acked)) => {
+                let mut ledger = ledger.lock().unwrap();
+                let entry = ledger.acked.entry(id).or_insert(acked);
+                *entry = match (*entry, acked) {
+                    (Acked::Live(old), Acked::Live(new)) => Acked::Live(old.max(new)),
+                    (_, newer) => newer,
+                };
+            }
+            None => {
+                ledger.lock().unwrap().errors += 1;
+                // The service may be down (being restarted): back off a little, don't spin.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn create(http: &reqwest::Client, base: &str) -> Option<(i64, Acked)> {
+    let response = http
+        .post(format!("{base}/orders"))
+        .json(&order_body())
+        .send()
+        .await
+        .ok()?;
+    if response.status() != 201 {
+        return None;
+    }
+    let order: Value = response.json().await.ok()?;
+    Some((order["id"].as_i64()?, Acked::Live(1)))
+}
+
+async fn update(http: &reqwest::Client, base: &str, id: i64, amount: i64) -> Option<(i64, Acked)> {
+    let response = http
+        .patch(format!("{base}/orders/{id}"))
+        .json(&json!({"amount": amount}))
+        .send()
+        .await
+        .ok()?;
+    if response.status() != 200 {
+        return None;
+    }
+    let order: Value = response.json().await.ok()?;
+    Some((id, Acked::Live(order["version"].as_i64()?)))
+}
+
+async fn delete(http: &reqwest::Client, base: &str, id: i64) -> Option<(i64, Acked)> {
+    let response = http
+        .delete(format!("{base}/orders/{id}"))
+        .send()
+        .await
+        .ok()?;
+    (response.status() == 204).then_some((id, Acked::Deleted))
+}
+
+/// Waits until every order is synced at its version, no tombstone and no outbox row is left.
+async fn wait_for_quiescence(pool: &PgPool, timeout: Duration) {
+    wait_for("every order to be synced", timeout, || async {
+        let behind: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM orders
+             WHERE NOT (sync_state = 'synced' AND synced_version = version AND deleted_at IS NULL)",
+        )
+        .fetch_one(pool)
+        .await
+        .ok()?;
+        let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(pool)
+            .await
+            .ok()?;
+        (behind == 0 && outbox == 0).then_some(())
+    })
+    .await;
+}
+
+/// The figures of one run's check.
+#[derive(Debug, Default)]
+struct Verdict {
+    orders: usize,
+    calls: usize,
+    duplicates: usize,
+    lost: usize,
+}
+
+/// Checks the external API's final state against the database and the ledger, and that no order
+/// ever saw two calls at once (except across a kill, where the dead process's call was cut off)
+/// or an older version after a newer one, or anything after its delete.
+async fn verify(pool: &PgPool, calls: &[Call], kills: &[Instant], ledger: &Ledger) -> Verdict {
+    let mut by_order: HashMap<i64, Vec<&Call>> = HashMap::new();
+    for call in calls {
+        by_order.entry(call.order_id).or_default().push(call);
+    }
+    let mut external: HashMap<i64, Value> = HashMap::new();
+    let mut duplicates = 0;
+    for (id, calls) in by_order.iter_mut() {
+        calls.sort_by_key(|c| c.arrived);
+        let mut seen = std::collections::HashSet::new();
+        let mut deleted = false;
+        for pair in calls.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            let killed_between = kills.iter().any(|k| *k >= a.arrived && *k <= b.arrived);
+            assert!(
+                b.arrived >= a.answered || killed_between,
+                "order {id}: two calls at once"
+            );
+            assert!(
+                b.version >= a.version,
+                "order {id}: version {} after {}",
+                b.version,
+                a.version
+            );
+        }
+        for call in calls.iter() {
+            if !seen.insert((call.method.clone(), call.version)) {
+                duplicates += 1;
+            }
+            assert!(
+                !deleted || call.method == "DELETE",
+                "order {id}: {} after its delete",
+                call.method
+            );
+            match call.method.as_str() {
+                "DELETE" => {
+                    deleted = true;
+                    external.remove(id);
+                }
+                _ => {
+                    external.insert(*id, call.body.clone().expect("POST and PUT carry a body"));
+                }
+            }
+        }
+    }
+    let rows: Vec<(i64, i64, i64, i64, String)> =
+        sqlx::query_as("SELECT id, version, amount, tax, status FROM orders ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let mut lost = 0;
+    for (id, version, amount, tax, status) in &rows {
+        match external.get(id) {
+            Some(body)
+                if body["version"] == *version
+                    && body["cost"] == amount + tax
+                    && body["status"] == *status => {}
+            other => {
+                lost += 1;
+                eprintln!("order {id} v{version}: external has {other:?}");
+            }
+        }
+    }
+    let in_db: std::collections::HashSet<i64> = rows.iter().map(|r| r.0).collect();
+    for id in external.keys() {
+        assert!(
+            in_db.contains(id),
+            "order {id} is gone from the database but not from the external API"
+        );
+    }
+    for (id, acked) in &ledger.acked {
+        let row = rows.iter().find(|r| r.0 == *id);
+        match (acked, row) {
+            (Acked::Live(v), Some(row)) => assert!(
+                row.1 >= *v,
+                "order {id}: acknowledged v{v}, database has v{}",
+                row.1
+            ),
+            (Acked::Live(v), None) => panic!("order {id}: acknowledged v{v} but the order is gone"),
+            (Acked::Deleted, Some(_)) => {
+                panic!("order {id}: acknowledged delete but the order is still there")
+            }
+            (Acked::Deleted, None) => assert!(
+                !external.contains_key(id),
+                "order {id}: deleted but still external"
+            ),
+        }
+    }
+    Verdict {
+        orders: ledger.acked.len(),
+        calls: calls.len(),
+        duplicates,
+        lost,
+    }
+}
+
+fn engine_env<'a>(api: &'a ExternalApi, url: &'a str) -> Vec<(&'a str, &'a str)> {
+    let _ = api;
+    vec![
+        ("EXTERNAL_API_URL", url),
+        ("EXTERNAL_API_TOKEN", TOKEN),
+        ("RATE_LIMIT_PER_SEC", "5000"),
+        ("RATE_LIMIT_BURST", "500"),
+        ("RECONCILE_QUIET_SECS", "2"),
+        ("SHUTDOWN_TIMEOUT_SECS", "5"),
+    ]
+}
+
+#[actix_web::test]
+async fn sigkill_at_random_moments_under_load_loses_nothing_and_keeps_each_orders_calls_in_order() {
+    let api = ExternalApi::start(Duration::from_millis(5)).await;
+    let url = api.url();
+    let db = OwnDatabase::new();
+    let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let env = service_env(&db, &prefix, &engine_env(&api, &url));
+    let log = log_path(&format!("crash-{}", db.name));
+    let mut service = ServiceProcess::start(&env, &log);
+    service.wait_ready().await;
+
+    let port = Arc::new(AtomicU16::new(service.port));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let workers: Vec<_> = (0..4)
+        .map(|seed| actix_rt::spawn(drive_load(seed, port.clone(), stop.clone(), ledger.clone())))
+        .collect();
+
+    let mut rng = StdRng::seed_from_u64(42);
+    let mut kills = Vec::new();
+    for _ in 0..5 {
+        // Let the load run for a random while (this is the load's duration, not a wait for anything).
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1200))).await;
+        service.signal(libc::SIGKILL);
+        kills.push(Instant::now());
+        service.kill();
+        service = ServiceProcess::start(&env, &log);
+        service.wait_ready().await;
+        port.store(service.port, Ordering::Relaxed);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+
+    let pool = db.pool().await;
+    wait_for_quiescence(&pool, Duration::from_secs(90)).await;
+    let ledger = ledger.lock().unwrap();
+    let verdict = verify(&pool, &api.recorder.calls(), &kills, &ledger).await;
+    eprintln!(
+        "crash test: orders={} kills={} calls={} duplicates={} lost={} (request errors while down: {})",
+        verdict.orders,
+        kills.len(),
+        verdict.calls,
+        verdict.duplicates,
+        verdict.lost,
+        ledger.errors
+    );
+    assert!(
+        verdict.orders >= 20,
+        "too little load to mean anything: {verdict:?}"
+    );
+    assert_eq!(verdict.lost, 0, "{verdict:?}");
+}
+
+/// Starts a service armed to abort at `crash_point`, makes one order, waits for the abort, and
+/// restarts it unarmed; returns the order's id, the database and the external API.
+async fn crash_at(crash_point: &str) -> (i64, OwnDatabase, ExternalApi, ServiceProcess) {
+    let api = ExternalApi::start(Duration::ZERO).await;
+    let url = api.url();
+    let db = OwnDatabase::new();
+    let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let env = service_env(&db, &prefix, &engine_env(&api, &url));
+    let log = log_path(&format!("crash-at-{crash_point}-{}", db.name));
+    let mut armed_env = env.clone();
+    armed_env.push(("ORDER_SYNC_CRASH_AT".into(), crash_point.into()));
+    let mut service = ServiceProcess::start(&armed_env, &log);
+    service.wait_ready().await;
+    // The answer may or may not arrive before the abort; the order is committed either way.
+    let _ = reqwest::Client::new()
+        .post(service.url("/orders"))
+        .json(&order_body())
+        .send()
+        .await;
+    assert_eq!(
+        service.wait_exit(Duration::from_secs(20)).await,
+        None,
+        "the process must die by abort"
+    );
+    let pool = db.pool().await;
+    let id: i64 = sqlx::query_scalar("SELECT id FROM orders")
+        .fetch_one(&pool)
+        .await
+        .expect("the order was committed");
+    let mut service = ServiceProcess::start(&env, &log);
+    service.wait_ready().await;
+    wait_for_quiescence(&pool, Duration::from_secs(30)).await;
+    (id, db, api, service)
+}
+
+#[actix_web::test]
+async fn a_crash_between_commit_and_publish_is_recovered_by_the_outbox_sweep() {
+    let (id, _db, api, _service) = crash_at("before_publish").await;
+    let calls: Vec<(String, i64)> = api
+        .recorder
+        .calls_for(id)
+        .iter()
+        .map(|c| (c.method.clone(), c.version))
+        .collect();
+    assert_eq!(calls, vec![("POST".to_string(), 1)]);
+}
+
+#[actix_web::test]
+async fn a_crash_between_the_call_and_its_acknowledgement_repeats_the_call_with_the_same_idempotency_key(
+) {
+    let (id, _db, api, _service) = crash_at("after_call").await;
+    let calls = api.recorder.calls_for(id);
+    let keys: Vec<&str> = calls.iter().map(|c| c.idempotency_key.as_str()).collect();
+    let expected = format!("{id}:1");
+    assert_eq!(
+        keys,
+        vec![expected.as_str(), expected.as_str()],
+        "one call, then its repeat"
+    );
+    assert!(calls.iter().all(|c| c.method == "POST"));
+}
+
+#[actix_web::test]
+async fn sigterm_under_load_exits_0_within_the_timeout_and_loses_nothing() {
+    // Slow answers, so calls are in flight when the signal comes.
+    let api = ExternalApi::start(Duration::from_millis(200)).await;
+    let url = api.url();
+    let db = OwnDatabase::new();
+    let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let env = service_env(&db, &prefix, &engine_env(&api, &url));
+    let log = log_path(&format!("sigterm-{}", db.name));
+    let mut service = ServiceProcess::start(&env, &log);
+    service.wait_ready().await;
+    let port = Arc::new(AtomicU16::new(service.port));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let workers: Vec<_> = (0..4)
+        .map(|seed| {
+            actix_rt::spawn(drive_load(
+                100 + seed,
+                port.clone(),
+                stop.clone(),
+                ledger.clone(),
+            ))
+        })
+        .collect();
+    wait_for("calls in flight", Duration::from_secs(20), || async {
+        (api.recorder.calls().len() >= 10).then_some(())
+    })
+    .await;
+
+    let signalled = Instant::now();
+    service.signal(libc::SIGTERM);
+    let code = service.wait_exit(Duration::from_secs(15)).await;
+    let took = signalled.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    assert_eq!(code, Some(0), "a graceful shutdown exits 0");
+    assert!(
+        took <= Duration::from_secs(5 + 2),
+        "shutdown took {took:?}, over SHUTDOWN_TIMEOUT_SECS=5"
+    );
+
+    let mut service = ServiceProcess::start(&env, &log);
+    service.wait_ready().await;
+    let pool = db.pool().await;
+    wait_for_quiescence(&pool, Duration::from_secs(60)).await;
+    let ledger = ledger.lock().unwrap();
+    let verdict = verify(&pool, &api.recorder.calls(), &[signalled], &ledger).await;
+    assert_eq!(verdict.lost, 0, "{verdict:?}");
+    drop(service);
+}
+
+#[actix_web::test]
+async fn tokens_never_appear_in_logs_errors_or_metrics() {
+    let api = ExternalApi::start(Duration::ZERO).await;
+    let url = api.url();
+    let db = OwnDatabase::new();
+    let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let (external_token, admin_token) = ("extSECRET4711", "admSECRET0815");
+    let env = service_env(
+        &db,
+        &prefix,
+        &[
+            ("EXTERNAL_API_URL", &url),
+            ("EXTERNAL_API_TOKEN", external_token),
+            ("ADMIN_TOKEN", admin_token),
+            ("RUST_LOG", "debug"),
+            ("DELAYED_RETRY_LIMIT", "0"),
+        ],
+    );
+    api.fail_next("POST", 1, 422, json!({"message": "rejected"}), None)
+        .await;
+    let log = log_path(&format!("secrets-{}", db.name));
+    let mut service = ServiceProcess::start(&env, &log);
+    service.wait_ready().await;
+    let http = reqwest::Client::new();
+    let mut bodies = Vec::new();
+    for _ in 0..2 {
+        http.post(service.url("/orders"))
+            .json(&order_body())
+            .send()
+            .await
+            .unwrap();
+    }
+    let pool = db.pool().await;
+    wait_for(
+        "both orders to be handled",
+        Duration::from_secs(20),
+        || async {
+            let done: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM orders WHERE sync_state IN ('synced', 'dead')",
+            )
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+            (done == 2).then_some(())
+        },
+    )
+    .await;
+    let wrong = http
+        .get(service.url("/admin/orders"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 403);
+    bodies.push(wrong.text().await.unwrap());
+    let listed = http
+        .get(service.url("/admin/orders"))
+        .bearer_auth(admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    bodies.push(listed.text().await.unwrap());
+    bodies.push(
+        http.get(service.url("/metrics/actors"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    service.signal(libc::SIGTERM);
+    service.wait_exit(Duration::from_secs(15)).await;
+
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logs.contains("rejected"),
+        "the log should show the failure (and so be worth checking)"
+    );
+    for secret in [external_token, admin_token] {
+        assert!(
+            !logs.contains(secret),
+            "a token leaked into the log {}",
+            log.display()
+        );
+        for body in &bodies {
+            assert!(
+                !body.contains(secret),
+                "a token leaked into an answer: {body}"
+            );
+        }
+    }
+    // The external API did receive the token: it was sent, just never shown.
+    assert!(api
+        .recorder
+        .calls()
+        .iter()
+        .all(|c| c.authorization == format!("Bearer {external_token}")));
+}
