@@ -26,7 +26,7 @@ use crate::actors::supervisor::SupervisorActor;
 use crate::actors::throttle::Throttle;
 use crate::api::{self, AppState};
 use crate::backlog::dispatcher::{Dispatcher, InFlight};
-use crate::backlog::keys::{Keys, CONSUMER};
+use crate::backlog::keys::Keys;
 use crate::backlog::relay::OutboxRelay;
 use crate::backlog::scheduler::Scheduler;
 use crate::config::{redact_url, Settings};
@@ -132,7 +132,6 @@ impl Application {
                 redis_reader,
                 redis.clone(),
                 keys.clone(),
-                CONSUMER.to_string(),
                 supervisor,
                 settings.max_in_flight_events as usize,
                 metrics.clone(),

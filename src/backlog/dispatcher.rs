@@ -18,7 +18,7 @@ use redis::AsyncCommands;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::keys::{Keys, GROUP, SHARDS};
+use super::keys::{Keys, CONSUMER, GROUP, SHARDS};
 use super::SyncEvent;
 use crate::actors::order_sync::{HandleEvent, Outcome};
 use crate::actors::supervisor::SupervisorActor;
@@ -74,7 +74,6 @@ impl Dispatcher {
         reader: ConnectionManager,
         acker: ConnectionManager,
         keys: Keys,
-        consumer: String,
         supervisor: Addr<SupervisorActor>,
         max_in_flight: usize,
         metrics: Arc<SyncMetrics>,
@@ -84,7 +83,7 @@ impl Dispatcher {
             reader,
             acker,
             keys,
-            consumer,
+            consumer: CONSUMER.to_string(),
             supervisor,
             in_flight: InFlight::new(max_in_flight.max(SHARDS as usize)),
             metrics,

@@ -84,9 +84,15 @@ pub async fn spawn_api_only() -> TestApp {
 
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     sweep_stale_databases_once().await;
-    let db_name = unique_db_name();
     let redis_prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
-    let settings = test_settings(&db_name, &redis_prefix, overrides);
+    let settings = test_settings(&unique_db_name(), &redis_prefix, overrides);
+    // A DATABASE_URL override (a second instance on another's database) names the database.
+    let db_name = settings
+        .database_url
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let app = Application::build(settings)
         .await
         .expect("the test app builds");

@@ -1,6 +1,7 @@
 //! Integration tests: each starts a real service instance against real PostgreSQL and Redis
 //! (see `helpers::spawn_app`).
 
+mod admin;
 mod bad_input;
 mod durability;
 mod external;
@@ -8,7 +9,9 @@ mod health;
 mod helpers;
 mod inbound;
 mod orders;
+mod outages;
 mod outbox;
 mod process;
+mod properties;
 mod startup;
 mod sync;
