@@ -1,76 +1,242 @@
-//! The engine's own figures, counted where things happen and read by the metrics endpoints.
-//! Plain atomics: cheap on the hot path, and readable from the HTTP workers' threads.
+//! The engine's figures, counted where things happen, in a Prometheus registry: the metrics
+//! endpoints read the same values, as JSON (`/metrics/actors`) and as Prometheus text
+//! (`/metrics`). Counters and gauges are atomics, cheap on the hot path and readable from the
+//! HTTP workers' threads. Figures that live elsewhere (Redis, PostgreSQL, the throttle) are
+//! gauges set at scrape time by `crate::api::metrics`.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
 use crate::external::CallError;
 
-/// A count that only grows.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    pub fn inc(&self) {
-        self.add(1);
-    }
-
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// A value that goes up and down.
-#[derive(Debug, Default)]
-pub struct Gauge(AtomicI64);
-
-impl Gauge {
-    pub fn set(&self, value: i64) {
-        self.0.store(value, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// Lag samples of the last `LAG_WINDOW`, at most `LAG_SAMPLES` of them.
+/// Lag samples of the last `LAG_WINDOW`, at most `LAG_SAMPLES` of them, for the JSON percentiles.
 const LAG_WINDOW: Duration = Duration::from_secs(60);
 const LAG_SAMPLES: usize = 10_000;
 
-#[derive(Debug, Default)]
+/// Every figure, by its Prometheus name (prefix `order_sync_`).
 pub struct SyncMetrics {
+    registry: Registry,
     /// Events handed to the supervisor.
-    pub events_received: Counter,
+    pub events_received: IntCounter,
     /// Calls that succeeded and were recorded.
-    pub synced: Counter,
+    pub synced: IntCounter,
     /// Events that needed no call (coalesced, gone, parked, dead).
-    pub skipped: Counter,
+    pub skipped: IntCounter,
     /// Tombstones removed without a call.
-    pub purged: Counter,
+    pub purged: IntCounter,
     /// Quick retries made (attempts after the first).
-    pub retried: Counter,
+    pub retried: IntCounter,
     /// Orders parked for a delayed retry.
-    pub parked: Counter,
+    pub parked: IntCounter,
     /// Orders that became dead.
-    pub dead: Counter,
-    pub actors_spawned: Counter,
-    pub actors_stopped: Counter,
-    pub actors_restarted: Counter,
-    pub live_actors: Gauge,
-    /// Calls by `(verb, status class)`, status class being `2xx`, `4xx`, `5xx` or `error`.
-    calls: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-    /// `(when recorded, lag)`, oldest first.
-    lag: Mutex<VecDeque<(Instant, Duration)>>,
+    pub dead: IntCounter,
+    /// Events whose sync failed (parked or dead).
+    pub failed: IntCounter,
+    pub actors_spawned: IntCounter,
+    pub actors_stopped: IntCounter,
+    pub actors_restarted: IntCounter,
+    pub live_actors: IntGauge,
+    /// Events forwarded to order actors and not yet handled, summed over actors.
+    pub mailbox_depth: IntGauge,
+    pub mailbox_depth_max: IntGauge,
+    /// Events read from Redis and not yet acknowledged.
+    pub events_in_flight: IntGauge,
+    calls: IntCounterVec,
+    lag: Histogram,
+    lag_window: Mutex<VecDeque<(Instant, Duration)>>,
+    // Set at scrape time.
+    pub throttle_tokens: Gauge,
+    pub throttle_waiters: IntGauge,
+    pub throttle_calls_in_flight: IntGauge,
+    pub throttle_rate: IntGauge,
+    pub throttle_burst: IntGauge,
+    pub throttle_paused_seconds: Gauge,
+    pub stream_length: IntGaugeVec,
+    pub stream_pending: IntGaugeVec,
+    pub outbox_rows: IntGauge,
+    pub orders: IntGaugeVec,
+}
+
+impl Default for SyncMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(format!("order_sync_{name}"), help).expect("a valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("a unique metric");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric = IntGauge::new(format!("order_sync_{name}"), help).expect("a valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("a unique metric");
+    metric
+}
+
+fn float_gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
+    let metric = Gauge::new(format!("order_sync_{name}"), help).expect("a valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("a unique metric");
+    metric
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(format!("order_sync_{name}"), help), &[label])
+        .expect("a valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("a unique metric");
+    metric
 }
 
 impl SyncMetrics {
+    /// The registry and its metrics. The names are fixed and valid, so registering cannot fail
+    /// (hence the `expect`s, which run once at start-up, never on a request or event path).
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let calls = IntCounterVec::new(
+            Opts::new(
+                "order_sync_external_calls_total",
+                "Calls to the external API, by verb and status class.",
+            ),
+            &["verb", "status_class"],
+        )
+        .expect("a valid metric");
+        r.register(Box::new(calls.clone()))
+            .expect("a unique metric");
+        let lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "order_sync_sync_lag_seconds",
+                "Time from a change's commit to the success of the call that synced it.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ]),
+        )
+        .expect("a valid metric");
+        r.register(Box::new(lag.clone())).expect("a unique metric");
+        Self {
+            events_received: counter(
+                &r,
+                "events_received_total",
+                "Events handed to the supervisor.",
+            ),
+            synced: counter(
+                &r,
+                "events_synced_total",
+                "Calls that succeeded and were recorded.",
+            ),
+            skipped: counter(
+                &r,
+                "events_skipped_total",
+                "Events that needed no call (coalesced, gone, parked, dead).",
+            ),
+            purged: counter(
+                &r,
+                "events_purged_total",
+                "Deleted orders removed without a call (never created remotely).",
+            ),
+            retried: counter(&r, "call_retries_total", "Quick retries of external calls."),
+            parked: counter(
+                &r,
+                "orders_parked_total",
+                "Times an order was parked for a delayed retry.",
+            ),
+            dead: counter(&r, "orders_dead_total", "Times an order became dead."),
+            failed: counter(
+                &r,
+                "events_failed_total",
+                "Events whose sync failed (parked or dead).",
+            ),
+            actors_spawned: counter(&r, "actors_spawned_total", "Order actors started."),
+            actors_stopped: counter(
+                &r,
+                "actors_stopped_total",
+                "Order actors stopped (idle or failed).",
+            ),
+            actors_restarted: counter(
+                &r,
+                "actors_restarted_total",
+                "Order actors replaced after a failure.",
+            ),
+            live_actors: gauge(&r, "actors_live", "Order actors alive now."),
+            mailbox_depth: gauge(
+                &r,
+                "mailbox_depth",
+                "Events waiting in order actors' mailboxes, summed.",
+            ),
+            mailbox_depth_max: gauge(
+                &r,
+                "mailbox_depth_max",
+                "Events waiting in the fullest order actor's mailbox.",
+            ),
+            events_in_flight: gauge(
+                &r,
+                "events_in_flight",
+                "Events read from Redis and not yet acknowledged.",
+            ),
+            calls,
+            lag,
+            lag_window: Mutex::new(VecDeque::new()),
+            throttle_tokens: float_gauge(
+                &r,
+                "throttle_tokens",
+                "Tokens in the rate-limit bucket now.",
+            ),
+            throttle_waiters: gauge(&r, "throttle_waiters", "Actors waiting for a token."),
+            throttle_calls_in_flight: gauge(
+                &r,
+                "throttle_calls_in_flight",
+                "External calls in flight.",
+            ),
+            throttle_rate: gauge(&r, "throttle_rate_per_second", "RATE_LIMIT_PER_SEC."),
+            throttle_burst: gauge(&r, "throttle_burst", "RATE_LIMIT_BURST."),
+            throttle_paused_seconds: float_gauge(
+                &r,
+                "throttle_paused_seconds",
+                "Seconds until issuing resumes after a 429.",
+            ),
+            stream_length: gauge_vec(
+                &r,
+                "backlog_stream_length",
+                "Entries in a shard's stream (unread or unacknowledged).",
+                "shard",
+            ),
+            stream_pending: gauge_vec(
+                &r,
+                "backlog_pending",
+                "Entries read from a shard's stream but not yet acknowledged.",
+                "shard",
+            ),
+            outbox_rows: gauge(
+                &r,
+                "outbox_rows",
+                "Committed changes not yet published to Redis.",
+            ),
+            orders: gauge_vec(
+                &r,
+                "orders",
+                "Orders by sync state (pending, retrying, dead).",
+                "sync_state",
+            ),
+            registry: r,
+        }
+    }
+
     pub fn record_call(&self, verb: &'static str, result: &Result<(), CallError>) {
         let class = match result {
             Ok(()) => "2xx",
@@ -79,34 +245,55 @@ impl SyncMetrics {
             Err(CallError::Abandoned) => return,
             Err(_) => "error",
         };
-        if let Ok(mut calls) = self.calls.lock() {
-            *calls.entry((verb, class)).or_default() += 1;
-        }
+        self.calls.with_label_values(&[verb, class]).inc();
     }
 
-    pub fn calls(&self) -> BTreeMap<(&'static str, &'static str), u64> {
-        self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+    /// Calls by `(verb, status class)`.
+    pub fn calls(&self) -> BTreeMap<(String, String), u64> {
+        let mut calls = BTreeMap::new();
+        for family in self.calls.collect() {
+            for metric in family.get_metric() {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_string())
+                        .unwrap_or_default()
+                };
+                calls.insert(
+                    (label("verb"), label("status_class")),
+                    metric.get_counter().get_value() as u64,
+                );
+            }
+        }
+        calls
     }
 
     /// Records the time from the change's commit (`committed_at_ms`, epoch) to now.
     pub fn record_lag(&self, committed_at_ms: i64) {
         let lag_ms = (chrono::Utc::now().timestamp_millis() - committed_at_ms).max(0) as u64;
-        if let Ok(mut lag) = self.lag.lock() {
-            if lag.len() == LAG_SAMPLES {
-                lag.pop_front();
+        let lag = Duration::from_millis(lag_ms);
+        self.lag.observe(lag.as_secs_f64());
+        if let Ok(mut window) = self.lag_window.lock() {
+            if window.len() == LAG_SAMPLES {
+                window.pop_front();
             }
-            lag.push_back((Instant::now(), Duration::from_millis(lag_ms)));
+            window.push_back((Instant::now(), lag));
         }
     }
 
     /// Lag percentiles (in milliseconds) over the recent window: `(p50, p95, p99, samples)`.
     pub fn lag_percentiles(&self) -> (u64, u64, u64, usize) {
-        let mut samples: Vec<u64> = match self.lag.lock() {
-            Ok(mut lag) => {
-                while lag.front().is_some_and(|(at, _)| at.elapsed() > LAG_WINDOW) {
-                    lag.pop_front();
+        let mut samples: Vec<u64> = match self.lag_window.lock() {
+            Ok(mut window) => {
+                while window
+                    .front()
+                    .is_some_and(|(at, _)| at.elapsed() > LAG_WINDOW)
+                {
+                    window.pop_front();
                 }
-                lag.iter().map(|(_, d)| d.as_millis() as u64).collect()
+                window.iter().map(|(_, d)| d.as_millis() as u64).collect()
             }
             Err(_) => Vec::new(),
         };
@@ -116,5 +303,15 @@ impl SyncMetrics {
         samples.sort_unstable();
         let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
         (at(0.50), at(0.95), at(0.99), samples.len())
+    }
+
+    /// Every metric in the Prometheus text format.
+    pub fn prometheus_text(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(error) = encoder.encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(error = %error, "cannot encode metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
     }
 }

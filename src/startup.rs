@@ -19,7 +19,6 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio_util::sync::CancellationToken;
-use tracing_actix_web::TracingLogger;
 
 use crate::actors::order_sync::{RetryPolicy, SyncDeps};
 use crate::actors::supervisor::SupervisorActor;
@@ -123,11 +122,13 @@ impl Application {
             shutdown: shutdown.clone(),
         });
         let mut in_flight = None;
+        let mut supervisor_addr = None;
+        let keys = Keys::new(&settings.redis_prefix);
         if settings.sync_engine {
-            let keys = Keys::new(&settings.redis_prefix);
             let supervisor =
                 SupervisorActor::new(deps, Duration::from_secs(settings.order_actor_idle_secs))
                     .start();
+            let supervisor_for_metrics = supervisor.clone();
             let dispatcher = Dispatcher::new(
                 redis_reader,
                 redis.clone(),
@@ -138,6 +139,14 @@ impl Application {
                 shutdown.clone(),
             );
             in_flight = Some(dispatcher.in_flight());
+            actix_rt::spawn(crate::telemetry::log_progress(
+                metrics.clone(),
+                dispatcher.in_flight(),
+                redis.clone(),
+                keys.clone(),
+                shutdown.clone(),
+            ));
+            supervisor_addr = Some(supervisor_for_metrics);
             actix_rt::spawn(dispatcher.run());
             let relay = OutboxRelay::new(
                 pool.clone(),
@@ -149,7 +158,14 @@ impl Application {
             actix_rt::spawn(relay.run());
             let quiet_for = Duration::from_secs(settings.reconcile_quiet_secs);
             actix_rt::spawn(
-                Scheduler::new(pool, redis.clone(), keys, quiet_for, shutdown.clone()).run(),
+                Scheduler::new(
+                    pool,
+                    redis.clone(),
+                    keys.clone(),
+                    quiet_for,
+                    shutdown.clone(),
+                )
+                .run(),
             );
         } else {
             tracing::info!("SYNC_ENGINE=false: serving the API only; changes wait in the outbox");
@@ -176,12 +192,18 @@ impl Application {
                 .admin_token
                 .clone()
                 .filter(|token| !token.is_empty()),
+            supervisor: supervisor_addr,
+            in_flight: in_flight.clone(),
+            keys,
+            started_at: std::time::Instant::now(),
         });
         let max_body_bytes = settings.max_body_bytes;
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(ErrorHandlers::new().default_handler(json_error_body))
-                .wrap(TracingLogger::default())
+                .wrap(actix_web::middleware::from_fn(
+                    crate::telemetry::log_request,
+                ))
                 .app_data(state.clone())
                 .configure(|cfg| api::configure(cfg, max_body_bytes))
                 .default_service(web::to(api::route_not_found))

@@ -1,7 +1,24 @@
 //! Logging with `tracing`: human-readable on a terminal, JSON when `LOG_FORMAT=json`, level from
-//! `RUST_LOG` (default `info`).
+//! `RUST_LOG` (default `info`). Every HTTP request is one line (with a request id, also sent back
+//! as `X-Request-Id`), every external call attempt is one line (`crate::actors::order_sync`),
+//! and while there is work a one-line summary comes every few seconds.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
+
+use crate::backlog::dispatcher::InFlight;
+use crate::backlog::keys::Keys;
+use crate::backlog::stats::shard_stats;
+use crate::metrics::SyncMetrics;
 
 /// Installs the global subscriber; call once, from `main`.
 pub fn init() {
@@ -14,5 +31,71 @@ pub fn init() {
         builder.json().flatten_event(true).init();
     } else {
         builder.init();
+    }
+}
+
+/// Middleware: gives each request an id (its span carries it into every line the request
+/// logs), answers it in `X-Request-Id`, and logs one line when the request is done. Headers are
+/// never logged, so neither is a bearer token.
+pub async fn log_request(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let request_id = uuid::Uuid::new_v4().simple().to_string();
+    let method = req.method().to_string();
+    let path = req.path().to_string();
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let mut response = next.call(req).instrument(span).await?;
+    let status = response.status().as_u16();
+    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(request_id = %request_id, method, path, status, duration_ms = format!("{duration_ms:.1}"), "request");
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), value);
+    }
+    Ok(response)
+}
+
+/// How often the summary line comes while there is work.
+const SUMMARY_EVERY: Duration = Duration::from_secs(5);
+
+/// Logs `synced/s, backlog, lag` every few seconds while events are coming or waiting.
+pub async fn log_progress(
+    metrics: Arc<SyncMetrics>,
+    in_flight: InFlight,
+    mut redis: ConnectionManager,
+    keys: Keys,
+    shutdown: CancellationToken,
+) {
+    let (mut last_synced, mut last_received) =
+        (metrics.synced.get(), metrics.events_received.get());
+    while !shutdown.is_cancelled() {
+        tokio::select! {
+            _ = tokio::time::sleep(SUMMARY_EVERY) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let (synced, received) = (metrics.synced.get(), metrics.events_received.get());
+        let backlog: u64 = shard_stats(&mut redis, &keys)
+            .await
+            .map(|shards| shards.iter().map(|s| s.length).sum())
+            .unwrap_or(0);
+        if received == last_received && backlog == 0 && in_flight.count() == 0 {
+            continue; // idle: say nothing
+        }
+        let (p50, p95, _, _) = metrics.lag_percentiles();
+        tracing::info!(
+            synced_per_sec = format!(
+                "{:.1}",
+                (synced - last_synced) as f64 / SUMMARY_EVERY.as_secs_f64()
+            ),
+            backlog,
+            in_flight = in_flight.count(),
+            lag_p50_ms = p50,
+            lag_p95_ms = p95,
+            "sync progress"
+        );
+        (last_synced, last_received) = (synced, received);
     }
 }

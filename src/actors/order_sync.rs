@@ -103,6 +103,9 @@ pub struct OrderSyncActor {
     idle_after: Duration,
     /// Events handled so far; the supervisor compares it with the events it sent.
     handled: u64,
+    /// Events forwarded to this actor and not yet handled (shared with the supervisor, which
+    /// adds to it; same arbiter, so a `Cell`).
+    mailbox_depth: Rc<Cell<u64>>,
     idle_timer: Option<SpawnHandle>,
 }
 
@@ -113,6 +116,7 @@ impl OrderSyncActor {
         deps: Rc<SyncDeps>,
         supervisor: Addr<SupervisorActor>,
         idle_after: Duration,
+        mailbox_depth: Rc<Cell<u64>>,
     ) -> Self {
         Self {
             order_id,
@@ -121,6 +125,7 @@ impl OrderSyncActor {
             supervisor,
             idle_after,
             handled: 0,
+            mailbox_depth,
             idle_timer: None,
         }
     }
@@ -163,6 +168,9 @@ impl Handler<HandleEvent> for OrderSyncActor {
                 .into_actor(self)
                 .map(move |outcome, act, ctx| {
                     act.handled += 1;
+                    act.mailbox_depth
+                        .set(act.mailbox_depth.get().saturating_sub(1));
+                    act.deps.metrics.mailbox_depth.dec();
                     let _ = done.send(outcome);
                     act.arm_idle_timer(ctx);
                 }),
@@ -296,7 +304,7 @@ async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
         match result {
             Ok(()) => {
                 crate::crash::point("after_call");
-                tracing::info!(
+                tracing::debug!(
                     order_id = id,
                     version = row.version,
                     verb = call.verb(),
@@ -345,6 +353,7 @@ async fn record_failure(
         })
         .await;
         deps.metrics.dead.inc();
+        deps.metrics.failed.inc();
         return Outcome::Dead;
     }
     let delay = deps.retry.delay(attempts as u32);
@@ -355,6 +364,7 @@ async fn record_failure(
     })
     .await;
     deps.metrics.parked.inc();
+    deps.metrics.failed.inc();
     Outcome::Parked
 }
 
@@ -388,7 +398,22 @@ async fn call_with_retries(
                     }
                 }
             };
+            let started = Instant::now();
             let result = deps.client.send(call).await;
+            let (id, version) = call.id_and_version();
+            let status = match &result {
+                Ok(()) => "ok".to_string(),
+                Err(CallError::Status { status, .. }) => status.to_string(),
+                Err(other) => other.to_string(),
+            };
+            tracing::info!(
+                order_id = id,
+                version,
+                verb = call.verb(),
+                status,
+                duration_ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
+                "external call"
+            );
             if let Err(CallError::Status {
                 status: 429,
                 retry_after: Some(delay),

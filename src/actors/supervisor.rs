@@ -8,6 +8,7 @@
 //! and told to stop. A failed actor (its mailbox closed) is replaced on the next event; the
 //! events it held were never acknowledged and are delivered again by the dispatcher.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -32,6 +33,19 @@ struct Child {
     child_id: u64,
     /// Events forwarded to this actor.
     sent: u64,
+    /// Events forwarded and not yet handled (the actor takes them off).
+    mailbox_depth: Rc<Cell<u64>>,
+}
+
+/// The deepest and the summed mailbox of the live order actors.
+#[derive(Message)]
+#[rtype(result = "MailboxStats")]
+pub struct GetMailboxStats;
+
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct MailboxStats {
+    pub depth_sum: u64,
+    pub depth_max: u64,
 }
 
 pub struct SupervisorActor {
@@ -57,18 +71,21 @@ impl SupervisorActor {
     fn spawn_child(&mut self, order_id: i64, ctx: &mut Context<Self>) -> Child {
         self.next_child_id += 1;
         let child_id = self.next_child_id;
+        let mailbox_depth = Rc::new(Cell::new(0));
         let actor = OrderSyncActor::new(
             order_id,
             child_id,
             self.deps.clone(),
             ctx.address(),
             self.idle_after,
+            mailbox_depth.clone(),
         );
         self.metrics.actors_spawned.inc();
         Child {
             addr: actor.start(),
             child_id,
             sent: 0,
+            mailbox_depth,
         }
     }
 }
@@ -100,6 +117,8 @@ impl Handler<HandleEvent> for SupervisorActor {
         }
         if let Some(child) = self.children.get_mut(&order_id) {
             child.sent += 1;
+            child.mailbox_depth.set(child.mailbox_depth.get() + 1);
+            self.metrics.mailbox_depth.inc();
             // do_send: an order's events must keep their order, and the dispatcher already bounds
             // how many are in memory, so the child's mailbox needs no bound of its own.
             child.addr.do_send(msg);
@@ -123,5 +142,21 @@ impl Handler<OrderActorIdle> for SupervisorActor {
             }
         }
         self.metrics.live_actors.set(self.children.len() as i64);
+    }
+}
+
+impl Handler<GetMailboxStats> for SupervisorActor {
+    type Result = MessageResult<GetMailboxStats>;
+
+    fn handle(&mut self, _: GetMailboxStats, _: &mut Context<Self>) -> Self::Result {
+        let depths = self
+            .children
+            .values()
+            .map(|child| child.mailbox_depth.get());
+        let (sum, max) = depths.fold((0, 0), |(sum, max), depth| (sum + depth, max.max(depth)));
+        MessageResult(MailboxStats {
+            depth_sum: sum,
+            depth_max: max,
+        })
     }
 }

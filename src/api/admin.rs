@@ -34,13 +34,19 @@ fn require_admin(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
 }
 
 /// `GET /admin/orders?state=dead|retrying&cursor=&per_page=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FailedQuery {
+    /// `dead` or `retrying`; both when omitted.
     state: Option<String>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<i64>,
+    /// 1 to 500 (default 50).
     per_page: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/admin/orders", tag = "admin", params(FailedQuery), security(("admin_token" = [])),
+    responses((status = 200, description = "`{\"orders\": [{id, version, synced_version, state, attempts, last_error, next_attempt_at, updated_at, deleted}], \"next_cursor\"}`"), (status = 401, body = crate::api::ErrorBody), (status = 403, body = crate::api::ErrorBody), (status = 404, description = "Admin endpoints off (ADMIN_TOKEN unset), or no such order")))]
 pub async fn list_failed_orders(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -79,6 +85,8 @@ pub async fn list_failed_orders(
     Ok(HttpResponse::Ok().json(json!({"orders": orders, "next_cursor": next_cursor})))
 }
 
+#[utoipa::path(post, path = "/admin/orders/{id}/retry", tag = "admin", params(("id" = i64, Path, description = "The order's id")), security(("admin_token" = [])),
+    responses((status = 202, description = "Queued: the order's latest state will be synced"), (status = 409, body = crate::api::ErrorBody), (status = 401, body = crate::api::ErrorBody), (status = 403, body = crate::api::ErrorBody), (status = 404, description = "Admin endpoints off (ADMIN_TOKEN unset), or no such order")))]
 pub async fn retry_order(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -92,6 +100,8 @@ pub async fn retry_order(
     answer(change, id, "queued for retry", &state)
 }
 
+#[utoipa::path(post, path = "/admin/orders/retry-all", tag = "admin", security(("admin_token" = [])),
+    responses((status = 202, description = "`{\"retried\": n}`"), (status = 401, body = crate::api::ErrorBody), (status = 403, body = crate::api::ErrorBody), (status = 404, description = "Admin endpoints off (ADMIN_TOKEN unset), or no such order")))]
 pub async fn retry_all_dead(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -105,6 +115,8 @@ pub async fn retry_all_dead(
     Ok(HttpResponse::Accepted().json(json!({"retried": retried})))
 }
 
+#[utoipa::path(delete, path = "/admin/orders/{id}", tag = "admin", params(("id" = i64, Path, description = "The order's id")), security(("admin_token" = [])),
+    responses((status = 202, description = "Discarded: nothing more is sent for this version"), (status = 409, body = crate::api::ErrorBody), (status = 401, body = crate::api::ErrorBody), (status = 403, body = crate::api::ErrorBody), (status = 404, description = "Admin endpoints off (ADMIN_TOKEN unset), or no such order")))]
 pub async fn discard_order(
     state: web::Data<AppState>,
     req: HttpRequest,

@@ -35,17 +35,21 @@ pub enum ApiError {
     Unexpected(#[from] anyhow::Error),
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
+/// The one error shape.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
-    code: &'a str,
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable: `validation_failed`, `not_found`, ...
+    #[schema(example = "validation_failed")]
+    code: &'static str,
     message: String,
+    /// Every bad field and what is wrong with it (validation errors only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    fields: Option<&'a FieldErrors>,
+    fields: Option<FieldErrors>,
 }
 
 impl ApiError {
@@ -88,7 +92,7 @@ impl ResponseError for ApiError {
             tracing::error!(error = ?err, "request failed");
         }
         let fields = match self {
-            Self::Validation(fields) => Some(fields),
+            Self::Validation(fields) => Some(fields.clone()),
             _ => None,
         };
         let mut response = HttpResponse::build(self.status_code());

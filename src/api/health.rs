@@ -11,6 +11,8 @@ use super::AppState;
 /// How long one dependency may take to answer before it counts as down.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "PostgreSQL and Redis answer"), (status = 503, description = "One of them is down; the body names which")))]
 pub async fn check_health(state: web::Data<AppState>) -> HttpResponse {
     let postgres =
         tokio::time::timeout(PROBE_TIMEOUT, state.db.execute_unprepared("SELECT 1")).await;

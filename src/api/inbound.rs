@@ -11,6 +11,9 @@ use super::{ApiError, AppState};
 use crate::db;
 use crate::domain::InboundUpdate;
 
+#[utoipa::path(method(put, patch), path = "/inbound/{id}", tag = "inbound", params(("id" = i64, Path, description = "The order's id")),
+    request_body(content = serde_json::Value, description = "`{\"order\": {\"status\": \"delivered\", \"delivered_on\": 1749000000}}`, or the same as a form (`order[status]=...&order[delivered_on]=...`)"),
+    responses((status = 200, description = "`{\"message\": \"Order record updated successfully.\"}`"), (status = 404, body = crate::api::ErrorBody), (status = 422, body = crate::api::ErrorBody)))]
 pub async fn update_from_inbound(
     state: web::Data<AppState>,
     id: web::Path<i64>,

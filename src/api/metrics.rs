@@ -1,11 +1,104 @@
-//! `GET /metrics/actors`: what the sync engine is doing, as JSON.
+//! The metrics endpoints: `GET /metrics/actors` (JSON, for people and the dashboard) and
+//! `GET /metrics` (Prometheus text). Both read the same figures: the engine's counters, plus
+//! what is gathered at scrape time from the throttle, the supervisor, Redis and PostgreSQL.
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::AppState;
+use crate::actors::supervisor::{GetMailboxStats, MailboxStats};
+use crate::actors::throttle::ThrottleState;
+use crate::backlog::stats::{shard_stats, ShardStats};
 
+/// What is gathered at scrape time.
+struct Gathered {
+    throttle: Option<ThrottleState>,
+    mailbox: MailboxStats,
+    shards: Vec<ShardStats>,
+    outbox_rows: i64,
+    /// Orders by sync state: pending, retrying, dead.
+    orders: [(&'static str, i64); 3],
+}
+
+async fn gather(state: &AppState) -> Gathered {
+    let mailbox = match &state.supervisor {
+        Some(supervisor) => supervisor.send(GetMailboxStats).await.unwrap_or_default(),
+        None => MailboxStats::default(),
+    };
+    let mut redis = state.redis.clone();
+    let shards = shard_stats(&mut redis, &state.keys)
+        .await
+        .unwrap_or_else(|error| {
+            tracing::warn!(error = %error, "cannot read the backlog's size");
+            Vec::new()
+        });
+    let pool = state.db.get_postgres_connection_pool();
+    let outbox_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(-1);
+    let counts: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT sync_state, count(*) FROM orders
+         WHERE sync_state IN ('pending', 'retrying', 'dead') GROUP BY sync_state",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    let count = |name: &str| {
+        counts
+            .iter()
+            .find(|(s, _)| s == name)
+            .map_or(0, |(_, n)| *n)
+    };
+    let gathered = Gathered {
+        throttle: state.throttle.state().await,
+        mailbox,
+        shards,
+        outbox_rows,
+        orders: [
+            ("pending", count("pending")),
+            ("retrying", count("retrying")),
+            ("dead", count("dead")),
+        ],
+    };
+    record(state, &gathered);
+    gathered
+}
+
+/// Puts the scrape-time figures into the registry's gauges.
+fn record(state: &AppState, g: &Gathered) {
+    let m = &state.metrics;
+    m.mailbox_depth_max.set(g.mailbox.depth_max as i64);
+    m.events_in_flight
+        .set(state.in_flight.as_ref().map_or(0, |f| f.count() as i64));
+    if let Some(t) = &g.throttle {
+        m.throttle_tokens.set(t.tokens);
+        m.throttle_waiters.set(t.waiters as i64);
+        m.throttle_calls_in_flight.set(i64::from(t.in_flight));
+        m.throttle_rate.set(i64::from(t.rate_per_sec));
+        m.throttle_burst.set(i64::from(t.burst));
+        m.throttle_paused_seconds
+            .set(t.paused_for_ms.unwrap_or(0) as f64 / 1000.0);
+    }
+    for shard in &g.shards {
+        let label = shard.shard.to_string();
+        m.stream_length
+            .with_label_values(&[label.as_str()])
+            .set(shard.length as i64);
+        m.stream_pending
+            .with_label_values(&[label.as_str()])
+            .set(shard.pending as i64);
+    }
+    m.outbox_rows.set(g.outbox_rows);
+    for (name, count) in g.orders {
+        m.orders.with_label_values(&[name]).set(count);
+    }
+}
+
+#[utoipa::path(get, path = "/metrics/actors", tag = "operations",
+    responses((status = 200, description = "The sync engine's figures as JSON (see the README's metrics list)")))]
 pub async fn actor_metrics(state: web::Data<AppState>) -> HttpResponse {
+    let g = gather(&state).await;
     let m = &state.metrics;
     let (p50, p95, p99, samples) = m.lag_percentiles();
     let calls: Vec<_> = m
@@ -19,6 +112,7 @@ pub async fn actor_metrics(state: web::Data<AppState>) -> HttpResponse {
             "spawned": m.actors_spawned.get(),
             "stopped": m.actors_stopped.get(),
             "restarted": m.actors_restarted.get(),
+            "mailbox": g.mailbox,
         },
         "events": {
             "received": m.events_received.get(),
@@ -28,9 +122,28 @@ pub async fn actor_metrics(state: web::Data<AppState>) -> HttpResponse {
             "retried": m.retried.get(),
             "parked": m.parked.get(),
             "dead": m.dead.get(),
+            "failed": m.failed.get(),
+            "in_flight": m.events_in_flight.get(),
         },
         "calls": calls,
-        "throttle": state.throttle.state().await,
+        "throttle": g.throttle,
+        "backlog": {
+            "stream_length": g.shards.iter().map(|s| s.length).sum::<u64>(),
+            "pending": g.shards.iter().map(|s| s.pending).sum::<u64>(),
+            "outbox_rows": g.outbox_rows,
+            "shards": g.shards,
+        },
+        "orders": g.orders.iter().map(|(name, count)| (name.to_string(), json!(count))).collect::<serde_json::Map<_, _>>(),
         "lag_ms": {"p50": p50, "p95": p95, "p99": p99, "samples": samples},
+        "uptime_secs": state.started_at.elapsed().as_secs(),
     }))
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "The same figures in the Prometheus text format", content_type = "text/plain")))]
+pub async fn prometheus_metrics(state: web::Data<AppState>) -> HttpResponse {
+    gather(&state).await;
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.prometheus_text())
 }

@@ -2,13 +2,16 @@
 //! one place; each resource's handlers live in its own module.
 
 mod admin;
+mod dashboard;
+mod docs;
 mod error;
 mod health;
 mod inbound;
 mod metrics;
 mod orders;
 
-pub use error::ApiError;
+pub use docs::ApiDoc;
+pub use error::{ApiError, ErrorBody};
 
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -19,7 +22,12 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use actix::Addr;
+
+use crate::actors::supervisor::SupervisorActor;
 use crate::actors::throttle::Throttle;
+use crate::backlog::dispatcher::InFlight;
+use crate::backlog::keys::Keys;
 use crate::config::Secret;
 use crate::metrics::SyncMetrics;
 
@@ -35,6 +43,11 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// `None`: the admin endpoints are off.
     pub admin_token: Option<Secret>,
+    /// The engine's parts, for the metrics endpoints (`None` with `SYNC_ENGINE=false`).
+    pub supervisor: Option<Addr<SupervisorActor>>,
+    pub in_flight: Option<InFlight>,
+    pub keys: Keys,
+    pub started_at: std::time::Instant,
 }
 
 impl AppState {
@@ -63,8 +76,13 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     .app_data(web::PayloadConfig::new(max_body_bytes))
     .app_data(web::PathConfig::default().error_handler(|err, _req| path_error(err).into()))
     .app_data(web::QueryConfig::default().error_handler(|err, _req| query_error(err).into()))
+    .route("/", web::get().to(dashboard::show_dashboard))
+    .route("/openapi.json", web::get().to(docs::openapi_json))
+    .route("/docs", web::get().to(docs::show_docs))
+    .route("/docs/{asset}", web::get().to(docs::docs_asset))
     .route("/health", web::get().to(health::check_health))
     .route("/metrics/actors", web::get().to(metrics::actor_metrics))
+    .route("/metrics", web::get().to(metrics::prometheus_metrics))
     .service(
         web::resource("/orders")
             .route(web::post().to(orders::create_order))

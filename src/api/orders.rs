@@ -11,7 +11,7 @@ use crate::db::{self, entity::orders, OrderFilter, PageRequest};
 use crate::domain::{FieldErrors, OrderFields, OrderPatch};
 
 /// An order as the API shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderOut {
     pub id: i64,
     pub status: String,
@@ -31,7 +31,7 @@ pub struct OrderOut {
 }
 
 /// Where the order's external copy stands.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SyncOut {
     pub state: String,
     pub synced_version: i64,
@@ -71,7 +71,7 @@ impl From<orders::Model> for OrderOut {
 }
 
 /// One page of `GET /orders`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderPageOut {
     pub orders: Vec<OrderOut>,
     pub per_page: u64,
@@ -86,14 +86,54 @@ pub struct OrderPageOut {
 }
 
 /// The query string of `GET /orders`, as sent; parsed into a filter and a page request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Page number (from 1); the answer then has `total`.
     page: Option<String>,
+    /// Orders per page, 1 to 100 (default 25).
     per_page: Option<String>,
+    /// The `next_cursor` of the previous page (not with `page`).
     cursor: Option<String>,
+    /// `pending`, `delivered` or `canceled`.
     status: Option<String>,
+    /// `pending`, `synced`, `retrying` or `dead` (also accepted as `sync.state`).
     #[serde(alias = "sync.state")]
     sync_state: Option<String>,
+}
+
+/// A full order, as `POST` and `PUT` take it (documentation: the handlers parse the JSON into
+/// `crate::domain::OrderFields`, which enforces these rules).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // read by the OpenAPI document only
+pub struct OrderIn {
+    /// `pending`, `delivered` or `canceled`.
+    #[schema(example = "delivered")]
+    status: String,
+    /// RFC 3339.
+    #[schema(example = "2025-06-01T10:00:00Z")]
+    placed_at: DateTime<Utc>,
+    /// Only when delivered; not before `placed_at`.
+    #[schema(example = "2025-06-04T10:00:00Z")]
+    delivered_at: Option<DateTime<Utc>>,
+    /// Minor units, 0 to 10^12.
+    #[schema(example = 1000)]
+    amount: i64,
+    /// Minor units, 0 to 10^12.
+    #[schema(example = 180)]
+    tax: i64,
+    /// 1 to 200 characters (as are city, state and country).
+    #[schema(example = "12 MG Road")]
+    street_address: String,
+    #[schema(example = "Pune")]
+    city: String,
+    #[schema(example = "Maharashtra")]
+    state: String,
+    #[schema(example = "India")]
+    country: String,
+    /// 3 to 10 letters, digits, spaces or hyphens; kept as text.
+    #[schema(example = "411001")]
+    pincode: String,
 }
 
 const DEFAULT_PER_PAGE: u64 = 25;
@@ -146,6 +186,8 @@ impl ListQuery {
     }
 }
 
+#[utoipa::path(post, path = "/orders", tag = "orders", request_body = OrderIn,
+    responses((status = 201, body = OrderOut), (status = 400, body = crate::api::ErrorBody), (status = 413, body = crate::api::ErrorBody), (status = 422, body = crate::api::ErrorBody), (status = 503, body = crate::api::ErrorBody)))]
 pub async fn create_order(
     state: web::Data<AppState>,
     body: web::Json<Value>,
@@ -157,6 +199,8 @@ pub async fn create_order(
     Ok(HttpResponse::Created().json(OrderOut::from(order)))
 }
 
+#[utoipa::path(get, path = "/orders/{id}", tag = "orders", params(("id" = i64, Path, description = "The order's id")),
+    responses((status = 200, body = OrderOut), (status = 400, body = crate::api::ErrorBody), (status = 404, body = crate::api::ErrorBody)))]
 pub async fn get_order(
     state: web::Data<AppState>,
     id: web::Path<i64>,
@@ -165,6 +209,8 @@ pub async fn get_order(
     Ok(HttpResponse::Ok().json(OrderOut::from(order)))
 }
 
+#[utoipa::path(get, path = "/orders", tag = "orders", params(ListQuery),
+    responses((status = 200, body = OrderPageOut), (status = 422, body = crate::api::ErrorBody)))]
 pub async fn list_orders(
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
@@ -184,6 +230,8 @@ pub async fn list_orders(
     }))
 }
 
+#[utoipa::path(put, path = "/orders/{id}", tag = "orders", params(("id" = i64, Path, description = "The order's id")), request_body = OrderIn,
+    responses((status = 200, body = OrderOut), (status = 404, body = crate::api::ErrorBody), (status = 422, body = crate::api::ErrorBody)))]
 pub async fn replace_order(
     state: web::Data<AppState>,
     id: web::Path<i64>,
@@ -196,6 +244,9 @@ pub async fn replace_order(
     Ok(HttpResponse::Ok().json(OrderOut::from(order)))
 }
 
+#[utoipa::path(patch, path = "/orders/{id}", tag = "orders", params(("id" = i64, Path, description = "The order's id")),
+    request_body(content = serde_json::Value, description = "Any subset of the order's fields; `\"delivered_at\": null` clears it"),
+    responses((status = 200, body = OrderOut), (status = 404, body = crate::api::ErrorBody), (status = 422, body = crate::api::ErrorBody)))]
 pub async fn patch_order(
     state: web::Data<AppState>,
     id: web::Path<i64>,
@@ -208,6 +259,8 @@ pub async fn patch_order(
     Ok(HttpResponse::Ok().json(OrderOut::from(order)))
 }
 
+#[utoipa::path(delete, path = "/orders/{id}", tag = "orders", params(("id" = i64, Path, description = "The order's id")),
+    responses((status = 204, description = "Deleted; the delete is synced to the external API"), (status = 404, body = crate::api::ErrorBody)))]
 pub async fn delete_order(
     state: web::Data<AppState>,
     id: web::Path<i64>,

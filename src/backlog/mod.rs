@@ -12,5 +12,6 @@ mod event;
 pub mod keys;
 pub mod relay;
 pub mod scheduler;
+pub mod stats;
 
 pub use event::{EventKind, SyncEvent};

@@ -27,7 +27,7 @@ impl ExternalCall {
         }
     }
 
-    fn id_and_version(&self) -> (i64, i64) {
+    pub fn id_and_version(&self) -> (i64, i64) {
         match self {
             Self::Create(order) | Self::Update(order) => (order.id, order.version),
             Self::Delete { id, version } => (*id, *version),

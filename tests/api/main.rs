@@ -3,11 +3,13 @@
 
 mod admin;
 mod bad_input;
+mod dashboard;
 mod durability;
 mod external;
 mod health;
 mod helpers;
 mod inbound;
+mod observability;
 mod orders;
 mod outages;
 mod outbox;

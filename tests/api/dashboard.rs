@@ -1,0 +1,209 @@
+//! The dashboard in a real headless browser (Debian's chromium, driven through chromedriver
+//! with fantoccini): the page shows the numbers the API reports, and its retry button retries a
+//! dead order. A screenshot is saved as a test artifact (`target/tmp/screenshots/`).
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+
+use crate::external::{ExternalApi, TOKEN};
+use crate::helpers::{spawn_app_with, wait_for, TestApp};
+use crate::process::free_port;
+
+const ADMIN: &str = "dash_s3cret";
+
+/// A chromedriver of the test's own, killed when dropped.
+struct ChromeDriver {
+    child: Child,
+    port: u16,
+}
+
+impl ChromeDriver {
+    async fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver is installed (.ci/run installs Debian's chromium-driver)");
+        let driver = Self { child, port };
+        let status = format!("http://127.0.0.1:{port}/status");
+        wait_for(
+            "chromedriver to be ready",
+            Duration::from_secs(20),
+            || async {
+                let ready = reqwest::get(&status)
+                    .await
+                    .ok()?
+                    .json::<Value>()
+                    .await
+                    .ok()?;
+                (ready["value"]["ready"] == true).then_some(())
+            },
+        )
+        .await;
+        driver
+    }
+
+    async fn browser(&self) -> Client {
+        let profile =
+            std::env::temp_dir().join(format!("chromium-{}", uuid::Uuid::new_v4().simple()));
+        let args = [
+            "--headless=new".to_string(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-dev-shm-usage".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            "--no-first-run".into(),
+            "--window-size=1280,1500".into(),
+            format!("--user-data-dir={}", profile.display()),
+        ];
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({"binary": "/usr/bin/chromium", "args": args}),
+        );
+        ClientBuilder::native()
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("a browser session")
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn text_of(browser: &Client, css: &str) -> Option<String> {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
+/// Waits until the element's text equals `expected`.
+async fn wait_for_text(browser: &Client, css: &str, expected: &str) {
+    wait_for(
+        &format!("{css} to show {expected}"),
+        Duration::from_secs(20),
+        || async { (text_of(browser, css).await.as_deref() == Some(expected)).then_some(()) },
+    )
+    .await;
+}
+
+async fn quiet_metrics(app: &TestApp) -> Value {
+    wait_for("the engine to be idle", Duration::from_secs(20), || async {
+        let m = app.actor_metrics().await;
+        (m["events"]["in_flight"] == 0 && m["backlog"]["stream_length"] == 0).then_some(m)
+    })
+    .await
+}
+
+#[actix_web::test]
+async fn the_dashboard_shows_the_apis_numbers_and_its_retry_button_retries_a_dead_order() {
+    let api = ExternalApi::start(Duration::ZERO).await;
+    api.fail_next("POST", 1, 422, json!({"message": "address rejected"}), None)
+        .await;
+    let url = api.url();
+    let app = spawn_app_with(&[
+        ("EXTERNAL_API_URL", &url),
+        ("EXTERNAL_API_TOKEN", TOKEN),
+        ("ADMIN_TOKEN", ADMIN),
+        ("ORDER_ACTOR_IDLE_SECS", "600"),
+    ])
+    .await;
+    let dead = app.create_order().await["id"].as_i64().unwrap();
+    wait_for("the order to be dead", Duration::from_secs(20), || async {
+        (app.get_order(dead).await["sync"]["state"] == "dead").then_some(())
+    })
+    .await;
+    for _ in 0..4 {
+        let id = app.create_order().await["id"].as_i64().unwrap();
+        app.wait_until_synced(id).await;
+    }
+    let metrics = quiet_metrics(&app).await;
+
+    let driver = ChromeDriver::start().await;
+    let browser = driver.browser().await;
+    browser
+        .goto(&app.url("/"))
+        .await
+        .expect("the dashboard loads");
+    for (css, value) in [
+        ("#stat-synced", &metrics["events"]["synced"]),
+        ("#stat-received", &metrics["events"]["received"]),
+        ("#stat-live-actors", &metrics["actors"]["live"]),
+        ("#stat-dead", &metrics["orders"]["dead"]),
+        ("#stat-backlog", &metrics["backlog"]["stream_length"]),
+        ("#stat-outbox", &metrics["backlog"]["outbox_rows"]),
+    ] {
+        wait_for_text(&browser, css, &value.to_string()).await;
+    }
+    assert_eq!(metrics["events"]["synced"], 4);
+    assert_eq!(metrics["orders"]["dead"], 1);
+
+    // The operator enters the token; the dead order appears with its error.
+    browser
+        .find(Locator::Css("#admin-token"))
+        .await
+        .unwrap()
+        .send_keys(ADMIN)
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("#save-token"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let row = format!("#failed-orders tr[data-order-id=\"{dead}\"]");
+    wait_for("the dead order's row", Duration::from_secs(20), || async {
+        text_of(&browser, &row)
+            .await
+            .filter(|t| t.contains("address rejected"))
+    })
+    .await;
+    let shots = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    browser
+        .execute("window.scrollTo(0, 0)", vec![])
+        .await
+        .unwrap();
+    let png = browser.screenshot().await.expect("a screenshot");
+    std::fs::write(shots.join("dashboard.png"), &png).unwrap();
+    assert!(png.len() > 10_000, "the screenshot is an image of the page");
+
+    // The external API accepts it now; the retry button syncs it.
+    let button = format!("button.retry-button[data-order-id=\"{dead}\"]");
+    browser
+        .find(Locator::Css(&button))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let order = app.wait_until_synced(dead).await;
+    assert_eq!(order["sync"]["synced_version"], 1);
+    wait_for_text(&browser, "#stat-dead", "0").await;
+    let message = text_of(&browser, "#admin-message")
+        .await
+        .unwrap_or_default();
+    assert!(
+        message.contains(&dead.to_string()),
+        "the page says what it did: {message:?}"
+    );
+    browser.close().await.ok();
+}
