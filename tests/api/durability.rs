@@ -26,6 +26,9 @@ enum Acked {
 #[derive(Default)]
 struct Ledger {
     acked: BTreeMap<i64, Acked>,
+    /// Orders a DELETE was sent for, answered or not: a kill can cut off the answer to a delete
+    /// that was committed.
+    delete_sent: std::collections::HashSet<i64>,
     errors: u64,
 }
 
@@ -60,7 +63,10 @@ async fn drive_load(
         let acked = match (roll, target) {
             (0..=34, _) | (_, None) => create(&http, &base).await,
             (35..=84, Some(id)) => update(&http, &base, id, rng.gen_range(100..10_000)).await,
-            (_, Some(id)) => delete(&http, &base, id).await,
+                        (_, Some(id)) => {
+                ledger.lock().unwrap().delete_sent.insert(id);
+                delete(&http, &base, id).await
+            }
         };
         match acked {
             Some((id, acked)) => {
@@ -228,7 +234,10 @@ async fn verify(pool: &PgPool, calls: &[Call], kills: &[Instant], ledger: &Ledge
                 "order {id}: acknowledged v{v}, database has v{}",
                 row.1
             ),
-            (Acked::Live(v), None) => panic!("order {id}: acknowledged v{v} but the order is gone"),
+                        (Acked::Live(v), None) => assert!(
+                ledger.delete_sent.contains(id),
+                "order {id}: acknowledged v{v} but the order is gone, and no delete was sent"
+            ),
             (Acked::Deleted, Some(_)) => {
                 panic!("order {id}: acknowledged delete but the order is still there")
             }
