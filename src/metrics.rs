@@ -20,6 +20,16 @@ use crate::external::CallError;
 const LAG_WINDOW: Duration = Duration::from_secs(60);
 const LAG_SAMPLES: usize = 10_000;
 
+/// Lag percentiles over the recent window, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct LagSummary {
+    pub p50: u64,
+    pub p95: u64,
+    pub p99: u64,
+    pub max: u64,
+    pub samples: usize,
+}
+
 /// Every figure, by its Prometheus name (prefix `order_sync_`).
 pub struct SyncMetrics {
     registry: Registry,
@@ -283,8 +293,8 @@ impl SyncMetrics {
         }
     }
 
-    /// Lag percentiles (in milliseconds) over the recent window: `(p50, p95, p99, samples)`.
-    pub fn lag_percentiles(&self) -> (u64, u64, u64, usize) {
+        /// Lag over the recent window, in milliseconds.
+    pub fn lag_summary(&self) -> LagSummary {
         let mut samples: Vec<u64> = match self.lag_window.lock() {
             Ok(mut window) => {
                 while window
@@ -297,12 +307,18 @@ impl SyncMetrics {
             }
             Err(_) => Vec::new(),
         };
-        if samples.is_empty() {
-            return (0, 0, 0, 0);
+                if samples.is_empty() {
+            return LagSummary::default();
         }
         samples.sort_unstable();
         let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-        (at(0.50), at(0.95), at(0.99), samples.len())
+        LagSummary {
+            p50: at(0.50),
+            p95: at(0.95),
+            p99: at(0.99),
+            max: samples[samples.len() - 1],
+            samples: samples.len(),
+        }
     }
 
     /// Every metric in the Prometheus text format.

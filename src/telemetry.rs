@@ -84,7 +84,7 @@ pub async fn log_progress(
         if received == last_received && backlog == 0 && in_flight.count() == 0 {
             continue; // idle: say nothing
         }
-        let (p50, p95, _, _) = metrics.lag_percentiles();
+        let lag = metrics.lag_summary();
         tracing::info!(
             synced_per_sec = format!(
                 "{:.1}",
@@ -92,8 +92,8 @@ pub async fn log_progress(
             ),
             backlog,
             in_flight = in_flight.count(),
-            lag_p50_ms = p50,
-            lag_p95_ms = p95,
+            lag_p50_ms = lag.p50,
+            lag_p95_ms = lag.p95,
             "sync progress"
         );
         (last_synced, last_received) = (synced, received);

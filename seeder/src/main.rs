@@ -5,15 +5,12 @@
 //! outbox rows first), `SYNC` (`false` writes no outbox rows, so nothing is synced),
 //! `DATABASE_URL` (as for the service). Every value is checked before anything is written.
 
-mod generate;
-mod options;
-mod write;
-
 use std::process::ExitCode;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use options::SeedOptions;
+use seeder::options::SeedOptions;
+use seeder::write;
 
 #[tokio::main]
 async fn main() -> ExitCode {

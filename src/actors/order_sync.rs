@@ -262,14 +262,18 @@ async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
                 deps.metrics.skipped.inc();
                 return Outcome::Skipped;
             }
-            Decision::PurgeWithoutCall => {
-                retry_db("purge tombstone", || queries::purge_tombstone(pool, id)).await;
-                tracing::info!(order_id = id, "deleted before it was ever synced: no call");
-                deps.metrics.purged.inc();
-                return Outcome::Purged;
-            }
+            Decision::PurgeWithoutCall => return purge_without_call(deps, id).await,
             Decision::Call(verb) => verb,
         };
+        let Some(mut row) = row else { continue };
+        // Written before taking a turn, so that nothing but the call itself happens between the
+        // throttle's permit and the external API seeing it (or calls would bunch up behind slow
+        // database steps and overshoot the rate).
+        let marked_here = verb == Verb::Create && !row.create_sent;
+        if marked_here {
+            retry_db("mark create sent", || queries::mark_create_sent(pool, id)).await;
+            row.create_sent = true;
+        }
         let asked = Instant::now();
         let permit = tokio::select! {
             permit = deps.throttle.acquire() => permit,
@@ -280,20 +284,29 @@ async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
         };
         // While we waited for a turn the order may have changed again: decide on the freshest
         // state (more coalescing, and no create for an order deleted meanwhile).
-        let mut row = row;
         if asked.elapsed() > Duration::from_millis(1) {
-            row = retry_db("reload order", || queries::load(pool, id)).await;
-            if decide(row.as_ref(), kind) != Decision::Call(verb) {
-                deps.throttle.refund();
-                drop(permit);
-                continue;
+            let fresh = retry_db("reload order", || queries::load(pool, id)).await;
+            let mut decision = decide(fresh.as_ref(), kind);
+            // The create mark is ours and nothing was sent: deleted meanwhile, it was never
+            // created remotely.
+            let never_sent = fresh.as_ref().is_some_and(|r| r.synced_version == 0);
+            if marked_here && never_sent && decision == Decision::Call(Verb::Delete) {
+                decision = Decision::PurgeWithoutCall;
+            }
+            match (decision, fresh) {
+                (Decision::Call(now), Some(fresh)) if now == verb => row = fresh,
+                (Decision::PurgeWithoutCall, _) => {
+                    deps.throttle.refund();
+                    return purge_without_call(deps, id).await;
+                }
+                _ => {
+                    deps.throttle.refund();
+                    drop(permit);
+                    continue;
+                }
             }
         }
-        let Some(row) = row else { continue };
         let call = build_call(&row, verb);
-        if verb == Verb::Create && !row.create_sent {
-            retry_db("mark create sent", || queries::mark_create_sent(pool, id)).await;
-        }
         let started = Instant::now();
         let result = call_with_retries(deps, &call, permit).await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
@@ -332,6 +345,14 @@ async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
             Err(error) => return record_failure(deps, &row, &call, &error, elapsed_ms).await,
         }
     }
+}
+
+/// Removes a tombstone that was never created remotely: no call is owed.
+async fn purge_without_call(deps: &SyncDeps, id: i64) -> Outcome {
+    retry_db("purge tombstone", || queries::purge_tombstone(&deps.pool, id)).await;
+    tracing::info!(order_id = id, "deleted before it was ever synced: no call");
+    deps.metrics.purged.inc();
+    Outcome::Purged
 }
 
 /// Parks the order for its next delayed retry, or marks it dead.

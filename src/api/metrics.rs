@@ -100,7 +100,6 @@ fn record(state: &AppState, g: &Gathered) {
 pub async fn actor_metrics(state: web::Data<AppState>) -> HttpResponse {
     let g = gather(&state).await;
     let m = &state.metrics;
-    let (p50, p95, p99, samples) = m.lag_percentiles();
     let calls: Vec<_> = m
         .calls()
         .into_iter()
@@ -134,7 +133,7 @@ pub async fn actor_metrics(state: web::Data<AppState>) -> HttpResponse {
             "shards": g.shards,
         },
         "orders": g.orders.iter().map(|(name, count)| (name.to_string(), json!(count))).collect::<serde_json::Map<_, _>>(),
-        "lag_ms": {"p50": p50, "p95": p95, "p99": p99, "samples": samples},
+        "lag_ms": m.lag_summary(),
         "uptime_secs": state.started_at.elapsed().as_secs(),
     }))
 }

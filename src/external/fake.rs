@@ -5,9 +5,10 @@
 //! memory so `GET` returns it. Knobs for demos and benchmarks: a latency and a failure rate
 //! (answered with 500), set at start (`FAKE_API_LATENCY_MS`, `FAKE_API_FAILURE_RATE`) or live
 //! with `PUT /_fake/config {"latency_ms": 50, "failure_rate": 0.1}`; `GET /_fake/stats` counts
-//! the calls by verb.
+//! the calls by verb, `GET /_fake/timeline` counts them per 100 ms (for rate measurements), and
+//! `POST /_fake/reset` forgets everything.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -60,9 +61,14 @@ impl FakeConfig {
 #[derive(Default)]
 struct FakeState {
     config: FakeConfig,
-    orders: HashMap<i64, Value>,
+        orders: HashMap<i64, Value>,
     calls: HashMap<&'static str, u64>,
+    /// Calls per 100 ms slot (epoch milliseconds / 100), for the last `TIMELINE_SLOTS` slots.
+    timeline: BTreeMap<u64, u64>,
 }
+
+/// Ten minutes of 100 ms slots.
+const TIMELINE_SLOTS: u64 = 6_000;
 
 type Shared = web::Data<Mutex<FakeState>>;
 
@@ -98,7 +104,9 @@ impl FakeExternalApi {
                 .route("/v1/orders/{id}", web::delete().to(delete))
                 .route("/v1/orders/{id}", web::get().to(get))
                 .route("/_fake/config", web::put().to(set_config))
-                .route("/_fake/stats", web::get().to(stats))
+                                .route("/_fake/stats", web::get().to(stats))
+                .route("/_fake/timeline", web::get().to(timeline))
+                .route("/_fake/reset", web::post().to(reset))
         })
         .workers(1)
         .disable_signals()
@@ -113,7 +121,12 @@ impl FakeExternalApi {
 async fn gate(state: &Shared, req: &HttpRequest, verb: &'static str) -> Option<HttpResponse> {
     let config = {
         let mut state = state.lock().ok()?;
-        *state.calls.entry(verb).or_default() += 1;
+                *state.calls.entry(verb).or_default() += 1;
+        let slot = chrono::Utc::now().timestamp_millis().max(0) as u64 / 100;
+        *state.timeline.entry(slot).or_default() += 1;
+        while state.timeline.first_key_value().is_some_and(|(first, _)| first + TIMELINE_SLOTS < slot) {
+            state.timeline.pop_first();
+        }
         state.config
     };
     if config.latency_ms > 0 {
@@ -230,4 +243,20 @@ async fn stats(state: Shared) -> HttpResponse {
 
 fn config_now(state: &Shared) -> FakeConfig {
     state.lock().map(|s| s.config).unwrap_or_default()
+}
+
+async fn timeline(state: Shared) -> HttpResponse {
+    let slots: BTreeMap<u64, u64> = state.lock().map(|s| s.timeline.clone()).unwrap_or_default();
+    HttpResponse::Ok().json(json!({"slot_ms": 100, "calls": slots}))
+}
+
+async fn reset(state: Shared) -> HttpResponse {
+    if let Ok(mut state) = state.lock() {
+        let config = state.config;
+        *state = FakeState {
+            config,
+            ..FakeState::default()
+        };
+    }
+    HttpResponse::NoContent().finish()
 }

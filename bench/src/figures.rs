@@ -1,0 +1,480 @@
+//! One function per figure. Each measures its figure and, where the goal is a ratio, the limit
+//! beside it in the same run, and returns a row of the table.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use order_sync::config::Secret;
+use order_sync::db::sync as queries;
+use order_sync::external::payload::ExternalOrder;
+use order_sync::external::{ExternalCall, ExternalClient};
+use rand::Rng;
+use serde_json::{json, Value};
+use sqlx::postgres::{PgPoolCopyExt, PgPoolOptions};
+
+use crate::harness::{get_json, percentile, post, start_fake, start_service, wait_for, BenchDb, ChildProcess};
+use crate::Scale;
+
+/// One line of the table.
+pub struct Row {
+    pub figure: &'static str,
+    pub measured: String,
+    pub limit: String,
+    pub goal: String,
+    pub met: bool,
+}
+
+/// The engine's settings with the throttle off.
+const UNTHROTTLED: [(&str, &str); 4] = [
+    ("RATE_LIMIT_PER_SEC", "10000000"),
+    ("RATE_LIMIT_BURST", "10000000"),
+    ("MAX_CONCURRENT_CALLS", "64"),
+    ("ORDER_ACTOR_IDLE_SECS", "5"),
+];
+const CONCURRENCY: usize = 64;
+
+async fn wait_all_synced(db: &BenchDb, count: i64, timeout: Duration) -> anyhow::Result<()> {
+    wait_for("every order to be synced", timeout, || async {
+        let synced = db.count("SELECT count(*) FROM orders WHERE sync_state = 'synced' AND synced_version = version").await;
+        (synced >= count).then_some(())
+    })
+    .await
+}
+
+/// Figures 1 and 5: end-to-end throughput against the raw ceiling, and memory and actors.
+pub async fn throughput_and_memory(scale: &Scale, orders: u64) -> anyhow::Result<(Row, Row)> {
+    let db = BenchDb::create().await?;
+    let fake = start_fake().await?;
+    seeder::write::insert_orders(&db.pool, orders, true, |_| {}).await?;
+
+    // The raw ceiling: the same calls, concurrency and client, with the SELECT and UPDATE of each
+    // order, in a plain loop with nothing else.
+    let ceiling = raw_ceiling(&db.url, &fake.url(""), orders).await?;
+    sqlx::query("UPDATE orders SET synced_version = 0, sync_state = 'pending', synced_at = NULL")
+        .execute(&db.pool)
+        .await?;
+    post(&fake.url("/_fake/reset")).await?;
+
+    let service = start_service(&db, &fake, &UNTHROTTLED).await?;
+    let started = Instant::now();
+    let peak_actors = Arc::new(AtomicU64::new(0));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling, url) = (peak_actors.clone(), sampling.clone(), service.url("/metrics/actors"));
+        tokio::spawn(async move {
+            while sampling.load(Ordering::Relaxed) {
+                if let Ok(m) = get_json(&url).await {
+                    peak.fetch_max(m["actors"]["live"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    wait_all_synced(&db, orders as i64, scale.long_timeout).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    sampling.store(false, Ordering::Relaxed);
+    sampler.await?;
+    let engine = orders as f64 / elapsed;
+    let ratio = engine / ceiling;
+    let peak_rss = service.peak_rss_mib();
+    let idle_url = service.url("/metrics/actors");
+    let after_idle = wait_for("idle actors to stop", Duration::from_secs(120), || async {
+        let live = get_json(&idle_url).await.ok()?["actors"]["live"].as_u64()?;
+        (live == 0).then_some(live)
+    })
+    .await
+    .unwrap_or(u64::MAX);
+    let peak_rss_after = service.peak_rss_mib();
+    drop(service);
+    drop(fake);
+    db.drop_now().await;
+
+    let throughput = Row {
+        figure: "1 end-to-end throughput (throttle off)",
+        measured: format!("{engine:.0} orders/s ({orders} orders, {elapsed:.1} s)"),
+        limit: format!("raw ceiling {ceiling:.0} calls/s"),
+        goal: format!("ratio {ratio:.2} >= 0.5"),
+        met: ratio >= 0.5,
+    };
+    let memory = Row {
+        figure: "5 memory and actors",
+        measured: format!(
+            "peak RSS {:.0} MiB; live actors {} at peak, {} after idle timeout ({orders} orders)",
+            peak_rss_after.max(peak_rss),
+            peak_actors.load(Ordering::Relaxed),
+            after_idle
+        ),
+        limit: "256 MiB; 0 actors".into(),
+        goal: "RSS <= 256 MiB, 0 after idle".into(),
+        met: peak_rss_after.max(peak_rss) <= 256.0 && after_idle == 0,
+    };
+    Ok((throughput, memory))
+}
+
+/// Calls per second of the plain loop. awc is not `Send`: it runs on an actix system of its own.
+async fn raw_ceiling(db_url: &str, api_url: &str, orders: u64) -> anyhow::Result<f64> {
+    let (db_url, api_url) = (db_url.to_string(), api_url.to_string());
+    let handle = std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let pool = PgPoolOptions::new().max_connections(20).connect(&db_url).await?;
+            let client = ExternalClient::new(&api_url, Secret::new("bench"), Duration::from_secs(5));
+            let next = Rc::new(Cell::new(1_i64));
+            let started = Instant::now();
+            let workers = (0..CONCURRENCY).map(|_| {
+                let (pool, client, next) = (pool.clone(), client.clone(), next.clone());
+                async move {
+                    loop {
+                        let id = next.get();
+                        if id > orders as i64 {
+                            return anyhow::Ok(());
+                        }
+                        next.set(id + 1);
+                        let Some(row) = queries::load(&pool, id).await? else { continue };
+                        client
+                            .send(&ExternalCall::Create(ExternalOrder::from(&row.snapshot())))
+                            .await
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
+                        queries::record_synced(&pool, id, row.version).await?;
+                    }
+                }
+            });
+            futures_util::future::try_join_all(workers).await?;
+            anyhow::Ok(orders as f64 / started.elapsed().as_secs_f64())
+        })
+    });
+    handle.join().map_err(|_| anyhow::anyhow!("the raw loop panicked"))?
+}
+
+/// Figure 2: many quick updates of each order coalesce into few calls.
+pub async fn coalescing(scale: &Scale) -> anyhow::Result<Row> {
+    let db = BenchDb::create().await?;
+    let fake = start_fake().await?;
+    let service = start_service(&db, &fake, &UNTHROTTLED).await?;
+    let orders = scale.coalesce_orders;
+    seeder::write::insert_orders(&db.pool, orders, true, |_| {}).await?;
+    wait_all_synced(&db, orders as i64, scale.long_timeout).await?;
+    post(&fake.url("/_fake/reset")).await?;
+
+    // The burst: each round changes every order once, as the API does (the order and its outbox
+    // row in one transaction).
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM orders").fetch_all(&db.pool).await?;
+    let burst = Instant::now();
+    for _ in 0..scale.coalesce_updates {
+        sqlx::query(
+            "WITH changed AS (
+                 UPDATE orders SET version = version + 1, amount = amount + 1, updated_at = now(),
+                        sync_state = CASE WHEN sync_state = 'retrying' THEN 'retrying' ELSE 'pending' END
+                 WHERE id = ANY($1) RETURNING id, version)
+             INSERT INTO outbox (order_id, version, action) SELECT id, version, 'update' FROM changed",
+        )
+        .bind(&ids)
+        .execute(&db.pool)
+        .await?;
+    }
+    let burst_ms = burst.elapsed().as_millis();
+    wait_all_synced(&db, orders as i64, scale.long_timeout).await?;
+    let stats = get_json(&fake.url("/_fake/stats")).await?;
+    let calls = stats["calls"]["PUT"].as_u64().unwrap_or(0) + stats["calls"]["POST"].as_u64().unwrap_or(0);
+    let per_order = calls as f64 / orders as f64;
+    let stored: Vec<Value> = reqwest::Client::new()
+        .get(fake.url("/v1/orders"))
+        .bearer_auth("bench")
+        .send()
+        .await?
+        .json()
+        .await?;
+    let versions: Vec<(i64, i64)> = sqlx::query_as("SELECT id, version FROM orders").fetch_all(&db.pool).await?;
+    let latest = versions.iter().all(|(id, version)| {
+        stored.iter().any(|o| o["id"].as_i64() == Some(*id) && o["version"].as_i64() == Some(*version))
+    });
+    drop(service);
+    drop(fake);
+    db.drop_now().await;
+    Ok(Row {
+        figure: "2 coalescing",
+        measured: format!(
+            "{per_order:.2} calls/order for {} updates each (burst {burst_ms} ms); external = latest: {latest}",
+            scale.coalesce_updates
+        ),
+        limit: format!("{} changes/order", scale.coalesce_updates),
+        goal: "<= 3 calls/order, latest state".into(),
+        met: per_order <= 3.0 && latest,
+    })
+}
+
+/// Figure 3: lag from commit to external success at a steady rate of changes through the API.
+pub async fn lag(scale: &Scale) -> anyhow::Result<Row> {
+    let db = BenchDb::create().await?;
+    let fake = start_fake().await?;
+    let service = start_service(&db, &fake, &UNTHROTTLED).await?;
+    let http = reqwest::Client::new();
+    let body = json!({"status": "pending", "placed_at": "2025-06-01T10:00:00Z", "amount": 1000, "tax": 180,
+        "street_address": "12 MG Road", "city": "Pune", "state": "MH", "country": "India", "pincode": "411001"});
+    let ids = Arc::new(Mutex::new(Vec::<i64>::new()));
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / scale.lag_rate as f64));
+    let end = Instant::now() + scale.lag_duration;
+    let mut tasks = Vec::new();
+    while Instant::now() < end {
+        ticker.tick().await;
+        let (http, ids, body, base) = (http.clone(), ids.clone(), body.clone(), service.url(""));
+        let target = {
+            let ids = ids.lock().expect("ids");
+            (!ids.is_empty() && rand::thread_rng().gen_bool(0.5)).then(|| ids[rand::thread_rng().gen_range(0..ids.len())])
+        };
+        tasks.push(tokio::spawn(async move {
+            match target {
+                Some(id) => {
+                    let _ = http.patch(format!("{base}/orders/{id}")).json(&json!({"amount": 2000})).send().await;
+                }
+                None => {
+                    if let Ok(r) = http.post(format!("{base}/orders")).json(&body).send().await {
+                        if let Ok(order) = r.json::<Value>().await {
+                            if let Some(id) = order["id"].as_i64() {
+                                ids.lock().expect("ids").push(id);
+                            }
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let sent = tasks.len();
+    futures_util::future::join_all(tasks).await;
+    let orders = ids.lock().expect("ids").len() as i64;
+    wait_all_synced(&db, orders, scale.long_timeout).await?;
+    let lag = get_json(&service.url("/metrics/actors")).await?["lag_ms"].clone();
+    let p99 = lag["p99"].as_u64().unwrap_or(u64::MAX);
+    drop(service);
+    drop(fake);
+    db.drop_now().await;
+    Ok(Row {
+        figure: "3 sync lag at steady load",
+        measured: format!(
+            "p50 {} ms, p99 {p99} ms, max {} ms ({sent} changes at {}/s, {} synced calls)",
+            lag["p50"], lag["max"], scale.lag_rate, lag["samples"]
+        ),
+        limit: "50 ms".into(),
+        goal: "p99 <= 50 ms".into(),
+        met: p99 <= 50,
+    })
+}
+
+/// Figure 4: the achieved call rate against the configured one, with load far above it.
+pub async fn throttle(scale: &Scale) -> anyhow::Result<Row> {
+    let db = BenchDb::create().await?;
+    let fake = start_fake().await?;
+    let (rate, burst) = (scale.throttle_rate, scale.throttle_burst);
+    let seconds = scale.throttle_duration.as_secs();
+    seeder::write::insert_orders(&db.pool, rate * (seconds + 4), true, |_| {}).await?;
+    let (rate_s, burst_s) = (rate.to_string(), burst.to_string());
+    let service = start_service(
+        &db,
+        &fake,
+        &[("RATE_LIMIT_PER_SEC", &rate_s), ("RATE_LIMIT_BURST", &burst_s), ("MAX_CONCURRENT_CALLS", "64")],
+    )
+    .await?;
+    // The measurement window itself (not a wait for anything): the first second, then `seconds`.
+    tokio::time::sleep(scale.throttle_duration + Duration::from_millis(1500)).await;
+    let timeline = get_json(&fake.url("/_fake/timeline")).await?;
+    drop(service);
+    drop(fake);
+    db.drop_now().await;
+
+    let slots: Vec<(u64, u64)> = timeline["calls"]
+        .as_object()
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.parse().ok()?, v.as_u64()?))).collect())
+        .unwrap_or_default();
+    let Some(first) = slots.iter().map(|(slot, _)| *slot).min() else {
+        anyhow::bail!("the fake received no calls");
+    };
+    let in_range = |from: u64, to: u64| slots.iter().filter(|(s, _)| *s >= from && *s < to).map(|(_, n)| n).sum::<u64>();
+    // Skip the first second (it holds the burst), then average over `seconds`.
+    let achieved = in_range(first + 10, first + 10 + seconds * 10) as f64 / seconds as f64;
+    let last = slots.iter().map(|(slot, _)| *slot).max().unwrap_or(first);
+    let busiest = (first..=last.saturating_sub(9)).map(|start| in_range(start, start + 10)).max().unwrap_or(0);
+    let error = (achieved - rate as f64).abs() / rate as f64;
+    Ok(Row {
+        figure: "4 throttle accuracy",
+        measured: format!("{achieved:.0} calls/s over {seconds} s; busiest 1 s window {busiest}"),
+        limit: format!("{rate}/s, burst {burst}"),
+        goal: format!("within 2% ({:.1}%), window <= {}", error * 100.0, rate + burst),
+        met: error <= 0.02 && busiest <= rate + burst,
+    })
+}
+
+/// Figure 6: the seeder against PostgreSQL's COPY of the same kind of rows from a file.
+pub async fn seeder_speed(scale: &Scale) -> anyhow::Result<Row> {
+    let db = BenchDb::create().await?;
+    let orders = scale.seeder_orders;
+    let csv = std::env::temp_dir().join(format!("{}.csv", db.name));
+    write_csv(&csv, orders)?;
+    let copy_started = Instant::now();
+    let mut copy = db
+        .pool
+        .copy_in_raw(
+            "COPY orders (status, placed_at, delivered_at, amount, tax, street_address, city, state, country, pincode)
+             FROM STDIN (FORMAT csv)",
+        )
+        .await?;
+    let file = tokio::fs::File::open(&csv).await?;
+    copy.read_from(file).await?;
+    copy.finish().await?;
+    let copy_rate = orders as f64 / copy_started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&csv);
+    sqlx::query("TRUNCATE orders, outbox").execute(&db.pool).await?;
+
+    let seeded = Instant::now();
+    seeder::write::insert_orders(&db.pool, orders, false, |_| {}).await?;
+    let seeder_rate = orders as f64 / seeded.elapsed().as_secs_f64();
+    sqlx::query("TRUNCATE orders, outbox").execute(&db.pool).await?;
+    let with_outbox = Instant::now();
+    seeder::write::insert_orders(&db.pool, orders, true, |_| {}).await?;
+    let with_outbox_rate = orders as f64 / with_outbox.elapsed().as_secs_f64();
+    db.drop_now().await;
+    let ratio = seeder_rate / copy_rate;
+    Ok(Row {
+        figure: "6 seeder",
+        measured: format!(
+            "{seeder_rate:.0} orders/s (SYNC=false), {with_outbox_rate:.0} orders/s with outbox rows ({orders} orders)"
+        ),
+        limit: format!("COPY {copy_rate:.0} rows/s"),
+        goal: format!("ratio {ratio:.2} >= 0.5"),
+        met: ratio >= 0.5,
+    })
+}
+
+/// The same kind of rows the seeder makes, as CSV.
+fn write_csv(path: &std::path::Path, orders: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let now = chrono::Utc::now();
+    let mut rng = rand::thread_rng();
+    let mut left = orders;
+    while left > 0 {
+        let n = left.min(10_000);
+        let c = seeder::generate::OrderColumns::fake(n as usize, now, &mut rng);
+        for i in 0..c.len() {
+            let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+            writeln!(
+                out,
+                "{},{},{},{},{},{},{},{},{},{}",
+                c.status[i],
+                c.placed_at[i].to_rfc3339(),
+                c.delivered_at[i].map(|d| d.to_rfc3339()).unwrap_or_default(),
+                c.amount[i],
+                c.tax[i],
+                quote(&c.street_address[i]),
+                quote(&c.city[i]),
+                quote(&c.state[i]),
+                quote(&c.country[i]),
+                quote(&c.pincode[i]),
+            )?;
+        }
+        left -= n;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Figure 7: `POST /orders` at a fixed concurrency, against a plain sqlx loop running the same
+/// two-insert transaction at the same concurrency and pool size.
+pub async fn ingest(scale: &Scale) -> anyhow::Result<Row> {
+    let db = BenchDb::create().await?;
+    let fake = start_fake().await?;
+    // The API alone: the engine would compete for the same two cores.
+    let service = start_service(&db, &fake, &[("SYNC_ENGINE", "false"), ("DATABASE_MAX_CONNECTIONS", "20")]).await?;
+    let (api_rate, api_p99) = drive_api(&service, scale.ingest_duration).await?;
+    drop(service);
+    let (sql_rate, sql_p99) = drive_sql(&db.url, scale.ingest_duration).await?;
+    drop(fake);
+    db.drop_now().await;
+    let ratio = api_rate / sql_rate;
+    Ok(Row {
+        figure: "7 ingest (POST /orders, concurrency 64)",
+        measured: format!("{api_rate:.0} req/s, p99 {api_p99:.1} ms"),
+        limit: format!("sqlx loop {sql_rate:.0} tx/s, p99 {sql_p99:.1} ms"),
+        goal: format!("ratio {ratio:.2} >= 0.6"),
+        met: ratio >= 0.6,
+    })
+}
+
+const ORDER_JSON: &str = r#"{"status": "delivered", "placed_at": "2025-06-01T10:00:00Z", "delivered_at": "2025-06-04T10:00:00Z",
+    "amount": 1000, "tax": 180, "street_address": "12 MG Road", "city": "Pune", "state": "Maharashtra",
+    "country": "India", "pincode": "411001"}"#;
+
+async fn drive_api(service: &ChildProcess, duration: std::time::Duration) -> anyhow::Result<(f64, f64)> {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(CONCURRENCY).build()?;
+    let url = service.url("/orders");
+    measure(duration, move || {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let response = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(ORDER_JSON)
+                .send()
+                .await?;
+            anyhow::ensure!(response.status() == 201, "POST /orders answered {}", response.status());
+            Ok(())
+        }
+    })
+    .await
+}
+
+async fn drive_sql(url: &str, duration: std::time::Duration) -> anyhow::Result<(f64, f64)> {
+    let pool = PgPoolOptions::new().max_connections(20).connect(url).await?;
+    measure(duration, move || {
+        let pool = pool.clone();
+        async move {
+            let mut txn = pool.begin().await?;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO orders (status, placed_at, delivered_at, amount, tax, street_address, city, state, country, pincode)
+                 VALUES ('delivered', '2025-06-01T10:00:00Z', '2025-06-04T10:00:00Z', 1000, 180, '12 MG Road', 'Pune',
+                         'Maharashtra', 'India', '411001') RETURNING id",
+            )
+            .fetch_one(&mut *txn)
+            .await?;
+            sqlx::query("INSERT INTO outbox (order_id, version, action) VALUES ($1, 1, 'create')")
+                .bind(id)
+                .execute(&mut *txn)
+                .await?;
+            txn.commit().await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Runs `op` from `CONCURRENCY` loops for `duration`; returns (operations per second, p99 ms).
+async fn measure<F, Fut>(duration: std::time::Duration, op: F) -> anyhow::Result<(f64, f64)>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let end = Instant::now() + duration;
+    let started = Instant::now();
+    let loops = (0..CONCURRENCY).map(|_| {
+        let op = op.clone();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < end {
+                let at = Instant::now();
+                op().await?;
+                latencies.push(at.elapsed().as_secs_f64() * 1000.0);
+            }
+            anyhow::Ok(latencies)
+        })
+    });
+    let mut all = Vec::new();
+    let mut results = futures_util::stream::iter(loops).buffer_unordered(CONCURRENCY);
+    while let Some(result) = results.next().await {
+        all.extend(result??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_by(|a, b| a.total_cmp(b));
+    Ok((all.len() as f64 / elapsed, percentile(&all, 0.99)))
+}

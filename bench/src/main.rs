@@ -1,0 +1,155 @@
+//! The benchmark program: `cargo run --release -p bench` prints every figure of BENCHMARKS.md in
+//! one table, each beside its limit measured in the same run (this machine is shared and noisy:
+//! a ratio holds where an absolute time does not).
+//!
+//! `BENCH_MODE=smoke` runs everything tiny (CI keeps the program working with it);
+//! `BENCH_MODE=large` runs the memory figure with 1,000,000 orders. It needs PostgreSQL and
+//! Redis (`BENCH_DATABASE_SERVER`, `BENCH_REDIS_URL`) and the release binaries, which `cargo run`
+//! builds first.
+
+mod figures;
+mod harness;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use figures::Row;
+
+/// How big each figure is.
+pub struct Scale {
+    name: &'static str,
+    throughput_orders: u64,
+    memory_orders: u64,
+    coalesce_orders: u64,
+    coalesce_updates: u32,
+    lag_rate: u64,
+    lag_duration: Duration,
+    throttle_rate: u64,
+    throttle_burst: u64,
+    throttle_duration: Duration,
+    seeder_orders: u64,
+    ingest_duration: Duration,
+    long_timeout: Duration,
+}
+
+impl Scale {
+    fn from_env() -> Result<Self, String> {
+        let default = Scale {
+            name: "default",
+            throughput_orders: 100_000,
+            memory_orders: 100_000,
+            coalesce_orders: 1_000,
+            coalesce_updates: 50,
+            lag_rate: 500,
+            lag_duration: Duration::from_secs(20),
+            throttle_rate: 1_000,
+            throttle_burst: 50,
+            throttle_duration: Duration::from_secs(10),
+            seeder_orders: 1_000_000,
+            ingest_duration: Duration::from_secs(10),
+            long_timeout: Duration::from_secs(900),
+        };
+        match std::env::var("BENCH_MODE").unwrap_or_default().as_str() {
+            "" | "default" => Ok(default),
+            "large" => Ok(Scale {
+                name: "large",
+                memory_orders: 1_000_000,
+                ..default
+            }),
+            "smoke" => Ok(Scale {
+                name: "smoke",
+                throughput_orders: 1_000,
+                memory_orders: 1_000,
+                coalesce_orders: 50,
+                coalesce_updates: 5,
+                lag_rate: 100,
+                lag_duration: Duration::from_secs(2),
+                throttle_rate: 200,
+                throttle_burst: 10,
+                throttle_duration: Duration::from_secs(2),
+                seeder_orders: 2_000,
+                ingest_duration: Duration::from_secs(2),
+                long_timeout: Duration::from_secs(120),
+            }),
+            other => Err(format!("BENCH_MODE must be smoke, default or large, not {other:?}")),
+        }
+    }
+}
+
+/// Under `cargo run`, builds the service's release binaries first, so the figures are of the
+/// code as it is now.
+fn build_binaries() -> Result<(), String> {
+    let Ok(cargo) = std::env::var("CARGO") else {
+        return Ok(()); // run directly: the binaries next to this one are used as they are
+    };
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--release", "--quiet", "-p", "order-sync", "--bins"])
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    status.success().then_some(()).ok_or_else(|| "building the release binaries failed".to_string())
+}
+
+fn main() -> ExitCode {
+    if let Err(message) = build_binaries() {
+        eprintln!("error: {message}");
+        return ExitCode::FAILURE;
+    }
+    let scale = match Scale::from_env() {
+        Ok(scale) => scale,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&scale)) {
+        Ok(rows) => {
+            print_table(&scale, &rows);
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(scale: &Scale) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    eprintln!("[bench] figures 1 and 5: throughput, memory and actors");
+    let (throughput, memory) = figures::throughput_and_memory(scale, scale.throughput_orders).await?;
+    rows.push(throughput);
+    let memory = if scale.memory_orders != scale.throughput_orders {
+        eprintln!("[bench] figure 5 at {} orders", scale.memory_orders);
+        figures::throughput_and_memory(scale, scale.memory_orders).await?.1
+    } else {
+        memory
+    };
+    eprintln!("[bench] figure 2: coalescing");
+    rows.push(figures::coalescing(scale).await?);
+    eprintln!("[bench] figure 3: lag");
+    rows.push(figures::lag(scale).await?);
+    eprintln!("[bench] figure 4: throttle");
+    rows.push(figures::throttle(scale).await?);
+    rows.push(memory);
+    eprintln!("[bench] figure 6: seeder");
+    rows.push(figures::seeder_speed(scale).await?);
+    eprintln!("[bench] figure 7: ingest");
+    rows.push(figures::ingest(scale).await?);
+    Ok(rows)
+}
+
+fn print_table(scale: &Scale, rows: &[Row]) {
+    println!("order-sync benchmarks ({} mode, {} cores)", scale.name, std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!("| figure | measured | limit (same run) | goal | met |");
+    println!("|---|---|---|---|---|");
+    for row in rows {
+        println!("| {} | {} | {} | {} | {} |", row.figure, row.measured, row.limit, row.goal, if row.met { "yes" } else { "NO" });
+    }
+}
