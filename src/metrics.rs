@@ -293,7 +293,7 @@ impl SyncMetrics {
         }
     }
 
-        /// Lag over the recent window, in milliseconds.
+    /// Lag over the recent window, in milliseconds.
     pub fn lag_summary(&self) -> LagSummary {
         let mut samples: Vec<u64> = match self.lag_window.lock() {
             Ok(mut window) => {
@@ -307,7 +307,7 @@ impl SyncMetrics {
             }
             Err(_) => Vec::new(),
         };
-                if samples.is_empty() {
+        if samples.is_empty() {
             return LagSummary::default();
         }
         samples.sort_unstable();

@@ -16,7 +16,9 @@ use rand::Rng;
 use serde_json::{json, Value};
 use sqlx::postgres::{PgPoolCopyExt, PgPoolOptions};
 
-use crate::harness::{get_json, percentile, post, start_fake, start_service, wait_for, BenchDb, ChildProcess};
+use crate::harness::{
+    get_json, percentile, post, start_fake, start_service, wait_for, BenchDb, ChildProcess,
+};
 use crate::Scale;
 
 /// One line of the table.
@@ -64,7 +66,11 @@ pub async fn throughput_and_memory(scale: &Scale, orders: u64) -> anyhow::Result
     let peak_actors = Arc::new(AtomicU64::new(0));
     let sampling = Arc::new(AtomicBool::new(true));
     let sampler = {
-        let (peak, sampling, url) = (peak_actors.clone(), sampling.clone(), service.url("/metrics/actors"));
+        let (peak, sampling, url) = (
+            peak_actors.clone(),
+            sampling.clone(),
+            service.url("/metrics/actors"),
+        );
         tokio::spawn(async move {
             while sampling.load(Ordering::Relaxed) {
                 if let Ok(m) = get_json(&url).await {
@@ -120,8 +126,12 @@ async fn raw_ceiling(db_url: &str, api_url: &str, orders: u64) -> anyhow::Result
     let (db_url, api_url) = (db_url.to_string(), api_url.to_string());
     let handle = std::thread::spawn(move || {
         actix_rt::System::new().block_on(async move {
-            let pool = PgPoolOptions::new().max_connections(20).connect(&db_url).await?;
-            let client = ExternalClient::new(&api_url, Secret::new("bench"), Duration::from_secs(5));
+            let pool = PgPoolOptions::new()
+                .max_connections(20)
+                .connect(&db_url)
+                .await?;
+            let client =
+                ExternalClient::new(&api_url, Secret::new("bench"), Duration::from_secs(5));
             let next = Rc::new(Cell::new(1_i64));
             let started = Instant::now();
             let workers = (0..CONCURRENCY).map(|_| {
@@ -133,7 +143,9 @@ async fn raw_ceiling(db_url: &str, api_url: &str, orders: u64) -> anyhow::Result
                             return anyhow::Ok(());
                         }
                         next.set(id + 1);
-                        let Some(row) = queries::load(&pool, id).await? else { continue };
+                        let Some(row) = queries::load(&pool, id).await? else {
+                            continue;
+                        };
                         client
                             .send(&ExternalCall::Create(ExternalOrder::from(&row.snapshot())))
                             .await
@@ -146,7 +158,9 @@ async fn raw_ceiling(db_url: &str, api_url: &str, orders: u64) -> anyhow::Result
             anyhow::Ok(orders as f64 / started.elapsed().as_secs_f64())
         })
     });
-    handle.join().map_err(|_| anyhow::anyhow!("the raw loop panicked"))?
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("the raw loop panicked"))?
 }
 
 /// Figure 2: many quick updates of each order coalesce into few calls.
@@ -161,7 +175,9 @@ pub async fn coalescing(scale: &Scale) -> anyhow::Result<Row> {
 
     // The burst: each round changes every order once, as the API does (the order and its outbox
     // row in one transaction).
-    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM orders").fetch_all(&db.pool).await?;
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM orders")
+        .fetch_all(&db.pool)
+        .await?;
     let burst = Instant::now();
     for _ in 0..scale.coalesce_updates {
         sqlx::query(
@@ -178,7 +194,8 @@ pub async fn coalescing(scale: &Scale) -> anyhow::Result<Row> {
     let burst_ms = burst.elapsed().as_millis();
     wait_all_synced(&db, orders as i64, scale.long_timeout).await?;
     let stats = get_json(&fake.url("/_fake/stats")).await?;
-    let calls = stats["calls"]["PUT"].as_u64().unwrap_or(0) + stats["calls"]["POST"].as_u64().unwrap_or(0);
+    let calls =
+        stats["calls"]["PUT"].as_u64().unwrap_or(0) + stats["calls"]["POST"].as_u64().unwrap_or(0);
     let per_order = calls as f64 / orders as f64;
     let stored: Vec<Value> = reqwest::Client::new()
         .get(fake.url("/v1/orders"))
@@ -187,9 +204,13 @@ pub async fn coalescing(scale: &Scale) -> anyhow::Result<Row> {
         .await?
         .json()
         .await?;
-    let versions: Vec<(i64, i64)> = sqlx::query_as("SELECT id, version FROM orders").fetch_all(&db.pool).await?;
+    let versions: Vec<(i64, i64)> = sqlx::query_as("SELECT id, version FROM orders")
+        .fetch_all(&db.pool)
+        .await?;
     let latest = versions.iter().all(|(id, version)| {
-        stored.iter().any(|o| o["id"].as_i64() == Some(*id) && o["version"].as_i64() == Some(*version))
+        stored
+            .iter()
+            .any(|o| o["id"].as_i64() == Some(*id) && o["version"].as_i64() == Some(*version))
     });
     drop(service);
     drop(fake);
@@ -223,12 +244,17 @@ pub async fn lag(scale: &Scale) -> anyhow::Result<Row> {
         let (http, ids, body, base) = (http.clone(), ids.clone(), body.clone(), service.url(""));
         let target = {
             let ids = ids.lock().expect("ids");
-            (!ids.is_empty() && rand::thread_rng().gen_bool(0.5)).then(|| ids[rand::thread_rng().gen_range(0..ids.len())])
+            (!ids.is_empty() && rand::thread_rng().gen_bool(0.5))
+                .then(|| ids[rand::thread_rng().gen_range(0..ids.len())])
         };
         tasks.push(tokio::spawn(async move {
             match target {
                 Some(id) => {
-                    let _ = http.patch(format!("{base}/orders/{id}")).json(&json!({"amount": 2000})).send().await;
+                    let _ = http
+                        .patch(format!("{base}/orders/{id}"))
+                        .json(&json!({"amount": 2000}))
+                        .send()
+                        .await;
                 }
                 None => {
                     if let Ok(r) = http.post(format!("{base}/orders")).json(&body).send().await {
@@ -274,7 +300,11 @@ pub async fn throttle(scale: &Scale) -> anyhow::Result<Row> {
     let service = start_service(
         &db,
         &fake,
-        &[("RATE_LIMIT_PER_SEC", &rate_s), ("RATE_LIMIT_BURST", &burst_s), ("MAX_CONCURRENT_CALLS", "64")],
+        &[
+            ("RATE_LIMIT_PER_SEC", &rate_s),
+            ("RATE_LIMIT_BURST", &burst_s),
+            ("MAX_CONCURRENT_CALLS", "64"),
+        ],
     )
     .await?;
     // The measurement window itself (not a wait for anything): the first second, then `seconds`.
@@ -286,22 +316,39 @@ pub async fn throttle(scale: &Scale) -> anyhow::Result<Row> {
 
     let slots: Vec<(u64, u64)> = timeline["calls"]
         .as_object()
-        .map(|m| m.iter().filter_map(|(k, v)| Some((k.parse().ok()?, v.as_u64()?))).collect())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_u64()?)))
+                .collect()
+        })
         .unwrap_or_default();
     let Some(first) = slots.iter().map(|(slot, _)| *slot).min() else {
         anyhow::bail!("the fake received no calls");
     };
-    let in_range = |from: u64, to: u64| slots.iter().filter(|(s, _)| *s >= from && *s < to).map(|(_, n)| n).sum::<u64>();
+    let in_range = |from: u64, to: u64| {
+        slots
+            .iter()
+            .filter(|(s, _)| *s >= from && *s < to)
+            .map(|(_, n)| n)
+            .sum::<u64>()
+    };
     // Skip the first second (it holds the burst), then average over `seconds`.
     let achieved = in_range(first + 10, first + 10 + seconds * 10) as f64 / seconds as f64;
     let last = slots.iter().map(|(slot, _)| *slot).max().unwrap_or(first);
-    let busiest = (first..=last.saturating_sub(9)).map(|start| in_range(start, start + 10)).max().unwrap_or(0);
+    let busiest = (first..=last.saturating_sub(9))
+        .map(|start| in_range(start, start + 10))
+        .max()
+        .unwrap_or(0);
     let error = (achieved - rate as f64).abs() / rate as f64;
     Ok(Row {
         figure: "4 throttle accuracy",
         measured: format!("{achieved:.0} calls/s over {seconds} s; busiest 1 s window {busiest}"),
         limit: format!("{rate}/s, burst {burst}"),
-        goal: format!("within 2% ({:.1}%), window <= {}", error * 100.0, rate + burst),
+        goal: format!(
+            "within 2% ({:.1}%), window <= {}",
+            error * 100.0,
+            rate + burst
+        ),
         met: error <= 0.02 && busiest <= rate + burst,
     })
 }
@@ -325,12 +372,16 @@ pub async fn seeder_speed(scale: &Scale) -> anyhow::Result<Row> {
     copy.finish().await?;
     let copy_rate = orders as f64 / copy_started.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&csv);
-    sqlx::query("TRUNCATE orders, outbox").execute(&db.pool).await?;
+    sqlx::query("TRUNCATE orders, outbox")
+        .execute(&db.pool)
+        .await?;
 
     let seeded = Instant::now();
     seeder::write::insert_orders(&db.pool, orders, false, |_| {}).await?;
     let seeder_rate = orders as f64 / seeded.elapsed().as_secs_f64();
-    sqlx::query("TRUNCATE orders, outbox").execute(&db.pool).await?;
+    sqlx::query("TRUNCATE orders, outbox")
+        .execute(&db.pool)
+        .await?;
     let with_outbox = Instant::now();
     seeder::write::insert_orders(&db.pool, orders, true, |_| {}).await?;
     let with_outbox_rate = orders as f64 / with_outbox.elapsed().as_secs_f64();
@@ -364,7 +415,9 @@ fn write_csv(path: &std::path::Path, orders: u64) -> anyhow::Result<()> {
                 "{},{},{},{},{},{},{},{},{},{}",
                 c.status[i],
                 c.placed_at[i].to_rfc3339(),
-                c.delivered_at[i].map(|d| d.to_rfc3339()).unwrap_or_default(),
+                c.delivered_at[i]
+                    .map(|d| d.to_rfc3339())
+                    .unwrap_or_default(),
                 c.amount[i],
                 c.tax[i],
                 quote(&c.street_address[i]),
@@ -386,7 +439,12 @@ pub async fn ingest(scale: &Scale) -> anyhow::Result<Row> {
     let db = BenchDb::create().await?;
     let fake = start_fake().await?;
     // The API alone: the engine would compete for the same two cores.
-    let service = start_service(&db, &fake, &[("SYNC_ENGINE", "false"), ("DATABASE_MAX_CONNECTIONS", "20")]).await?;
+    let service = start_service(
+        &db,
+        &fake,
+        &[("SYNC_ENGINE", "false"), ("DATABASE_MAX_CONNECTIONS", "20")],
+    )
+    .await?;
     let (api_rate, api_p99) = drive_api(&service, scale.ingest_duration).await?;
     drop(service);
     let (sql_rate, sql_p99) = drive_sql(&db.url, scale.ingest_duration).await?;
@@ -406,8 +464,13 @@ const ORDER_JSON: &str = r#"{"status": "delivered", "placed_at": "2025-06-01T10:
     "amount": 1000, "tax": 180, "street_address": "12 MG Road", "city": "Pune", "state": "Maharashtra",
     "country": "India", "pincode": "411001"}"#;
 
-async fn drive_api(service: &ChildProcess, duration: std::time::Duration) -> anyhow::Result<(f64, f64)> {
-    let http = reqwest::Client::builder().pool_max_idle_per_host(CONCURRENCY).build()?;
+async fn drive_api(
+    service: &ChildProcess,
+    duration: std::time::Duration,
+) -> anyhow::Result<(f64, f64)> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONCURRENCY)
+        .build()?;
     let url = service.url("/orders");
     measure(duration, move || {
         let (http, url) = (http.clone(), url.clone());
@@ -418,7 +481,11 @@ async fn drive_api(service: &ChildProcess, duration: std::time::Duration) -> any
                 .body(ORDER_JSON)
                 .send()
                 .await?;
-            anyhow::ensure!(response.status() == 201, "POST /orders answered {}", response.status());
+            anyhow::ensure!(
+                response.status() == 201,
+                "POST /orders answered {}",
+                response.status()
+            );
             Ok(())
         }
     })
@@ -426,7 +493,10 @@ async fn drive_api(service: &ChildProcess, duration: std::time::Duration) -> any
 }
 
 async fn drive_sql(url: &str, duration: std::time::Duration) -> anyhow::Result<(f64, f64)> {
-    let pool = PgPoolOptions::new().max_connections(20).connect(url).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(20)
+        .connect(url)
+        .await?;
     measure(duration, move || {
         let pool = pool.clone();
         async move {

@@ -11,7 +11,8 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgPool};
 
 pub fn database_server() -> String {
-    std::env::var("BENCH_DATABASE_SERVER").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("BENCH_DATABASE_SERVER")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 pub fn redis_url() -> String {
@@ -22,13 +23,18 @@ pub fn redis_url() -> String {
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let path = std::env::current_exe()?.with_file_name(name);
     if !path.exists() {
-        bail!("{} is missing: run `cargo build --release --workspace --bins` first", path.display());
+        bail!(
+            "{} is missing: run `cargo build --release --workspace --bins` first",
+            path.display()
+        );
     }
     Ok(path)
 }
 
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout`.
@@ -58,25 +64,37 @@ pub struct BenchDb {
 
 impl BenchDb {
     pub async fn create() -> anyhow::Result<Self> {
-        let name = format!("order_sync_bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let name = format!(
+            "order_sync_bench_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
         let url = format!("{}/{name}", database_server());
         order_sync::db::ensure_database(&url).await?;
         order_sync::db::connect_and_migrate(&url, 2).await?;
-        let pool = PgPoolOptions::new().max_connections(24).connect(&url).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(24)
+            .connect(&url)
+            .await?;
         Ok(Self { name, url, pool })
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap_or(-1)
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or(-1)
     }
 
     pub async fn drop_now(self) {
         self.pool.close().await;
         let admin = format!("{}/postgres", database_server());
         if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
-                .execute(&mut conn)
-                .await;
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn)
+            .await;
         }
     }
 }
@@ -91,7 +109,10 @@ impl ChildProcess {
     pub fn spawn(binary: &str, env: &[(&str, String)], port: u16) -> anyhow::Result<Self> {
         let child = Command::new(self::binary(binary)?)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("RUST_LOG", std::env::var("BENCH_CHILD_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
@@ -105,7 +126,8 @@ impl ChildProcess {
 
     /// Peak resident memory so far (VmHWM), in MiB.
     pub fn peak_rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         status
             .lines()
             .find(|l| l.starts_with("VmHWM:"))
@@ -122,7 +144,12 @@ impl ChildProcess {
             if let Some(status) = self.child.try_wait()? {
                 bail!("the child exited during start-up: {status}");
             }
-            if http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+            if http
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -143,13 +170,21 @@ impl Drop for ChildProcess {
 /// The built-in fake external API, alone, with zero latency.
 pub async fn start_fake() -> anyhow::Result<ChildProcess> {
     let port = free_port()?;
-    let mut fake = ChildProcess::spawn("fake-external-api", &[("FAKE_API_PORT", port.to_string())], port)?;
+    let mut fake = ChildProcess::spawn(
+        "fake-external-api",
+        &[("FAKE_API_PORT", port.to_string())],
+        port,
+    )?;
     fake.wait_ready("/_fake/stats").await?;
     Ok(fake)
 }
 
 /// The service on `db`, calling `fake`, with `extra` settings.
-pub async fn start_service(db: &BenchDb, fake: &ChildProcess, extra: &[(&str, &str)]) -> anyhow::Result<ChildProcess> {
+pub async fn start_service(
+    db: &BenchDb,
+    fake: &ChildProcess,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<ChildProcess> {
     let port = free_port()?;
     let mut env = vec![
         ("PORT", port.to_string()),
@@ -170,7 +205,11 @@ pub async fn get_json(url: &str) -> anyhow::Result<Value> {
 }
 
 pub async fn post(url: &str) -> anyhow::Result<()> {
-    reqwest::Client::new().post(url).send().await?.error_for_status()?;
+    reqwest::Client::new()
+        .post(url)
+        .send()
+        .await?
+        .error_for_status()?;
     Ok(())
 }
 

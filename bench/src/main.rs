@@ -71,7 +71,9 @@ impl Scale {
                 ingest_duration: Duration::from_secs(2),
                 long_timeout: Duration::from_secs(120),
             }),
-            other => Err(format!("BENCH_MODE must be smoke, default or large, not {other:?}")),
+            other => Err(format!(
+                "BENCH_MODE must be smoke, default or large, not {other:?}"
+            )),
         }
     }
 }
@@ -83,10 +85,20 @@ fn build_binaries() -> Result<(), String> {
         return Ok(()); // run directly: the binaries next to this one are used as they are
     };
     let status = std::process::Command::new(cargo)
-        .args(["build", "--release", "--quiet", "-p", "order-sync", "--bins"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "order-sync",
+            "--bins",
+        ])
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
-    status.success().then_some(()).ok_or_else(|| "building the release binaries failed".to_string())
+    status
+        .success()
+        .then_some(())
+        .ok_or_else(|| "building the release binaries failed".to_string())
 }
 
 fn main() -> ExitCode {
@@ -101,7 +113,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start a runtime: {e}");
@@ -123,11 +138,14 @@ fn main() -> ExitCode {
 async fn run(scale: &Scale) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     eprintln!("[bench] figures 1 and 5: throughput, memory and actors");
-    let (throughput, memory) = figures::throughput_and_memory(scale, scale.throughput_orders).await?;
+    let (throughput, memory) =
+        figures::throughput_and_memory(scale, scale.throughput_orders).await?;
     rows.push(throughput);
     let memory = if scale.memory_orders != scale.throughput_orders {
         eprintln!("[bench] figure 5 at {} orders", scale.memory_orders);
-        figures::throughput_and_memory(scale, scale.memory_orders).await?.1
+        figures::throughput_and_memory(scale, scale.memory_orders)
+            .await?
+            .1
     } else {
         memory
     };
@@ -146,10 +164,21 @@ async fn run(scale: &Scale) -> anyhow::Result<Vec<Row>> {
 }
 
 fn print_table(scale: &Scale, rows: &[Row]) {
-    println!("order-sync benchmarks ({} mode, {} cores)", scale.name, std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "order-sync benchmarks ({} mode, {} cores)",
+        scale.name,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     println!("| figure | measured | limit (same run) | goal | met |");
     println!("|---|---|---|---|---|");
     for row in rows {
-        println!("| {} | {} | {} | {} | {} |", row.figure, row.measured, row.limit, row.goal, if row.met { "yes" } else { "NO" });
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            row.figure,
+            row.measured,
+            row.limit,
+            row.goal,
+            if row.met { "yes" } else { "NO" }
+        );
     }
 }

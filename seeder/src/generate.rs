@@ -30,6 +30,10 @@ impl OrderColumns {
         self.status.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.status.is_empty()
+    }
+
     /// `count` fake orders placed before `now`.
     pub fn fake(count: usize, now: DateTime<Utc>, rng: &mut impl Rng) -> Self {
         let mut columns = Self::default();

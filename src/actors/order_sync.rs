@@ -266,9 +266,7 @@ async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
             Decision::Call(verb) => verb,
         };
         let Some(mut row) = row else { continue };
-        // Written before taking a turn, so that nothing but the call itself happens between the
-        // throttle's permit and the external API seeing it (or calls would bunch up behind slow
-        // database steps and overshoot the rate).
+        // Written before taking a slot, so the slot is held for the call (and the reload) alone.
         let marked_here = verb == Verb::Create && !row.create_sent;
         if marked_here {
             retry_db("mark create sent", || queries::mark_create_sent(pool, id)).await;
@@ -282,7 +280,7 @@ async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
         let Some(permit) = permit else {
             return Outcome::Abandoned;
         };
-        // While we waited for a turn the order may have changed again: decide on the freshest
+        // While we waited for a slot the order may have changed again: decide on the freshest
         // state (more coalescing, and no create for an order deleted meanwhile).
         if asked.elapsed() > Duration::from_millis(1) {
             let fresh = retry_db("reload order", || queries::load(pool, id)).await;
@@ -295,12 +293,8 @@ async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
             }
             match (decision, fresh) {
                 (Decision::Call(now), Some(fresh)) if now == verb => row = fresh,
-                (Decision::PurgeWithoutCall, _) => {
-                    deps.throttle.refund();
-                    return purge_without_call(deps, id).await;
-                }
+                (Decision::PurgeWithoutCall, _) => return purge_without_call(deps, id).await,
                 _ => {
-                    deps.throttle.refund();
                     drop(permit);
                     continue;
                 }
@@ -349,7 +343,10 @@ async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
 
 /// Removes a tombstone that was never created remotely: no call is owed.
 async fn purge_without_call(deps: &SyncDeps, id: i64) -> Outcome {
-    retry_db("purge tombstone", || queries::purge_tombstone(&deps.pool, id)).await;
+    retry_db("purge tombstone", || {
+        queries::purge_tombstone(&deps.pool, id)
+    })
+    .await;
     tracing::info!(order_id = id, "deleted before it was ever synced: no call");
     deps.metrics.purged.inc();
     Outcome::Purged
@@ -390,7 +387,7 @@ async fn record_failure(
 }
 
 /// Makes the call, retrying quickly (exponential backoff with jitter) what may pass on a retry.
-/// Every attempt takes its own turn from the throttle; the first uses `first_permit`.
+/// Every attempt takes its own slot and token from the throttle; the first uses `first_permit`.
 async fn call_with_retries(
     deps: &SyncDeps,
     call: &ExternalCall,
@@ -405,7 +402,7 @@ async fn call_with_retries(
     let attempt = || {
         let permit = first_permit.take();
         async move {
-            let _permit = match permit {
+            let permit = match permit {
                 Some(permit) => permit,
                 None => {
                     // A retry is a new call: none starts once shutdown has begun.
@@ -419,6 +416,14 @@ async fn call_with_retries(
                     }
                 }
             };
+            // The token is taken last, so the rate holds where the external API sees it.
+            let token = tokio::select! {
+                token = permit.take_token() => token,
+                _ = deps.shutdown.cancelled() => false,
+            };
+            if !token {
+                return Err(CallError::Abandoned);
+            }
             let started = Instant::now();
             let result = deps.client.send(call).await;
             let (id, version) = call.id_and_version();

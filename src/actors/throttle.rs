@@ -2,10 +2,15 @@
 //! consults in turn: the mailbox serialises the bookkeeping, and waiters are served strictly in
 //! the order they asked (first come, first served), so no order starves.
 //!
-//! A caller sends [`AcquireToken`] and awaits the [`CallPermit`] that comes back; the permit
-//! holds one of `MAX_CONCURRENT_CALLS` slots until dropped. Tokens refill at
-//! `RATE_LIMIT_PER_SEC` up to `RATE_LIMIT_BURST`, so no one-second window sees more than
-//! rate + burst calls. [`PauseCalls`] (after a 429 with `Retry-After`) stops issuing for everyone.
+//! Two stages, so that the rate is measured where it matters, at the moment of the call:
+//!
+//! 1. [`Throttle::acquire`] waits for one of `MAX_CONCURRENT_CALLS` slots and returns a
+//!    [`CallPermit`], which holds the slot until dropped. The caller may still look at the
+//!    database (its freshest state) before deciding to call, or drop the permit and call nothing.
+//! 2. [`CallPermit::take_token`] waits for a token, right before the request is sent. Tokens
+//!    refill at `RATE_LIMIT_PER_SEC` up to `RATE_LIMIT_BURST`, so no one-second window sees more
+//!    than rate + burst calls, however long the caller's database steps took. A 429 with
+//!    `Retry-After` ([`Throttle::pause_for`]) stops handing out tokens, to everyone.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -13,34 +18,36 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-/// Asks for the right to make one call; the permit arrives on `reply` when it is this caller's turn.
+/// Asks for a slot; the permit arrives on `reply` when it is this caller's turn.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct AcquireToken {
-    pub reply: oneshot::Sender<CallPermit>,
+struct AcquireSlot {
+    reply: oneshot::Sender<CallPermit>,
 }
 
-/// A call was not made after all: its token goes back to the bucket.
+/// Asks for a token for a call about to be sent (by a slot holder).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct RefundToken;
-
-/// Stops handing out permits until `until` (a 429 answer's `Retry-After`).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PauseCalls {
-    pub until: Instant,
+struct TakeToken {
+    reply: oneshot::Sender<()>,
 }
 
-/// Sent by a dropped permit: its call is over.
+/// Stops handing out tokens until `until` (a 429 answer's `Retry-After`).
 #[derive(Message)]
 #[rtype(result = "()")]
-struct ReleaseCall;
+struct PauseCalls {
+    until: Instant,
+}
+
+/// Sent by a dropped permit: its slot is free.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ReleaseSlot;
 
 /// A snapshot of the throttle, for metrics.
 #[derive(Message)]
 #[rtype(result = "ThrottleState")]
-pub struct GetThrottleState;
+struct GetThrottleState;
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct ThrottleState {
@@ -48,20 +55,32 @@ pub struct ThrottleState {
     pub burst: u32,
     pub max_concurrent: u32,
     pub tokens: f64,
+    /// Callers waiting for a slot or a token.
     pub waiters: usize,
+    /// Slots held: calls in flight or about to be.
     pub in_flight: u32,
     /// Milliseconds until issuing resumes, when paused.
     pub paused_for_ms: Option<u64>,
 }
 
-/// The right to make one call now; dropping it frees the concurrency slot.
+/// One of the `MAX_CONCURRENT_CALLS` slots; dropping it frees the slot.
 pub struct CallPermit {
     throttle: Addr<ThrottleActor>,
 }
 
+impl CallPermit {
+    /// Waits for a token; call right before sending the request. `false` when the throttle has
+    /// stopped (shutdown).
+    pub async fn take_token(&self) -> bool {
+        let (reply, granted) = oneshot::channel();
+        self.throttle.do_send(TakeToken { reply });
+        granted.await.is_ok()
+    }
+}
+
 impl Drop for CallPermit {
     fn drop(&mut self) {
-        self.throttle.do_send(ReleaseCall);
+        self.throttle.do_send(ReleaseSlot);
     }
 }
 
@@ -73,14 +92,16 @@ pub struct Throttle {
 
 impl Throttle {
     pub fn start(rate_per_sec: u32, burst: u32, max_concurrent: u32) -> Self {
+        let burst = f64::from(burst.max(1));
         let addr = ThrottleActor {
             rate_per_sec: f64::from(rate_per_sec),
-            burst: f64::from(burst.max(1)),
+            burst,
             max_concurrent,
-            tokens: f64::from(burst.max(1)),
+            tokens: burst,
             refilled_at: Instant::now(),
             in_flight: 0,
-            waiters: VecDeque::new(),
+            slot_waiters: VecDeque::new(),
+            token_waiters: VecDeque::new(),
             paused_until: None,
             wake_up: None,
         }
@@ -88,15 +109,11 @@ impl Throttle {
         Self { addr }
     }
 
-    /// Waits for this caller's turn. `None` when the throttle has stopped (shutdown).
+    /// Waits for a slot. `None` when the throttle has stopped (shutdown).
     pub async fn acquire(&self) -> Option<CallPermit> {
         let (reply, permit) = oneshot::channel();
-        self.addr.do_send(AcquireToken { reply });
+        self.addr.do_send(AcquireSlot { reply });
         permit.await.ok()
-    }
-
-    pub fn refund(&self) {
-        self.addr.do_send(RefundToken);
     }
 
     pub fn pause_for(&self, delay: Duration) {
@@ -110,6 +127,8 @@ impl Throttle {
     }
 }
 
+/// Callers reach it with `do_send` only, which no mailbox bound refuses: every caller depends
+/// on this actor, and the number of callers is bounded by the dispatcher's in-flight limit.
 pub struct ThrottleActor {
     rate_per_sec: f64,
     burst: f64,
@@ -117,14 +136,13 @@ pub struct ThrottleActor {
     tokens: f64,
     refilled_at: Instant,
     in_flight: u32,
-    waiters: VecDeque<oneshot::Sender<CallPermit>>,
+    slot_waiters: VecDeque<oneshot::Sender<CallPermit>>,
+    token_waiters: VecDeque<oneshot::Sender<()>>,
     paused_until: Option<Instant>,
-    /// The timer that serves waiters once a token or the end of a pause is due.
+    /// The timer that serves token waiters once a token or the end of a pause is due.
     wake_up: Option<SpawnHandle>,
 }
 
-/// Callers reach it with `do_send` only, which no mailbox bound refuses: every caller depends
-/// on this actor, and the number of callers is bounded by the dispatcher's in-flight limit.
 impl Actor for ThrottleActor {
     type Context = Context<Self>;
 }
@@ -138,9 +156,23 @@ impl ThrottleActor {
         self.refilled_at = now;
     }
 
-    /// Hands out permits to waiters, in order, while tokens, slots and no pause allow; then, if
-    /// someone still waits for a token or a pause, sets a timer for when that will change.
+    /// Hands out free slots, then tokens, each in arrival order; then, if someone still waits for
+    /// a token, sets a timer for when the next one (or the end of a pause) is due.
     fn serve(&mut self, ctx: &mut Context<Self>) {
+        while self.in_flight < self.max_concurrent {
+            let Some(waiter) = self.slot_waiters.pop_front() else {
+                break;
+            };
+            if waiter.is_closed() {
+                continue; // the caller gave up (its actor stopped)
+            }
+            self.in_flight += 1;
+            // If the caller went away just now, the permit's drop gives the slot back.
+            let _ = waiter.send(CallPermit {
+                throttle: ctx.address(),
+            });
+        }
+
         let now = Instant::now();
         self.refill(now);
         if let Some(handle) = self.wake_up.take() {
@@ -153,21 +185,15 @@ impl ThrottleActor {
             }
             self.paused_until = None;
         }
-        while self.in_flight < self.max_concurrent && self.tokens >= 1.0 {
-            let Some(waiter) = self.waiters.pop_front() else {
-                return;
+        while self.tokens >= 1.0 {
+            let Some(waiter) = self.token_waiters.pop_front() else {
+                break;
             };
-            if waiter.is_closed() {
-                continue; // the caller gave up (its actor stopped)
+            if waiter.send(()).is_ok() {
+                self.tokens -= 1.0;
             }
-            self.tokens -= 1.0;
-            self.in_flight += 1;
-            // If the caller went away just now, the permit's drop gives the slot back.
-            let _ = waiter.send(CallPermit {
-                throttle: ctx.address(),
-            });
         }
-        if !self.waiters.is_empty() && self.tokens < 1.0 && self.in_flight < self.max_concurrent {
+        if !self.token_waiters.is_empty() {
             let wait = Duration::from_secs_f64(
                 (1.0 - self.tokens) / self.rate_per_sec.max(f64::MIN_POSITIVE),
             );
@@ -177,33 +203,32 @@ impl ThrottleActor {
                 }),
             );
         }
-        // Waiting for a slot needs no timer: the next ReleaseCall serves.
     }
 }
 
-impl Handler<AcquireToken> for ThrottleActor {
+impl Handler<AcquireSlot> for ThrottleActor {
     type Result = ();
 
-    fn handle(&mut self, msg: AcquireToken, ctx: &mut Context<Self>) {
-        self.waiters.push_back(msg.reply);
+    fn handle(&mut self, msg: AcquireSlot, ctx: &mut Context<Self>) {
+        self.slot_waiters.push_back(msg.reply);
         self.serve(ctx);
     }
 }
 
-impl Handler<ReleaseCall> for ThrottleActor {
+impl Handler<TakeToken> for ThrottleActor {
     type Result = ();
 
-    fn handle(&mut self, _: ReleaseCall, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: TakeToken, ctx: &mut Context<Self>) {
+        self.token_waiters.push_back(msg.reply);
+        self.serve(ctx);
+    }
+}
+
+impl Handler<ReleaseSlot> for ThrottleActor {
+    type Result = ();
+
+    fn handle(&mut self, _: ReleaseSlot, ctx: &mut Context<Self>) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        self.serve(ctx);
-    }
-}
-
-impl Handler<RefundToken> for ThrottleActor {
-    type Result = ();
-
-    fn handle(&mut self, _: RefundToken, ctx: &mut Context<Self>) {
-        self.tokens = (self.tokens + 1.0).min(self.burst);
         self.serve(ctx);
     }
 }
@@ -213,11 +238,12 @@ impl Handler<PauseCalls> for ThrottleActor {
 
     fn handle(&mut self, msg: PauseCalls, ctx: &mut Context<Self>) {
         if self.paused_until.is_none_or(|until| until < msg.until) {
+            let pause_ms = msg
+                .until
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u64;
             tracing::warn!(
-                pause_ms = msg
-                    .until
-                    .saturating_duration_since(Instant::now())
-                    .as_millis() as u64,
+                pause_ms,
                 "external API asked to slow down; pausing every call"
             );
             self.paused_until = Some(msg.until);
@@ -237,7 +263,7 @@ impl Handler<GetThrottleState> for ThrottleActor {
             burst: self.burst as u32,
             max_concurrent: self.max_concurrent,
             tokens: self.tokens,
-            waiters: self.waiters.len(),
+            waiters: self.slot_waiters.len() + self.token_waiters.len(),
             in_flight: self.in_flight,
             paused_for_ms: self
                 .paused_until
@@ -252,12 +278,12 @@ mod tests {
     use super::*;
 
     #[actix_rt::test]
-    async fn permits_beyond_the_burst_wait_for_the_rate() {
+    async fn tokens_beyond_the_burst_wait_for_the_rate() {
         let throttle = Throttle::start(50, 5, 100);
+        let permit = throttle.acquire().await.expect("a slot");
         let started = Instant::now();
-        let mut permits = Vec::new();
         for _ in 0..15 {
-            permits.push(throttle.acquire().await.expect("permit"));
+            assert!(permit.take_token().await);
         }
         // 5 from the burst, 10 more at 50/s: at least 200 ms.
         assert!(
@@ -268,7 +294,7 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn no_more_than_max_concurrent_permits_are_out_at_once() {
+    async fn no_more_than_max_concurrent_slots_are_out_at_once() {
         let throttle = Throttle::start(10_000, 100, 2);
         let first = throttle.acquire().await.expect("permit");
         let _second = throttle.acquire().await.expect("permit");

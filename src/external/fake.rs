@@ -61,7 +61,7 @@ impl FakeConfig {
 #[derive(Default)]
 struct FakeState {
     config: FakeConfig,
-        orders: HashMap<i64, Value>,
+    orders: HashMap<i64, Value>,
     calls: HashMap<&'static str, u64>,
     /// Calls per 100 ms slot (epoch milliseconds / 100), for the last `TIMELINE_SLOTS` slots.
     timeline: BTreeMap<u64, u64>,
@@ -104,7 +104,7 @@ impl FakeExternalApi {
                 .route("/v1/orders/{id}", web::delete().to(delete))
                 .route("/v1/orders/{id}", web::get().to(get))
                 .route("/_fake/config", web::put().to(set_config))
-                                .route("/_fake/stats", web::get().to(stats))
+                .route("/_fake/stats", web::get().to(stats))
                 .route("/_fake/timeline", web::get().to(timeline))
                 .route("/_fake/reset", web::post().to(reset))
         })
@@ -121,10 +121,14 @@ impl FakeExternalApi {
 async fn gate(state: &Shared, req: &HttpRequest, verb: &'static str) -> Option<HttpResponse> {
     let config = {
         let mut state = state.lock().ok()?;
-                *state.calls.entry(verb).or_default() += 1;
+        *state.calls.entry(verb).or_default() += 1;
         let slot = chrono::Utc::now().timestamp_millis().max(0) as u64 / 100;
         *state.timeline.entry(slot).or_default() += 1;
-        while state.timeline.first_key_value().is_some_and(|(first, _)| first + TIMELINE_SLOTS < slot) {
+        while state
+            .timeline
+            .first_key_value()
+            .is_some_and(|(first, _)| first + TIMELINE_SLOTS < slot)
+        {
             state.timeline.pop_first();
         }
         state.config

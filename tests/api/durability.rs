@@ -63,7 +63,7 @@ async fn drive_load(
         let acked = match (roll, target) {
             (0..=34, _) | (_, None) => create(&http, &base).await,
             (35..=84, Some(id)) => update(&http, &base, id, rng.gen_range(100..10_000)).await,
-                        (_, Some(id)) => {
+            (_, Some(id)) => {
                 ledger.lock().unwrap().delete_sent.insert(id);
                 delete(&http, &base, id).await
             }
@@ -234,7 +234,7 @@ async fn verify(pool: &PgPool, calls: &[Call], kills: &[Instant], ledger: &Ledge
                 "order {id}: acknowledged v{v}, database has v{}",
                 row.1
             ),
-                        (Acked::Live(v), None) => assert!(
+            (Acked::Live(v), None) => assert!(
                 ledger.delete_sent.contains(id),
                 "order {id}: acknowledged v{v} but the order is gone, and no delete was sent"
             ),
