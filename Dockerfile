@@ -9,7 +9,8 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
-COPY --from=build /app/target/release/order-sync /app/target/release/seeder /app/target/release/migration /usr/local/bin/
+COPY --from=build /app/target/release/order-sync /app/target/release/seeder /app/target/release/migration \
+     /app/target/release/fake-external-api /usr/local/bin/
 ENV HOST=0.0.0.0 PORT=8080
 EXPOSE 8080
 CMD ["order-sync"]

@@ -105,8 +105,13 @@ impl Application {
             settings.max_concurrent_calls,
         );
         let pool = db.get_postgres_connection_pool().clone();
+        let bookkeeping =
+            db::bookkeeping_pool(&settings.database_url, settings.database_max_connections)
+                .await
+                .map_err(database_error)?;
         let deps = Rc::new(SyncDeps {
             pool: pool.clone(),
+            bookkeeping: bookkeeping.clone(),
             client: ExternalClient::new(
                 &external_api_url,
                 settings.external_api_token.clone(),
@@ -149,7 +154,7 @@ impl Application {
             supervisor_addr = Some(supervisor_for_metrics);
             actix_rt::spawn(dispatcher.run());
             let relay = OutboxRelay::new(
-                pool.clone(),
+                bookkeeping,
                 redis.clone(),
                 keys.clone(),
                 relay_wake_up.clone(),

@@ -19,7 +19,7 @@ pub fn redis_url() -> String {
     std::env::var("BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-/// The release binaries next to this one (`cargo run --release -p bench` builds them first).
+/// The release binaries next to this one (`cargo build --release --workspace --bins`).
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let path = std::env::current_exe()?.with_file_name(name);
     if !path.exists() {

@@ -1,11 +1,13 @@
-//! The benchmark program: `cargo run --release -p bench` prints every figure of BENCHMARKS.md in
-//! one table, each beside its limit measured in the same run (this machine is shared and noisy:
+//! The benchmark program: `cargo build --release --workspace --bins && ./target/release/bench`
+//! prints every figure of BENCHMARKS.md in one table, each beside its limit measured in the same run (this machine is shared and noisy:
 //! a ratio holds where an absolute time does not).
 //!
 //! `BENCH_MODE=smoke` runs everything tiny (CI keeps the program working with it);
-//! `BENCH_MODE=large` runs the memory figure with 1,000,000 orders. It needs PostgreSQL and
-//! Redis (`BENCH_DATABASE_SERVER`, `BENCH_REDIS_URL`) and the release binaries, which `cargo run`
-//! builds first.
+//! `BENCH_MODE=large` runs the memory figure with 1,000,000 orders; `BENCH_FIGURES=1,4` runs
+//! only some figures. It needs PostgreSQL and
+//! Redis (`BENCH_DATABASE_SERVER`, `BENCH_REDIS_URL`), and runs the release binaries beside it
+//! (the service and the fake external API) as child processes. One workspace build makes them
+//! all with the same features, so nothing is rebuilt between the two.
 
 mod figures;
 mod harness;
@@ -78,34 +80,7 @@ impl Scale {
     }
 }
 
-/// Under `cargo run`, builds the service's release binaries first, so the figures are of the
-/// code as it is now.
-fn build_binaries() -> Result<(), String> {
-    let Ok(cargo) = std::env::var("CARGO") else {
-        return Ok(()); // run directly: the binaries next to this one are used as they are
-    };
-    let status = std::process::Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "order-sync",
-            "--bins",
-        ])
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    status
-        .success()
-        .then_some(())
-        .ok_or_else(|| "building the release binaries failed".to_string())
-}
-
 fn main() -> ExitCode {
-    if let Err(message) = build_binaries() {
-        eprintln!("error: {message}");
-        return ExitCode::FAILURE;
-    }
     let scale = match Scale::from_env() {
         Ok(scale) => scale,
         Err(message) => {
@@ -135,31 +110,55 @@ fn main() -> ExitCode {
     }
 }
 
+/// `BENCH_FIGURES=1,4` runs only those figures (all when unset).
+fn wanted(figure: u32) -> bool {
+    match std::env::var("BENCH_FIGURES") {
+        Ok(list) if !list.trim().is_empty() => {
+            list.split(',').any(|f| f.trim() == figure.to_string())
+        }
+        _ => true,
+    }
+}
+
 async fn run(scale: &Scale) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
-    eprintln!("[bench] figures 1 and 5: throughput, memory and actors");
-    let (throughput, memory) =
-        figures::throughput_and_memory(scale, scale.throughput_orders).await?;
-    rows.push(throughput);
-    let memory = if scale.memory_orders != scale.throughput_orders {
-        eprintln!("[bench] figure 5 at {} orders", scale.memory_orders);
-        figures::throughput_and_memory(scale, scale.memory_orders)
-            .await?
-            .1
-    } else {
-        memory
-    };
-    eprintln!("[bench] figure 2: coalescing");
-    rows.push(figures::coalescing(scale).await?);
-    eprintln!("[bench] figure 3: lag");
-    rows.push(figures::lag(scale).await?);
-    eprintln!("[bench] figure 4: throttle");
-    rows.push(figures::throttle(scale).await?);
-    rows.push(memory);
-    eprintln!("[bench] figure 6: seeder");
-    rows.push(figures::seeder_speed(scale).await?);
-    eprintln!("[bench] figure 7: ingest");
-    rows.push(figures::ingest(scale).await?);
+    let mut memory = None;
+    if wanted(1) || wanted(5) {
+        eprintln!("[bench] figures 1 and 5: throughput, memory and actors");
+        let (throughput, at_throughput_scale) =
+            figures::throughput_and_memory(scale, scale.throughput_orders).await?;
+        rows.push(throughput);
+        memory = Some(at_throughput_scale);
+        if scale.memory_orders != scale.throughput_orders && wanted(5) {
+            eprintln!("[bench] figure 5 at {} orders", scale.memory_orders);
+            memory = Some(
+                figures::throughput_and_memory(scale, scale.memory_orders)
+                    .await?
+                    .1,
+            );
+        }
+    }
+    if wanted(2) {
+        eprintln!("[bench] figure 2: coalescing");
+        rows.push(figures::coalescing(scale).await?);
+    }
+    if wanted(3) {
+        eprintln!("[bench] figure 3: lag");
+        rows.push(figures::lag(scale).await?);
+    }
+    if wanted(4) {
+        eprintln!("[bench] figure 4: throttle");
+        rows.push(figures::throttle(scale).await?);
+    }
+    rows.extend(memory);
+    if wanted(6) {
+        eprintln!("[bench] figure 6: seeder");
+        rows.push(figures::seeder_speed(scale).await?);
+    }
+    if wanted(7) {
+        eprintln!("[bench] figure 7: ingest");
+        rows.push(figures::ingest(scale).await?);
+    }
     Ok(rows)
 }
 

@@ -31,6 +31,9 @@ use crate::external::payload::ExternalOrder;
 use crate::external::{CallError, ExternalCall, ExternalClient};
 use crate::metrics::SyncMetrics;
 
+/// A wait for a slot longer than this makes the actor read the order again before calling.
+const RELOAD_AFTER: Duration = Duration::from_millis(20);
+
 /// How failed calls are retried.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -54,7 +57,10 @@ impl RetryPolicy {
 
 /// What every order actor shares. Not `Send` (awc), so it lives on one arbiter.
 pub struct SyncDeps {
+    /// Reads, and the create mark, which must be durable before the `POST` goes out.
     pub pool: PgPool,
+    /// Outcomes, committed without waiting for the disk (`crate::db::bookkeeping_pool`).
+    pub bookkeeping: PgPool,
     pub client: ExternalClient,
     pub throttle: Throttle,
     pub retry: RetryPolicy,
@@ -250,7 +256,7 @@ async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
         if deps.shutdown.is_cancelled() {
             return Outcome::Abandoned;
         }
-        let row = retry_db("load order", || queries::load(pool, id)).await;
+        let row = retry_db("load order", || queries::load_marking_create(pool, id)).await;
         let verb = match decide(row.as_ref(), kind) {
             Decision::Skip(reason) => {
                 tracing::debug!(
@@ -267,8 +273,9 @@ async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
         };
         let Some(mut row) = row else { continue };
         // Written before taking a slot, so the slot is held for the call (and the reload) alone.
-        let marked_here = verb == Verb::Create && !row.create_sent;
-        if marked_here {
+        let mut marked_here = row.marked_now;
+        if verb == Verb::Create && !row.create_sent {
+            marked_here = true;
             retry_db("mark create sent", || queries::mark_create_sent(pool, id)).await;
             row.create_sent = true;
         }
@@ -280,9 +287,11 @@ async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
         let Some(permit) = permit else {
             return Outcome::Abandoned;
         };
-        // While we waited for a slot the order may have changed again: decide on the freshest
-        // state (more coalescing, and no create for an order deleted meanwhile).
-        if asked.elapsed() > Duration::from_millis(1) {
+        // While we waited for a slot the order may have changed again: after a long wait (the
+        // throttle is the bottleneck), decide on the freshest state (more coalescing, and no
+        // create for an order deleted meanwhile). After a short one a change is unlikely, and a
+        // read while holding a slot would cost every call (BENCHMARKS.md, figure 1).
+        if asked.elapsed() > RELOAD_AFTER {
             let fresh = retry_db("reload order", || queries::load(pool, id)).await;
             let mut decision = decide(fresh.as_ref(), kind);
             // The create mark is ours and nothing was sent: deleted meanwhile, it was never
@@ -321,12 +330,15 @@ async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
                 );
                 deps.metrics.record_lag(event.committed_at_ms);
                 if verb == Verb::Delete {
-                    retry_db("purge tombstone", || queries::purge_tombstone(pool, id)).await;
+                    retry_db("purge tombstone", || {
+                        queries::purge_tombstone(&deps.bookkeeping, id)
+                    })
+                    .await;
                     deps.metrics.synced.inc();
                     return Outcome::Synced;
                 }
                 let current = retry_db("record synced", || {
-                    queries::record_synced(pool, id, row.version)
+                    queries::record_synced(&deps.bookkeeping, id, row.version)
                 })
                 .await;
                 deps.metrics.synced.inc();
@@ -344,7 +356,7 @@ async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
 /// Removes a tombstone that was never created remotely: no call is owed.
 async fn purge_without_call(deps: &SyncDeps, id: i64) -> Outcome {
     retry_db("purge tombstone", || {
-        queries::purge_tombstone(&deps.pool, id)
+        queries::purge_tombstone(&deps.bookkeeping, id)
     })
     .await;
     tracing::info!(order_id = id, "deleted before it was ever synced: no call");
@@ -360,14 +372,13 @@ async fn record_failure(
     error: &CallError,
     elapsed_ms: u64,
 ) -> Outcome {
-    let pool = &deps.pool;
     let attempts = row.sync_attempts.saturating_add(1);
     let message = error.to_string();
     let limit = i32::try_from(deps.retry.delayed_limit).unwrap_or(i32::MAX);
     if !error.is_retryable() || attempts > limit {
         tracing::warn!(order_id = row.id, version = row.version, verb = call.verb(), error = %message, attempts, duration_ms = elapsed_ms, "sync failed for good: order is dead");
         retry_db("record dead", || {
-            queries::record_dead(pool, row.id, attempts, &message)
+            queries::record_dead(&deps.bookkeeping, row.id, attempts, &message)
         })
         .await;
         deps.metrics.dead.inc();
@@ -378,7 +389,7 @@ async fn record_failure(
     let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
     tracing::warn!(order_id = row.id, version = row.version, verb = call.verb(), error = %message, attempts, retry_in_ms = delay.as_millis() as u64, duration_ms = elapsed_ms, "sync failed: parked for a delayed retry");
     retry_db("record retrying", || {
-        queries::record_retrying(pool, row.id, attempts, &message, next)
+        queries::record_retrying(&deps.bookkeeping, row.id, attempts, &message, next)
     })
     .await;
     deps.metrics.parked.inc();
@@ -503,6 +514,7 @@ mod tests {
             synced_version,
             sync_attempts: 0,
             create_sent,
+            marked_now: false,
         }
     }
 

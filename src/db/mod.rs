@@ -71,6 +71,25 @@ pub async fn connect_and_migrate(
     Ok(db)
 }
 
+/// A pool whose commits do not wait for the disk (`synchronous_commit = off`), for the sync
+/// engine's bookkeeping: recorded outcomes and published outbox rows. Losing the last few of
+/// those (only if the PostgreSQL *server* crashes) repeats a call or republishes an event, which
+/// versions and idempotency keys make harmless; waiting for an fsync on each of them was the
+/// engine's bottleneck (BENCHMARKS.md, figure 1). The API's writes, and the create mark, stay on
+/// the durable pool: a change answered 2xx must be on disk.
+pub async fn bookkeeping_pool(url: &str, max_connections: u32) -> anyhow::Result<sqlx::PgPool> {
+    use std::str::FromStr;
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)
+        .context("not a valid URL")?
+        .options([("synchronous_commit", "off")]);
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .context("cannot connect")
+}
+
 /// True when the error means PostgreSQL cannot be reached right now (as opposed to a bad query):
 /// the API answers those with 503 and the sync engine retries them.
 pub fn is_unavailable(err: &DbErr) -> bool {
