@@ -267,23 +267,79 @@ fn engine_env<'a>(api: &'a ExternalApi, url: &'a str) -> Vec<(&'a str, &'a str)>
     ]
 }
 
+/// A recording external API, a database and the service's environment for one test.
+struct Rig {
+    api: ExternalApi,
+    db: OwnDatabase,
+    env: Vec<(String, String)>,
+    log: std::path::PathBuf,
+}
+
+impl Rig {
+    /// `delay`: the external API's answer time; `name`: for the child's log file.
+    async fn new(delay: Duration, name: &str) -> Self {
+        let api = ExternalApi::start(delay).await;
+        let url = api.url();
+        let db = OwnDatabase::new();
+        let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let env = service_env(&db, &prefix, &engine_env(&api, &url));
+        let log = log_path(&format!("{name}-{}", db.name));
+        Self { api, db, env, log }
+    }
+
+    async fn start_service(&self) -> ServiceProcess {
+        let mut service = ServiceProcess::start(&self.env, &self.log);
+        service.wait_ready().await;
+        service
+    }
+}
+
+/// Four load workers against whichever service `port` names.
+struct Load {
+    port: Arc<AtomicU16>,
+    stop: Arc<AtomicBool>,
+    ledger: Arc<Mutex<Ledger>>,
+    workers: Vec<actix_rt::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(seed: u64, port: u16) -> Self {
+        let port = Arc::new(AtomicU16::new(port));
+        let stop = Arc::new(AtomicBool::new(false));
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let workers = (0..4)
+            .map(|n| {
+                actix_rt::spawn(drive_load(
+                    seed + n,
+                    port.clone(),
+                    stop.clone(),
+                    ledger.clone(),
+                ))
+            })
+            .collect();
+        Self {
+            port,
+            stop,
+            ledger,
+            workers,
+        }
+    }
+
+    /// Stops the workers and returns what was acknowledged.
+    async fn stop(self) -> Ledger {
+        self.stop.store(true, Ordering::Relaxed);
+        for worker in self.workers {
+            worker.await.unwrap();
+        }
+        std::mem::take(&mut *self.ledger.lock().unwrap())
+    }
+}
+
 #[actix_web::test]
 async fn sigkill_at_random_moments_under_load_loses_nothing_and_keeps_each_orders_calls_in_order() {
-    let api = ExternalApi::start(Duration::from_millis(5)).await;
-    let url = api.url();
-    let db = OwnDatabase::new();
-    let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
-    let env = service_env(&db, &prefix, &engine_env(&api, &url));
-    let log = log_path(&format!("crash-{}", db.name));
-    let mut service = ServiceProcess::start(&env, &log);
-    service.wait_ready().await;
-
-    let port = Arc::new(AtomicU16::new(service.port));
-    let stop = Arc::new(AtomicBool::new(false));
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let workers: Vec<_> = (0..4)
-        .map(|seed| actix_rt::spawn(drive_load(seed, port.clone(), stop.clone(), ledger.clone())))
-        .collect();
+    let rig = Rig::new(Duration::from_millis(5), "crash").await;
+    let mut service = rig.start_service().await;
+    let load = Load::start(0, service.port);
 
     let mut rng = StdRng::seed_from_u64(42);
     let mut kills = Vec::new();
@@ -293,20 +349,15 @@ async fn sigkill_at_random_moments_under_load_loses_nothing_and_keeps_each_order
         service.signal(libc::SIGKILL);
         kills.push(Instant::now());
         service.kill();
-        service = ServiceProcess::start(&env, &log);
-        service.wait_ready().await;
-        port.store(service.port, Ordering::Relaxed);
+        service = rig.start_service().await;
+        load.port.store(service.port, Ordering::Relaxed);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        worker.await.unwrap();
-    }
+    let ledger = load.stop().await;
 
-    let pool = db.pool().await;
+    let pool = rig.db.pool().await;
     wait_for_quiescence(&pool, Duration::from_secs(90)).await;
-    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
-    let verdict = verify(&pool, &api.recorder.calls(), &kills, &ledger).await;
+    let verdict = verify(&pool, &rig.api.recorder.calls(), &kills, &ledger).await;
     eprintln!(
         "crash test: orders={} kills={} calls={} duplicates={} lost={} (request errors while down: {})",
         verdict.orders,
@@ -324,17 +375,12 @@ async fn sigkill_at_random_moments_under_load_loses_nothing_and_keeps_each_order
 }
 
 /// Starts a service armed to abort at `crash_point`, makes one order, waits for the abort, and
-/// restarts it unarmed; returns the order's id, the database and the external API.
-async fn crash_at(crash_point: &str) -> (i64, OwnDatabase, ExternalApi, ServiceProcess) {
-    let api = ExternalApi::start(Duration::ZERO).await;
-    let url = api.url();
-    let db = OwnDatabase::new();
-    let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
-    let env = service_env(&db, &prefix, &engine_env(&api, &url));
-    let log = log_path(&format!("crash-at-{crash_point}-{}", db.name));
-    let mut armed_env = env.clone();
+/// restarts it unarmed; returns the order's id, the rig and the running service.
+async fn crash_at(crash_point: &str) -> (i64, Rig, ServiceProcess) {
+    let rig = Rig::new(Duration::ZERO, &format!("crash-at-{crash_point}")).await;
+    let mut armed_env = rig.env.clone();
     armed_env.push(("ORDER_SYNC_CRASH_AT".into(), crash_point.into()));
-    let mut service = ServiceProcess::start(&armed_env, &log);
+    let mut service = ServiceProcess::start(&armed_env, &rig.log);
     service.wait_ready().await;
     // The answer may or may not arrive before the abort; the order is committed either way.
     let _ = reqwest::Client::new()
@@ -347,21 +393,21 @@ async fn crash_at(crash_point: &str) -> (i64, OwnDatabase, ExternalApi, ServiceP
         None,
         "the process must die by abort"
     );
-    let pool = db.pool().await;
+    let pool = rig.db.pool().await;
     let id: i64 = sqlx::query_scalar("SELECT id FROM orders")
         .fetch_one(&pool)
         .await
         .expect("the order was committed");
-    let mut service = ServiceProcess::start(&env, &log);
-    service.wait_ready().await;
+    let service = rig.start_service().await;
     wait_for_quiescence(&pool, Duration::from_secs(30)).await;
-    (id, db, api, service)
+    (id, rig, service)
 }
 
 #[actix_web::test]
 async fn a_crash_between_commit_and_publish_is_recovered_by_the_outbox_sweep() {
-    let (id, _db, api, _service) = crash_at("before_publish").await;
-    let calls: Vec<(String, i64)> = api
+    let (id, rig, _service) = crash_at("before_publish").await;
+    let calls: Vec<(String, i64)> = rig
+        .api
         .recorder
         .calls_for(id)
         .iter()
@@ -373,8 +419,8 @@ async fn a_crash_between_commit_and_publish_is_recovered_by_the_outbox_sweep() {
 #[actix_web::test]
 async fn a_crash_between_the_call_and_its_acknowledgement_repeats_the_call_with_the_same_idempotency_key(
 ) {
-    let (id, _db, api, _service) = crash_at("after_call").await;
-    let calls = api.recorder.calls_for(id);
+    let (id, rig, _service) = crash_at("after_call").await;
+    let calls = rig.api.recorder.calls_for(id);
     let keys: Vec<&str> = calls.iter().map(|c| c.idempotency_key.as_str()).collect();
     let expected = format!("{id}:1");
     assert_eq!(
@@ -388,29 +434,11 @@ async fn a_crash_between_the_call_and_its_acknowledgement_repeats_the_call_with_
 #[actix_web::test]
 async fn sigterm_under_load_exits_0_within_the_timeout_and_loses_nothing() {
     // Slow answers, so calls are in flight when the signal comes.
-    let api = ExternalApi::start(Duration::from_millis(200)).await;
-    let url = api.url();
-    let db = OwnDatabase::new();
-    let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
-    let env = service_env(&db, &prefix, &engine_env(&api, &url));
-    let log = log_path(&format!("sigterm-{}", db.name));
-    let mut service = ServiceProcess::start(&env, &log);
-    service.wait_ready().await;
-    let port = Arc::new(AtomicU16::new(service.port));
-    let stop = Arc::new(AtomicBool::new(false));
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let workers: Vec<_> = (0..4)
-        .map(|seed| {
-            actix_rt::spawn(drive_load(
-                100 + seed,
-                port.clone(),
-                stop.clone(),
-                ledger.clone(),
-            ))
-        })
-        .collect();
+    let rig = Rig::new(Duration::from_millis(200), "sigterm").await;
+    let mut service = rig.start_service().await;
+    let load = Load::start(100, service.port);
     wait_for("calls in flight", Duration::from_secs(20), || async {
-        (api.recorder.calls().len() >= 10).then_some(())
+        (rig.api.recorder.calls().len() >= 10).then_some(())
     })
     .await;
 
@@ -418,24 +446,18 @@ async fn sigterm_under_load_exits_0_within_the_timeout_and_loses_nothing() {
     service.signal(libc::SIGTERM);
     let code = service.wait_exit(Duration::from_secs(15)).await;
     let took = signalled.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        worker.await.unwrap();
-    }
+    let ledger = load.stop().await;
     assert_eq!(code, Some(0), "a graceful shutdown exits 0");
     assert!(
         took <= Duration::from_secs(5 + 2),
         "shutdown took {took:?}, over SHUTDOWN_TIMEOUT_SECS=5"
     );
 
-    let mut service = ServiceProcess::start(&env, &log);
-    service.wait_ready().await;
-    let pool = db.pool().await;
+    let _service = rig.start_service().await;
+    let pool = rig.db.pool().await;
     wait_for_quiescence(&pool, Duration::from_secs(60)).await;
-    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
-    let verdict = verify(&pool, &api.recorder.calls(), &[signalled], &ledger).await;
+    let verdict = verify(&pool, &rig.api.recorder.calls(), &[signalled], &ledger).await;
     assert_eq!(verdict.lost, 0, "{verdict:?}");
-    drop(service);
 }
 
 #[actix_web::test]
