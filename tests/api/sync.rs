@@ -434,3 +434,36 @@ async fn a_failing_order_is_parked_then_dead_while_its_later_changes_wait_and_ot
         "the delayed retry carries the latest version"
     );
 }
+
+#[actix_web::test]
+async fn the_dispatcher_never_holds_more_than_max_in_flight_events() {
+    // Slow answers and a small bound: the backlog must wait in Redis, not in memory.
+    let api = ExternalApi::start(Duration::from_millis(100)).await;
+    let app = app_with(&api, &[("MAX_IN_FLIGHT_EVENTS", "8")]).await;
+    let body = order_body();
+    let creates = (0..40)
+        .map(|_| async { id_of(&app.post_order(&body).await.json::<Value>().await.unwrap()) });
+    let ids: Vec<i64> = futures_util::future::join_all(creates).await;
+    let (mut most_pending, mut saw_a_backlog) = (0, false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = app.actor_metrics().await;
+        let pending = metrics["backlog"]["pending"].as_u64().unwrap_or(0);
+        let in_flight = metrics["events"]["in_flight"].as_u64().unwrap_or(0);
+        most_pending = most_pending.max(pending).max(in_flight);
+        saw_a_backlog |= metrics["backlog"]["stream_length"].as_u64().unwrap_or(0) > 8;
+        if metrics["events"]["synced"] == ids.len() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not all synced within 60 s: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        most_pending <= 8,
+        "{most_pending} events were read and unacknowledged at once"
+    );
+    assert!(saw_a_backlog, "the backlog should have waited in Redis");
+}
