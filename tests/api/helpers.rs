@@ -218,15 +218,20 @@ impl TestApp {
             .expect("count rows")
     }
 
-    pub async fn get_order(&self, id: i64) -> Value {
+    /// `GET path` answered with JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
         self.http
-            .get(self.url(&format!("/orders/{id}")))
+            .get(self.url(path))
             .send()
             .await
             .expect("request sent")
             .json()
             .await
-            .expect("order JSON")
+            .expect("a JSON answer")
+    }
+
+    pub async fn get_order(&self, id: i64) -> Value {
+        self.get_json(&format!("/orders/{id}")).await
     }
 
     pub async fn patch_order(&self, id: i64, body: &Value) -> Value {
@@ -277,14 +282,7 @@ impl TestApp {
     }
 
     pub async fn actor_metrics(&self) -> Value {
-        self.http
-            .get(self.url("/metrics/actors"))
-            .send()
-            .await
-            .expect("sent")
-            .json()
-            .await
-            .expect("metrics JSON")
+        self.get_json("/metrics/actors").await
     }
 
     /// Every order row and outbox row, to compare before and after a rejected request.

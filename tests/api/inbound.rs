@@ -28,15 +28,7 @@ async fn an_inbound_json_update_changes_status_and_delivery_without_a_sync_event
         json!({"message": "Order record updated successfully."})
     );
 
-    let order: Value = app
-        .http
-        .get(app.url(&format!("/orders/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let order = app.get_order(id).await;
     assert_eq!(order["status"], "delivered");
     assert_eq!(order["delivered_at"], "2025-06-04T01:20:00Z");
     assert_eq!(
@@ -63,15 +55,7 @@ async fn an_inbound_form_update_works_as_in_the_reference() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let order: Value = app
-        .http
-        .get(app.url(&format!("/orders/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let order = app.get_order(id).await;
     assert_eq!(order["status"], "canceled");
     assert_eq!(
         order["delivered_at"],
