@@ -15,5 +15,6 @@ mod outages;
 mod outbox;
 mod process;
 mod properties;
+mod redis_faults;
 mod startup;
 mod sync;

@@ -126,6 +126,11 @@ impl ServiceProcess {
         }
     }
 
+    /// Whether the process is still the one started (it has not exited).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
@@ -186,13 +191,21 @@ pub fn service_env(
 pub struct OwnRedis {
     child: Option<Child>,
     pub port: u16,
+    /// Extra `redis-server` arguments, kept for `restart`.
+    extra_args: Vec<String>,
 }
 
 impl OwnRedis {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts one with extra `redis-server` arguments (`--enable-debug-command yes`, say).
+    pub async fn start_with(extra_args: &[&str]) -> Self {
         let mut redis = Self {
             child: None,
             port: free_port(),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         redis.launch().await;
         redis
@@ -211,6 +224,7 @@ impl OwnRedis {
                 "--appendonly",
                 "no",
             ])
+            .args(&self.extra_args)
             .stdout(Stdio::from(log))
             .spawn()
             .expect("redis-server is installed");
