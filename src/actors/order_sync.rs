@@ -505,6 +505,7 @@ async fn record_failure(
             tracing::info!(order_id = row.id, version = row.version, verb = call.verb(), error = %message, "call failed, but a newer change arrived meanwhile: syncing that instead");
         }
         (FailureRecorded::LeftAlone, _) => {
+            deps.metrics.skipped.inc();
             tracing::info!(order_id = row.id, version = row.version, verb = call.verb(), error = %message, "call failed, but an operator retried or discarded the order meanwhile: left as they set it");
         }
     }
