@@ -8,10 +8,12 @@
 //!   deleted, an outcome was lost with the asynchronous-commit pool): it gets a new one. This
 //!   runs under load too, so the system converges from PostgreSQL alone whatever else goes on.
 //!
-//! "No event still queued" is read from the stream itself: once the consumer group has been
-//! delivered every entry published before a moment taken after the candidates were read (their
-//! outbox rows were gone, so their entries, if any, existed by then), any entry of theirs is
-//! either in memory or lost.
+//! "No event still queued" is read from the stream itself. The candidates are read first, and
+//! their outbox rows were gone by then, so any entry of theirs existed by a moment taken just
+//! after (Redis's `TIME`). Once the consumer group has been delivered every entry of the shard up
+//! to that moment, an entry of theirs is either in memory (the dispatcher says which orders have
+//! one) or lost. Until then they stay suspects, checked again each round, so a dispatcher that
+//! runs seconds behind under load delays the verdict but never prevents it.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -53,6 +55,9 @@ pub struct Scheduler {
     in_flight: InFlight,
     /// Where the reconciler's walk over the orders behind goes on from.
     after_id: i64,
+    /// Orders found behind whose shards had not yet been read past `published_by_ms`.
+    suspects: Vec<(i64, i64)>,
+    published_by_ms: u64,
     shutdown: CancellationToken,
 }
 
@@ -72,6 +77,8 @@ impl Scheduler {
             quiet_for,
             in_flight,
             after_id: 0,
+            suspects: Vec::new(),
+            published_by_ms: 0,
             shutdown,
         }
     }
@@ -124,36 +131,54 @@ impl Scheduler {
         }
     }
 
-    /// One round of the walk over the orders behind: publishes an event for each one whose
-    /// event is lost (see the module's doc), at most `MAX_STEPS_PER_ROUND` steps.
+    /// One round of the reconciler: settles the suspects of earlier rounds, then walks on over
+    /// the orders behind (at most `MAX_STEPS_PER_ROUND` steps), publishing an event for each
+    /// order whose event is lost (see the module's doc).
     async fn reconcile(&mut self) -> anyhow::Result<()> {
+        if !self.suspects.is_empty() {
+            self.settle_suspects().await?;
+            if !self.suspects.is_empty() {
+                return Ok(()); // their shards are still behind: look again next round
+            }
+        }
         for _ in 0..MAX_STEPS_PER_ROUND {
             let scan =
                 queries::scan_behind(&self.pool, self.after_id, BATCH, self.quiet_for).await?;
-            if scan.candidates.is_empty() {
-                self.after_id = scan.last_id.unwrap_or(0);
-                if scan.last_id.is_none() {
+            self.after_id = scan.last_id.unwrap_or(0);
+            if !scan.candidates.is_empty() {
+                // Taken after the candidates were read: their entries, if any, existed by now.
+                self.published_by_ms = self.redis_time_ms().await?;
+                self.suspects = scan.candidates;
+                self.settle_suspects().await?;
+                if !self.suspects.is_empty() {
                     return Ok(());
                 }
-                continue;
             }
-            let read_by = self.redis_time_ms().await?;
-            let shards: BTreeSet<u64> = scan
-                .candidates
-                .iter()
-                .map(|&(id, _)| shard_of(id))
+            if scan.last_id.is_none() {
+                return Ok(()); // the walk starts again from the first order next round
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes the suspects whose shards have been read past `published_by_ms` and that are
+    /// still behind at the same version with no event in memory; keeps the others as suspects.
+    async fn settle_suspects(&mut self) -> anyhow::Result<()> {
+        let shards: BTreeSet<u64> = self.suspects.iter().map(|&(id, _)| shard_of(id)).collect();
+        let caught_up = self
+            .shards_delivered_up_to(&shards, self.published_by_ms)
+            .await?;
+        let (settled, waiting): (Vec<_>, Vec<_>) = self
+            .suspects
+            .iter()
+            .partition(|(id, _)| caught_up.contains(&shard_of(*id)));
+        if !settled.is_empty() {
+            let still_behind = queries::still_behind(&self.pool, &settled).await?;
+            let lost: Vec<SyncEvent> = still_behind
+                .into_iter()
+                .filter(|&(id, _)| !self.in_flight.holds_order(id))
+                .map(|(id, version)| event(id, version, EventKind::Change))
                 .collect();
-            let caught_up = self.shards_delivered_up_to(&shards, read_by).await?;
-            let mut lost = Vec::new();
-            let mut first_waiting = None;
-            for &(id, version) in &scan.candidates {
-                if !caught_up.contains(&shard_of(id)) {
-                    // Its event may still be queued: look again next round.
-                    first_waiting.get_or_insert(id);
-                } else if !self.in_flight.holds_order(id) {
-                    lost.push(event(id, version, EventKind::Change));
-                }
-            }
             if !lost.is_empty() {
                 let ids: Vec<i64> = lost.iter().take(10).map(|e| e.order_id).collect();
                 tracing::warn!(
@@ -163,17 +188,8 @@ impl Scheduler {
                 );
                 publish(&mut self.redis, &self.keys, &lost).await?;
             }
-            match first_waiting {
-                Some(id) => {
-                    self.after_id = id - 1;
-                    return Ok(());
-                }
-                None => self.after_id = scan.last_id.unwrap_or(0),
-            }
-            if scan.last_id.is_none() {
-                return Ok(());
-            }
         }
+        self.suspects = waiting;
         Ok(())
     }
 

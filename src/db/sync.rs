@@ -306,3 +306,25 @@ pub async fn scan_behind(
         last_id,
     })
 }
+
+/// Of `orders` (`(id, version)` pairs), those still behind, still `pending`, still at that
+/// version and still without an outbox row: the reconciler's suspects that nothing has touched
+/// since they were found.
+pub async fn still_behind(
+    pool: &PgPool,
+    orders: &[(i64, i64)],
+) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    let (ids, versions): (Vec<i64>, Vec<i64>) = orders.iter().copied().unzip();
+    sqlx::query_as(
+        "SELECT o.id, o.version FROM orders o
+         JOIN unnest($1::bigint[], $2::bigint[]) AS s(id, version)
+           ON o.id = s.id AND o.version = s.version
+         WHERE o.synced_version < o.version AND o.sync_state = 'pending'
+           AND NOT EXISTS (SELECT 1 FROM outbox b WHERE b.order_id = o.id)
+         ORDER BY o.id",
+    )
+    .bind(&ids)
+    .bind(&versions)
+    .fetch_all(pool)
+    .await
+}
