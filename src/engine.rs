@@ -138,6 +138,7 @@ impl SyncEngine {
                     parts.keys.clone(),
                     parts.reconcile_quiet,
                     in_flight.clone(),
+                    parts.metrics.clone(),
                     parts.shutdown.clone(),
                 );
                 Box::new(move || Box::pin(scheduler.clone().run()))
@@ -166,6 +167,7 @@ impl SyncEngine {
                 name,
                 start,
                 parts.shutdown.clone(),
+                parts.metrics.clone(),
                 report.clone(),
             ));
         }
@@ -197,6 +199,7 @@ async fn keep_running(
     name: &'static str,
     start: StartTask,
     shutdown: CancellationToken,
+    metrics: Arc<SyncMetrics>,
     report: Rc<watch::Sender<EngineState>>,
 ) {
     let failpoint = format!("engine-task-{name}");
@@ -244,6 +247,7 @@ async fn keep_running(
             report.send_replace(EngineState::Failed { task: name, why });
             return;
         }
+        metrics.engine_task_restarts.inc();
         tracing::error!(
             task = name,
             why,

@@ -16,6 +16,7 @@
 //! runs seconds behind under load delays the verdict but never prevents it.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -29,6 +30,7 @@ use super::keys::{shard_of, Keys, GROUP, SHARDS};
 use super::relay::publish;
 use super::{EventKind, SyncEvent};
 use crate::db::sync as queries;
+use crate::metrics::SyncMetrics;
 
 /// How often due retries are looked for.
 const RETRY_TICK: Duration = Duration::from_millis(500);
@@ -53,6 +55,7 @@ pub struct Scheduler {
     quiet_for: Duration,
     /// The events in memory: their orders are not lost.
     in_flight: InFlight,
+    metrics: Arc<SyncMetrics>,
     /// Where the reconciler's walk over the orders behind goes on from.
     after_id: i64,
     /// Orders found behind whose shards had not yet been read past `published_by_ms`.
@@ -68,6 +71,7 @@ impl Scheduler {
         keys: Keys,
         quiet_for: Duration,
         in_flight: InFlight,
+        metrics: Arc<SyncMetrics>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -76,6 +80,7 @@ impl Scheduler {
             keys,
             quiet_for,
             in_flight,
+            metrics,
             after_id: 0,
             suspects: Vec::new(),
             published_by_ms: 0,
@@ -187,6 +192,7 @@ impl Scheduler {
                     "orders behind with no event in flight or queued; publishing them again"
                 );
                 publish(&mut self.redis, &self.keys, &lost).await?;
+                self.metrics.republished.inc_by(lost.len() as u64);
             }
         }
         self.suspects = waiting;

@@ -73,6 +73,15 @@ async fn an_engine_task_that_ends_is_started_again_and_syncing_goes_on() {
         .await
         .expect("JSON");
     assert_eq!(health["engine"], "ok", "{health}");
+    let metrics: Value = http
+        .get(service.url("/metrics/actors"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(metrics["engine"]["task_restarts"], 1, "{metrics}");
     let logged = std::fs::read_to_string(&log).expect("the service's log");
     assert!(
         logged.contains("a sync engine task ended unexpectedly; starting it again"),
