@@ -5,6 +5,7 @@
 //!
 //! - [`api`] — the actix-web HTTP API (orders, inbound write-back, health, metrics).
 //! - [`backlog`] — the Redis streams: the outbox relay, the dispatcher, the retry scheduler.
+//! - [`engine`] — the sync engine: owns and watches the backlog's tasks and the actors.
 //! - [`actors`] — the supervisor, one actor per order, and the global throttle.
 //! - [`external`] — the external API: payload, awc client, and the built-in fake.
 //! - [`metrics`] — the engine's counters and the lag window.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod crash;
 pub mod db;
 pub mod domain;
+pub mod engine;
 pub mod external;
 pub mod metrics;
 pub mod startup;

@@ -7,6 +7,8 @@ use order_sync::telemetry;
 #[actix_web::main]
 async fn main() -> ExitCode {
     telemetry::init();
+    // Failpoints for the tests, from `FAILPOINTS` (unset: none); see `order_sync::engine`.
+    let _failpoints = fail::FailScenario::setup();
     let result = async {
         let settings = Settings::from_env()?;
         let app = Application::build(settings).await?;

@@ -58,6 +58,13 @@ pub struct SyncMetrics {
     pub mailbox_depth_max: IntGauge,
     /// Events read from Redis and not yet acknowledged.
     pub events_in_flight: IntGauge,
+    /// Stream entries left pending (a lost reply, a failed acknowledgement, a deferred event)
+    /// and dispatched again while running.
+    pub reclaimed: IntCounter,
+    /// Orders whose event was lost, published again by the reconciler.
+    pub republished: IntCounter,
+    /// Engine tasks started again after they ended unexpectedly.
+    pub engine_task_restarts: IntCounter,
     calls: IntCounterVec,
     lag: Histogram,
     lag_window: Mutex<VecDeque<(Instant, Duration)>>,
@@ -193,6 +200,21 @@ impl SyncMetrics {
                 &r,
                 "mailbox_depth_max",
                 "Events waiting in the fullest order actor's mailbox.",
+            ),
+            reclaimed: counter(
+                &r,
+                "events_reclaimed_total",
+                "Stream entries left pending and dispatched again while running.",
+            ),
+            republished: counter(
+                &r,
+                "orders_republished_total",
+                "Orders whose event was lost, published again by the reconciler.",
+            ),
+            engine_task_restarts: counter(
+                &r,
+                "engine_task_restarts_total",
+                "Engine tasks started again after they ended unexpectedly.",
             ),
             events_in_flight: gauge(
                 &r,

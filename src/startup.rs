@@ -11,25 +11,23 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Actor;
 use actix_web::dev::{Server, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::actors::order_sync::{RetryPolicy, SyncDeps};
-use crate::actors::supervisor::SupervisorActor;
 use crate::actors::throttle::Throttle;
 use crate::api::{self, AppState};
-use crate::backlog::dispatcher::{Dispatcher, InFlight};
+use crate::backlog::dispatcher::InFlight;
 use crate::backlog::keys::Keys;
-use crate::backlog::relay::OutboxRelay;
-use crate::backlog::scheduler::Scheduler;
 use crate::config::{redact_url, Settings};
 use crate::db;
+use crate::engine::{EngineParts, EngineState, SyncEngine};
 use crate::external::fake::{FakeConfig, FakeExternalApi};
 use crate::external::ExternalClient;
 use crate::metrics::SyncMetrics;
@@ -56,6 +54,8 @@ pub struct Application {
     shutdown: CancellationToken,
     /// Events read but not yet acknowledged; shutdown waits for them (`None` without the engine).
     in_flight: Option<InFlight>,
+    /// The sync engine's state: a failed engine stops the process (see `crate::engine`).
+    engine: watch::Receiver<EngineState>,
     shutdown_timeout: Duration,
 }
 
@@ -126,55 +126,30 @@ impl Application {
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         });
-        let mut in_flight = None;
-        let mut supervisor_addr = None;
         let keys = Keys::new(&settings.redis_prefix);
-        if settings.sync_engine {
-            let supervisor =
-                SupervisorActor::new(deps, Duration::from_secs(settings.order_actor_idle_secs))
-                    .start();
-            let supervisor_for_metrics = supervisor.clone();
-            let dispatcher = Dispatcher::new(
-                redis_reader,
-                redis.clone(),
-                keys.clone(),
-                supervisor,
-                settings.max_in_flight_events as usize,
-                metrics.clone(),
-                shutdown.clone(),
-            );
-            in_flight = Some(dispatcher.in_flight());
-            actix_rt::spawn(crate::telemetry::log_progress(
-                metrics.clone(),
-                dispatcher.in_flight(),
-                redis.clone(),
-                keys.clone(),
-                shutdown.clone(),
-            ));
-            supervisor_addr = Some(supervisor_for_metrics);
-            actix_rt::spawn(dispatcher.run());
-            let relay = OutboxRelay::new(
+        let engine = if settings.sync_engine {
+            Some(SyncEngine::start(EngineParts {
+                deps,
+                pool,
                 bookkeeping,
-                redis.clone(),
-                keys.clone(),
-                relay_wake_up.clone(),
-                shutdown.clone(),
-            );
-            actix_rt::spawn(relay.run());
-            let quiet_for = Duration::from_secs(settings.reconcile_quiet_secs);
-            actix_rt::spawn(
-                Scheduler::new(
-                    pool,
-                    redis.clone(),
-                    keys.clone(),
-                    quiet_for,
-                    shutdown.clone(),
-                )
-                .run(),
-            );
+                redis: redis.clone(),
+                redis_reader,
+                keys: keys.clone(),
+                relay_wake_up: relay_wake_up.clone(),
+                metrics: metrics.clone(),
+                max_in_flight_events: settings.max_in_flight_events as usize,
+                order_actor_idle: Duration::from_secs(settings.order_actor_idle_secs),
+                reconcile_quiet: Duration::from_secs(settings.reconcile_quiet_secs),
+                shutdown: shutdown.clone(),
+            }))
         } else {
             tracing::info!("SYNC_ENGINE=false: serving the API only; changes wait in the outbox");
-        }
+            None
+        };
+        let engine_state = match &engine {
+            Some(engine) => engine.state(),
+            None => watch::channel(EngineState::Off).1,
+        };
 
         let addr = format!("{}:{}", settings.host, settings.port);
         let listener = TcpListener::bind(&addr).map_err(|cause| StartupError::Bind {
@@ -197,8 +172,9 @@ impl Application {
                 .admin_token
                 .clone()
                 .filter(|token| !token.is_empty()),
-            supervisor: supervisor_addr,
-            in_flight: in_flight.clone(),
+            supervisor: engine.as_ref().map(SyncEngine::supervisor),
+            in_flight: engine.as_ref().map(SyncEngine::in_flight),
+            engine: engine_state.clone(),
             keys,
             started_at: std::time::Instant::now(),
         });
@@ -225,7 +201,8 @@ impl Application {
             server,
             external_api_url,
             shutdown,
-            in_flight,
+            in_flight: engine.as_ref().map(SyncEngine::in_flight),
+            engine: engine_state,
             shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_secs),
         })
     }
@@ -240,16 +217,33 @@ impl Application {
         self.port
     }
 
-    /// Serves until SIGTERM or Ctrl-C, then shuts down gracefully: writes answer 503 and the
-    /// dispatcher stops reading at once; calls in flight get up to `SHUTDOWN_TIMEOUT_SECS` to
-    /// finish and be recorded; events not started stay unacknowledged in Redis for the next
-    /// start. Then the HTTP server stops.
+    /// Serves the HTTP API and runs the sync engine until SIGTERM or Ctrl-C, or until the engine
+    /// fails, then shuts down gracefully: writes answer 503 and the dispatcher stops reading at
+    /// once; calls in flight get up to `SHUTDOWN_TIMEOUT_SECS` to finish and be recorded; events
+    /// not started stay unacknowledged in Redis for the next start. Then the HTTP server stops.
+    /// A failed engine makes this return an error, so the process exits non-zero.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let mut server = actix_rt::spawn(self.server);
+        let mut engine = self.engine.clone();
+        let engine_failed = async {
+            match engine
+                .wait_for(|state| matches!(state, EngineState::Failed { .. }))
+                .await
+            {
+                Ok(state) => state.describe(),
+                // The engine is gone with its sender: only at shutdown.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let mut failure = None;
         tokio::select! {
             served = &mut server => return served.unwrap_or_else(|e| Err(std::io::Error::other(e))),
             signal = shutdown_signal() => tracing::info!(signal, "shutting down"),
+            why = engine_failed => {
+                tracing::error!(engine = why, "the sync engine failed; shutting down");
+                failure = Some(why);
+            }
         }
         self.shutdown.cancel();
         if let Some(in_flight) = &self.in_flight {
@@ -264,7 +258,10 @@ impl Application {
         }
         handle.stop(true).await;
         let _ = server.await;
-        Ok(())
+        match failure {
+            Some(why) => Err(std::io::Error::other(format!("sync engine {why}"))),
+            None => Ok(()),
+        }
     }
 }
 

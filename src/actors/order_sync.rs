@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rand::Rng;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 use super::supervisor::{OrderActorIdle, SupervisorActor};
 use super::throttle::{CallPermit, Throttle};
 use crate::backlog::{EventKind, SyncEvent};
-use crate::db::sync::{self as queries, SyncRow};
+use crate::db;
+use crate::db::sync::{self as queries, FailedCallNext, FailureRecorded, SyncRow};
 use crate::domain::SyncState;
 use crate::external::payload::ExternalOrder;
 use crate::external::{CallError, ExternalCall, ExternalClient};
@@ -33,6 +34,9 @@ use crate::metrics::SyncMetrics;
 
 /// A wait for a slot longer than this makes the actor read the order again before calling.
 const RELOAD_AFTER: Duration = Duration::from_millis(20);
+
+/// The longest wait for a delayed retry (Sidekiq's 25th retry comes after about 20 days).
+pub const MAX_DELAYED_RETRY: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// How failed calls are retried.
 #[derive(Debug, Clone, Copy)]
@@ -48,10 +52,14 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// The delay before delayed retry number `attempt` (1-based): Sidekiq's
     /// `count**4 + 15 + rand(10 * (count + 1))` seconds with `count = attempt - 1`.
+    /// Capped at [`MAX_DELAYED_RETRY`], so no scale or count can overflow a date.
     pub fn delay(&self, attempt: u32) -> Duration {
         let count = f64::from(attempt.saturating_sub(1));
         let jitter = rand::thread_rng().gen_range(0.0..10.0 * (count + 1.0));
-        Duration::from_secs_f64((count.powi(4) + 15.0 + jitter) * self.delayed_scale)
+        let secs = (count.powi(4) + 15.0 + jitter) * self.delayed_scale;
+        Duration::try_from_secs_f64(secs)
+            .unwrap_or(MAX_DELAYED_RETRY)
+            .min(MAX_DELAYED_RETRY)
     }
 }
 
@@ -98,6 +106,17 @@ pub enum Outcome {
     /// The service is shutting down: nothing was recorded, and the event must stay
     /// unacknowledged so that the next start handles it.
     Abandoned,
+    /// PostgreSQL stayed unreachable for longer than the engine retries a step: nothing more
+    /// was recorded, and the event stays unacknowledged; the dispatcher frees its slot and
+    /// reclaims it later (no event holds a slot for as long as an outage lasts).
+    Deferred,
+}
+
+impl Outcome {
+    /// Whether the stream entry must stay unacknowledged (handled again later).
+    pub fn leaves_entry_pending(self) -> bool {
+        matches!(self, Self::Abandoned | Self::Deferred)
+    }
 }
 
 pub struct OrderSyncActor {
@@ -213,10 +232,22 @@ fn decide(row: Option<&SyncRow>, kind: EventKind) -> Decision {
         return Decision::Skip("gone");
     };
     match (row.sync_state(), kind) {
+        // Nothing is owed: every change sets `pending`, and only a recorded success (or an
+        // operator's discard) sets `synced`.
+        (Some(SyncState::Synced), _) => return Decision::Skip("already synced"),
         // A parked order's changes wait for its delayed retry, which syncs the latest state.
         (Some(SyncState::Retrying), EventKind::Change) => return Decision::Skip("parked"),
-        // A change revives a dead order in the same transaction, so this event is stale.
-        (Some(SyncState::Dead), EventKind::Change) => return Decision::Skip("dead"),
+        // A duplicate of a delayed retry whose attempt was already made: the order waits for
+        // its next one, on schedule.
+        (
+            Some(SyncState::Retrying),
+            EventKind::Retry {
+                attempt: Some(attempt),
+            },
+        ) if attempt != row.sync_attempts => return Decision::Skip("retry already made"),
+        // A change or an operator's retry revives a dead order in the same transaction as it
+        // writes its event, so an event that finds it dead is stale.
+        (Some(SyncState::Dead), _) => return Decision::Skip("dead"),
         _ => {}
     }
     if row.version <= row.synced_version {
@@ -247,16 +278,56 @@ fn build_call(row: &SyncRow, verb: Verb) -> ExternalCall {
     }
 }
 
-/// Brings the external API to the order's current state, and records the outcome.
+/// Brings the external API to the order's current state and records the outcome. A database
+/// step that cannot be completed ends the event here, one way or the other: never by holding
+/// it (and its in-flight slot) for as long as the database misbehaves.
 async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
+    let id = event.order_id;
+    match sync_to_current_state(deps, &event).await {
+        Ok(outcome) => outcome,
+        Err(DbStepFailed::Unavailable { step }) => {
+            tracing::warn!(
+                order_id = id,
+                step,
+                "PostgreSQL stayed unreachable: the event is left for later"
+            );
+            Outcome::Deferred
+        }
+        Err(DbStepFailed::Rejected { step, code }) => {
+            // Retrying a statement PostgreSQL rejects cannot help. Record that in a form that
+            // cannot itself be rejected (plain ASCII, no outside text), and move on.
+            let message = format!(
+                "the sync engine could not {step}: PostgreSQL rejected it (SQLSTATE {})",
+                code.as_deref().unwrap_or("none")
+            );
+            tracing::error!(order_id = id, step, error = %message, "order is dead");
+            if let Err(error) =
+                queries::mark_dead_unrecordable(&deps.bookkeeping, id, &message).await
+            {
+                tracing::error!(order_id = id, error = %error, "could not mark the order dead either");
+            }
+            deps.metrics.dead.inc();
+            deps.metrics.failed.inc();
+            Outcome::Dead
+        }
+    }
+}
+
+async fn sync_to_current_state(
+    deps: &SyncDeps,
+    event: &SyncEvent,
+) -> Result<Outcome, DbStepFailed> {
     let pool = &deps.pool;
     let id = event.order_id;
     let mut kind = event.kind;
     loop {
         if deps.shutdown.is_cancelled() {
-            return Outcome::Abandoned;
+            return Ok(Outcome::Abandoned);
         }
-        let row = retry_db("load order", || queries::load_marking_create(pool, id)).await;
+        let row = db_step("load the order", id, || {
+            queries::load_marking_create(pool, id)
+        })
+        .await?;
         let verb = match decide(row.as_ref(), kind) {
             Decision::Skip(reason) => {
                 tracing::debug!(
@@ -266,7 +337,7 @@ async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
                     "skipped"
                 );
                 deps.metrics.skipped.inc();
-                return Outcome::Skipped;
+                return Ok(Outcome::Skipped);
             }
             Decision::PurgeWithoutCall => return purge_without_call(deps, id).await,
             Decision::Call(verb) => verb,
@@ -276,7 +347,10 @@ async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
         let mut marked_here = row.marked_now;
         if verb == Verb::Create && !row.create_sent {
             marked_here = true;
-            retry_db("mark create sent", || queries::mark_create_sent(pool, id)).await;
+            db_step("mark the create as sent", id, || {
+                queries::mark_create_sent(pool, id)
+            })
+            .await?;
             row.create_sent = true;
         }
         let asked = Instant::now();
@@ -285,14 +359,14 @@ async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
             _ = deps.shutdown.cancelled() => None,
         };
         let Some(permit) = permit else {
-            return Outcome::Abandoned;
+            return Ok(Outcome::Abandoned);
         };
         // While we waited for a slot the order may have changed again: after a long wait (the
         // throttle is the bottleneck), decide on the freshest state (more coalescing, and no
         // create for an order deleted meanwhile). After a short one a change is unlikely, and a
         // read while holding a slot would cost every call (BENCHMARKS.md, figure 1).
         if asked.elapsed() > RELOAD_AFTER {
-            let fresh = retry_db("reload order", || queries::load(pool, id)).await;
+            let fresh = db_step("reload the order", id, || queries::load(pool, id)).await?;
             let mut decision = decide(fresh.as_ref(), kind);
             // The create mark is ours and nothing was sent: deleted meanwhile, it was never
             // created remotely.
@@ -314,10 +388,10 @@ async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
         let result = call_with_retries(deps, &call, permit).await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         if matches!(result, Err(CallError::Abandoned)) {
-            return Outcome::Abandoned;
+            return Ok(Outcome::Abandoned);
         }
         deps.metrics.record_call(call.verb(), &result);
-        match result {
+        let error = match result {
             Ok(()) => {
                 crate::crash::point("after_call");
                 tracing::debug!(
@@ -329,72 +403,113 @@ async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
                     "synced"
                 );
                 deps.metrics.record_lag(event.committed_at_ms);
+                deps.metrics.synced.inc();
                 if verb == Verb::Delete {
-                    retry_db("purge tombstone", || {
+                    db_step("purge the tombstone", id, || {
                         queries::purge_tombstone(&deps.bookkeeping, id)
                     })
-                    .await;
-                    deps.metrics.synced.inc();
-                    return Outcome::Synced;
+                    .await?;
+                    return Ok(Outcome::Synced);
                 }
-                let current = retry_db("record synced", || {
+                let current = db_step("record the success", id, || {
                     queries::record_synced(&deps.bookkeeping, id, row.version)
                 })
-                .await;
-                deps.metrics.synced.inc();
+                .await?;
                 match current {
                     // A change committed during the call: sync that too, now.
-                    Some(current) if current > row.version => kind = EventKind::Change,
-                    _ => return Outcome::Synced,
+                    Some(current) if current > row.version => {
+                        kind = EventKind::Change;
+                        continue;
+                    }
+                    _ => return Ok(Outcome::Synced),
                 }
             }
-            Err(error) => return record_failure(deps, &row, &call, &error, elapsed_ms).await,
+            Err(error) => error,
+        };
+        match record_failure(deps, &row, &call, &error, elapsed_ms).await? {
+            // A change committed during the failed call: its state is owed now, afresh.
+            FailureRecorded::Superseded => kind = EventKind::Change,
+            FailureRecorded::Applied if error.is_retryable() && !gives_up(deps, &row) => {
+                return Ok(Outcome::Parked)
+            }
+            FailureRecorded::Applied => return Ok(Outcome::Dead),
+            FailureRecorded::LeftAlone => return Ok(Outcome::Skipped),
         }
     }
 }
 
 /// Removes a tombstone that was never created remotely: no call is owed.
-async fn purge_without_call(deps: &SyncDeps, id: i64) -> Outcome {
-    retry_db("purge tombstone", || {
+async fn purge_without_call(deps: &SyncDeps, id: i64) -> Result<Outcome, DbStepFailed> {
+    db_step("purge the tombstone", id, || {
         queries::purge_tombstone(&deps.bookkeeping, id)
     })
-    .await;
+    .await?;
     tracing::info!(order_id = id, "deleted before it was ever synced: no call");
     deps.metrics.purged.inc();
-    Outcome::Purged
+    Ok(Outcome::Purged)
 }
 
-/// Parks the order for its next delayed retry, or marks it dead.
+/// Whether this failure uses up the order's last delayed retry.
+fn gives_up(deps: &SyncDeps, row: &SyncRow) -> bool {
+    let limit = i32::try_from(deps.retry.delayed_limit).unwrap_or(i32::MAX);
+    row.sync_attempts.saturating_add(1) > limit
+}
+
+/// Parks the order for its next delayed retry, or marks it dead, unless a change or an operator
+/// got there first (see [`queries::record_failed_call`]).
 async fn record_failure(
     deps: &SyncDeps,
     row: &SyncRow,
     call: &ExternalCall,
     error: &CallError,
     elapsed_ms: u64,
-) -> Outcome {
+) -> Result<FailureRecorded, DbStepFailed> {
     let attempts = row.sync_attempts.saturating_add(1);
-    let message = error.to_string();
-    let limit = i32::try_from(deps.retry.delayed_limit).unwrap_or(i32::MAX);
-    if !error.is_retryable() || attempts > limit {
-        tracing::warn!(order_id = row.id, version = row.version, verb = call.verb(), error = %message, attempts, duration_ms = elapsed_ms, "sync failed for good: order is dead");
-        retry_db("record dead", || {
-            queries::record_dead(&deps.bookkeeping, row.id, attempts, &message)
-        })
-        .await;
-        deps.metrics.dead.inc();
-        deps.metrics.failed.inc();
-        return Outcome::Dead;
-    }
-    let delay = deps.retry.delay(attempts as u32);
-    let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-    tracing::warn!(order_id = row.id, version = row.version, verb = call.verb(), error = %message, attempts, retry_in_ms = delay.as_millis() as u64, duration_ms = elapsed_ms, "sync failed: parked for a delayed retry");
-    retry_db("record retrying", || {
-        queries::record_retrying(&deps.bookkeeping, row.id, attempts, &message, next)
+    // The answer's text came from outside: it was cleaned by the client, and is again here, so
+    // that no answer can make the record itself fail.
+    let message = clean_error_text(&error.to_string());
+    let next = if !error.is_retryable() || gives_up(deps, row) {
+        FailedCallNext::Dead
+    } else {
+        let delay = deps.retry.delay(attempts as u32);
+        let at = chrono::Duration::from_std(delay)
+            .ok()
+            .and_then(|delay| Utc::now().checked_add_signed(delay))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        FailedCallNext::RetryAt(at)
+    };
+    let recorded = db_step("record the failure", row.id, || {
+        queries::record_failed_call(
+            &deps.bookkeeping,
+            row.id,
+            row.basis(),
+            attempts,
+            &message,
+            next,
+        )
     })
-    .await;
-    deps.metrics.parked.inc();
-    deps.metrics.failed.inc();
-    Outcome::Parked
+    .await?;
+    match (recorded, next) {
+        (FailureRecorded::Applied, FailedCallNext::Dead) => {
+            tracing::warn!(order_id = row.id, version = row.version, verb = call.verb(), error = %message, attempts, duration_ms = elapsed_ms, "sync failed for good: order is dead");
+            deps.metrics.dead.inc();
+            deps.metrics.failed.inc();
+        }
+        (FailureRecorded::Applied, FailedCallNext::RetryAt(at)) => {
+            let retry_in_ms = (at - Utc::now()).num_milliseconds().max(0);
+            tracing::warn!(order_id = row.id, version = row.version, verb = call.verb(), error = %message, attempts, retry_in_ms, duration_ms = elapsed_ms, "sync failed: parked for a delayed retry");
+            deps.metrics.parked.inc();
+            deps.metrics.failed.inc();
+        }
+        (FailureRecorded::Superseded, _) => {
+            tracing::info!(order_id = row.id, version = row.version, verb = call.verb(), error = %message, "call failed, but a newer change arrived meanwhile: syncing that instead");
+        }
+        (FailureRecorded::LeftAlone, _) => {
+            deps.metrics.skipped.inc();
+            tracing::info!(order_id = row.id, version = row.version, verb = call.verb(), error = %message, "call failed, but an operator retried or discarded the order meanwhile: left as they set it");
+        }
+    }
+    Ok(recorded)
 }
 
 /// Makes the call, retrying quickly (exponential backoff with jitter) what may pass on a retry.
@@ -465,24 +580,73 @@ async fn call_with_retries(
     RetryIf::start(backoff, attempt, CallError::is_retryable).await
 }
 
-/// Runs a PostgreSQL step until it succeeds. The event is held (unacknowledged) meanwhile, and
-/// so are the order's later events: PostgreSQL being down delays syncing but loses nothing.
-async fn retry_db<T, F, Fut>(what: &str, mut step: F) -> T
+/// Why a database step of an event could not be completed.
+#[derive(Debug)]
+enum DbStepFailed {
+    /// PostgreSQL stayed unreachable through every retry.
+    Unavailable { step: &'static str },
+    /// PostgreSQL rejected the statement: retrying cannot help.
+    Rejected {
+        step: &'static str,
+        code: Option<String>,
+    },
+}
+
+/// How long a database step is retried while PostgreSQL is unreachable: about a minute in all
+/// (100 ms doubling to 5 s, 15 retries), long enough for a restart or a failover, short enough
+/// that no event holds its in-flight slot through a long outage.
+fn db_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBackoff::from_millis(2)
+        .factor(50)
+        .max_delay(Duration::from_secs(5))
+        .map(jitter)
+        .take(15)
+}
+
+/// Runs one PostgreSQL step of an event. Errors that may pass (the connection lost, the
+/// server unavailable, a serialization failure or deadlock) are retried with backoff, each
+/// retry logged with the order's id; anything else fails at once.
+async fn db_step<T, F, Fut>(
+    step: &'static str,
+    order_id: i64,
+    mut run: F,
+) -> Result<T, DbStepFailed>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
 {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match step().await {
-            Ok(value) => return value,
-            Err(error) => {
-                tracing::warn!(step = what, error = %error, retry_in_ms = delay.as_millis() as u64, "database step failed; retrying");
-                actix_rt::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
+    let attempt = || {
+        let next = run();
+        async move {
+            next.await.inspect_err(|error| {
+                if db::is_transient(error) {
+                    tracing::warn!(order_id, step, error = %error, "database step failed; retrying");
+                }
+            })
         }
-    }
+    };
+    RetryIf::start(db_backoff(), attempt, db::is_transient)
+        .await
+        .map_err(|error| {
+            if db::is_transient(&error) {
+                DbStepFailed::Unavailable { step }
+            } else {
+                DbStepFailed::Rejected {
+                    step,
+                    code: db::sqlstate(&error),
+                }
+            }
+        })
+}
+
+/// Text that came from outside, made safe to store and to log: no NUL or other control
+/// characters (PostgreSQL rejects NUL in TEXT), and at most 500 characters.
+fn clean_error_text(text: &str) -> String {
+    const MAX_CHARS: usize = 500;
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_CHARS)
+        .collect()
 }
 
 #[cfg(test)]
@@ -520,7 +684,8 @@ mod tests {
 
     #[test]
     fn the_decision_follows_the_orders_state() {
-        use EventKind::{Change, Retry};
+        use EventKind::Change;
+        let retry = EventKind::Retry { attempt: None };
         assert_eq!(decide(None, Change), Decision::Skip("gone"));
         assert_eq!(
             decide(Some(&row(3, 3, "synced", false, true)), Change),
@@ -552,13 +717,57 @@ mod tests {
             Decision::Skip("parked")
         );
         assert_eq!(
-            decide(Some(&row(4, 2, "retrying", false, true)), Retry),
+            decide(Some(&row(4, 2, "retrying", false, true)), retry),
             Decision::Call(Verb::Update)
         );
         assert_eq!(
             decide(Some(&row(4, 2, "dead", false, true)), Change),
             Decision::Skip("dead")
         );
+        assert_eq!(
+            decide(Some(&row(4, 2, "dead", false, true)), retry),
+            Decision::Skip("dead")
+        );
+        // An operator discarded an order never created remotely: synced, yet version 0.
+        assert_eq!(
+            decide(Some(&row(4, 0, "synced", false, true)), Change),
+            Decision::Skip("already synced")
+        );
+    }
+
+    #[test]
+    fn a_delayed_retry_runs_once_per_attempt() {
+        let mut parked = row(4, 2, "retrying", false, true);
+        parked.sync_attempts = 3;
+        let this_attempt = EventKind::Retry { attempt: Some(3) };
+        let earlier_attempt = EventKind::Retry { attempt: Some(2) };
+        assert_eq!(
+            decide(Some(&parked), this_attempt),
+            Decision::Call(Verb::Update)
+        );
+        assert_eq!(
+            decide(Some(&parked), earlier_attempt),
+            Decision::Skip("retry already made")
+        );
+    }
+
+    #[test]
+    fn no_scale_or_count_overflows_the_delayed_schedule() {
+        let policy = RetryPolicy {
+            quick_attempts: 1,
+            delayed_limit: 25,
+            delayed_scale: 1e300,
+        };
+        assert_eq!(policy.delay(u32::MAX), MAX_DELAYED_RETRY);
+        assert_eq!(policy.delay(25), MAX_DELAYED_RETRY);
+    }
+
+    #[test]
+    fn error_text_from_outside_is_cleaned_and_bounded() {
+        let cleaned = clean_error_text("HTTP 500: bad\0\u{1b}[31m\r\nred");
+        assert!(!cleaned.chars().any(char::is_control), "{cleaned:?}");
+        assert!(cleaned.starts_with("HTTP 500: bad"));
+        assert_eq!(clean_error_text(&"x".repeat(10_000)).chars().count(), 500);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `GET /health`: 200 when PostgreSQL and Redis both answer, 503 (with which one failed) when not.
+//! `GET /health`: 200 when PostgreSQL and Redis both answer and the sync engine runs (or is off
+//! on purpose), 503 naming what failed when not.
 
 use std::time::Duration;
 
@@ -7,12 +8,13 @@ use sea_orm::ConnectionTrait;
 use serde_json::json;
 
 use super::AppState;
+use crate::engine::EngineState;
 
 /// How long one dependency may take to answer before it counts as down.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[utoipa::path(get, path = "/health", tag = "operations",
-    responses((status = 200, description = "PostgreSQL and Redis answer"), (status = 503, description = "One of them is down; the body names which")))]
+    responses((status = 200, description = "PostgreSQL and Redis answer, and the sync engine runs (`engine`: `ok`, or `off` with `SYNC_ENGINE=false`)"), (status = 503, description = "One of them is down, or the sync engine failed; the body names which")))]
 pub async fn check_health(state: web::Data<AppState>) -> HttpResponse {
     let postgres =
         tokio::time::timeout(PROBE_TIMEOUT, state.db.execute_unprepared("SELECT 1")).await;
@@ -24,13 +26,17 @@ pub async fn check_health(state: web::Data<AppState>) -> HttpResponse {
     )
     .await;
     let redis_ok = matches!(ping, Ok(Ok(_)));
+    let engine = state.engine.borrow().clone();
+    let engine_ok = !matches!(engine, EngineState::Failed { .. });
+    let all_ok = postgres_ok && redis_ok && engine_ok;
     let word = |ok: bool| if ok { "ok" } else { "down" };
     let body = json!({
-        "status": word(postgres_ok && redis_ok),
+        "status": word(all_ok),
         "postgres": word(postgres_ok),
         "redis": word(redis_ok),
+        "engine": engine.describe(),
     });
-    if postgres_ok && redis_ok {
+    if all_ok {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)

@@ -123,6 +123,12 @@ pub async fn actor_metrics(state: web::Data<AppState>) -> HttpResponse {
             "dead": m.dead.get(),
             "failed": m.failed.get(),
             "in_flight": m.events_in_flight.get(),
+            "reclaimed": m.reclaimed.get(),
+            "republished": m.republished.get(),
+        },
+        "engine": {
+            "state": state.engine.borrow().describe(),
+            "task_restarts": m.engine_task_restarts.get(),
         },
         "calls": calls,
         "throttle": g.throttle,

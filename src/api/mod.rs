@@ -46,6 +46,8 @@ pub struct AppState {
     /// The engine's parts, for the metrics endpoints (`None` with `SYNC_ENGINE=false`).
     pub supervisor: Option<Addr<SupervisorActor>>,
     pub in_flight: Option<InFlight>,
+    /// The sync engine's state, for `/health`.
+    pub engine: tokio::sync::watch::Receiver<crate::engine::EngineState>,
     pub keys: Keys,
     pub started_at: std::time::Instant,
 }

@@ -11,15 +11,17 @@ use redis::Value;
 pub enum EventKind {
     /// A change committed through the API (or the seeder, or the reconciler).
     Change,
-    /// A parked order's delayed retry is due, or an operator asked for a retry.
-    Retry,
+    /// A parked order's delayed retry is due (`attempt`: the order's `sync_attempts` when it
+    /// was claimed, so a duplicate of this retry is a no-op once the attempt has been made), or
+    /// an operator asked for a retry (`attempt: None`).
+    Retry { attempt: Option<i32> },
 }
 
 impl EventKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Change => "change",
-            Self::Retry => "retry",
+            Self::Retry { .. } => "retry",
         }
     }
 }
@@ -36,13 +38,20 @@ pub struct SyncEvent {
 
 impl SyncEvent {
     /// The stream entry's fields.
-    pub fn fields(&self) -> [(&'static str, String); 4] {
-        [
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut fields = vec![
             ("order_id", self.order_id.to_string()),
             ("version", self.version.to_string()),
             ("kind", self.kind.as_str().to_string()),
             ("committed_at_ms", self.committed_at_ms.to_string()),
-        ]
+        ];
+        if let EventKind::Retry {
+            attempt: Some(attempt),
+        } = self.kind
+        {
+            fields.push(("attempt", attempt.to_string()));
+        }
+        fields
     }
 
     /// Reads an entry's fields; `None` for an entry this service did not write.
@@ -55,7 +64,10 @@ impl SyncEvent {
         let number = |name: &str| text(name)?.parse::<i64>().ok();
         let kind = match text("kind")?.as_str() {
             "change" => EventKind::Change,
-            "retry" => EventKind::Retry,
+            // Entries written before retries carried their attempt have none: honoured as before.
+            "retry" => EventKind::Retry {
+                attempt: text("attempt").and_then(|a| a.parse().ok()),
+            },
             _ => return None,
         };
         Some(Self {
@@ -76,7 +88,7 @@ mod tests {
         let event = SyncEvent {
             order_id: 42,
             version: 7,
-            kind: EventKind::Retry,
+            kind: EventKind::Retry { attempt: Some(3) },
             committed_at_ms: 1_700_000_000_123,
         };
         let fields = event

@@ -23,6 +23,7 @@ const BATCH: i64 = 1_000;
 /// How often the relay looks for rows even when nobody woke it.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
+#[derive(Clone)]
 pub struct OutboxRelay {
     pool: PgPool,
     redis: ConnectionManager,
@@ -100,7 +101,7 @@ impl OutboxRelay {
                 version: *version,
                 // An operator's retry must reach a parked order; a change waits behind it.
                 kind: if action == "retry" {
-                    EventKind::Retry
+                    EventKind::Retry { attempt: None }
                 } else {
                     EventKind::Change
                 },

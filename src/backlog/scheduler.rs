@@ -2,22 +2,35 @@
 //!
 //! - delayed retries: parked (`retrying`) orders whose `next_attempt_at` has come get a `retry`
 //!   event. The schedule lives in PostgreSQL, so it survives restarts of anything.
-//! - the reconciler: when the backlog and the outbox are both empty, orders still behind
-//!   (`pending` with `synced_version < version`) and untouched for a while have lost their
-//!   events (Redis restarted without its data); they get a new event. So the system converges
-//!   from PostgreSQL alone.
+//! - the reconciler: an order that has been behind (`pending` with `synced_version < version`)
+//!   for longer than `RECONCILE_QUIET_SECS`, with no outbox row, no event in memory and no event
+//!   still queued in its shard's stream, has lost its event (Redis lost it, an entry was
+//!   deleted, an outcome was lost with the asynchronous-commit pool): it gets a new one. This
+//!   runs under load too, so the system converges from PostgreSQL alone whatever else goes on.
+//!
+//! "No event still queued" is read from the stream itself. The candidates are read first, and
+//! their outbox rows were gone by then, so any entry of theirs existed by a moment taken just
+//! after (Redis's `TIME`). Once the consumer group has been delivered every entry of the shard up
+//! to that moment, an entry of theirs is either in memory (the dispatcher says which orders have
+//! one) or lost. Until then they stay suspects, checked again each round, so a dispatcher that
+//! runs seconds behind under load delays the verdict but never prevents it.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
+use redis::streams::{StreamInfoGroupsReply, StreamRangeReply};
 use redis::AsyncCommands;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::keys::Keys;
+use super::dispatcher::InFlight;
+use super::keys::{shard_of, Keys, GROUP, SHARDS};
 use super::relay::publish;
 use super::{EventKind, SyncEvent};
 use crate::db::sync as queries;
+use crate::metrics::SyncMetrics;
 
 /// How often due retries are looked for.
 const RETRY_TICK: Duration = Duration::from_millis(500);
@@ -27,13 +40,27 @@ const RETRY_LEASE: Duration = Duration::from_secs(300);
 /// How often the reconciler looks.
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 const BATCH: i64 = 500;
+/// Most steps of `BATCH` orders the reconciler takes in one round (20,000 orders).
+const MAX_STEPS_PER_ROUND: usize = 40;
+/// How long the reconciler waits for the dispatcher to read past a moment before it leaves the
+/// shard for the next round.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 
+#[derive(Clone)]
 pub struct Scheduler {
     pool: PgPool,
     redis: ConnectionManager,
     keys: Keys,
     /// How long an order must have been quiet before the reconciler publishes it again.
     quiet_for: Duration,
+    /// The events in memory: their orders are not lost.
+    in_flight: InFlight,
+    metrics: Arc<SyncMetrics>,
+    /// Where the reconciler's walk over the orders behind goes on from.
+    after_id: i64,
+    /// Orders found behind whose shards had not yet been read past `published_by_ms`.
+    suspects: Vec<(i64, i64)>,
+    published_by_ms: u64,
     shutdown: CancellationToken,
 }
 
@@ -43,6 +70,8 @@ impl Scheduler {
         redis: ConnectionManager,
         keys: Keys,
         quiet_for: Duration,
+        in_flight: InFlight,
+        metrics: Arc<SyncMetrics>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -50,6 +79,11 @@ impl Scheduler {
             redis,
             keys,
             quiet_for,
+            in_flight,
+            metrics,
+            after_id: 0,
+            suspects: Vec::new(),
+            published_by_ms: 0,
             shutdown,
         }
     }
@@ -85,7 +119,15 @@ impl Scheduler {
             let due = queries::claim_due_retries(&self.pool, BATCH, RETRY_LEASE).await?;
             let events: Vec<SyncEvent> = due
                 .iter()
-                .map(|&(id, version)| event(id, version, EventKind::Retry))
+                .map(|&(id, version, attempt)| {
+                    event(
+                        id,
+                        version,
+                        EventKind::Retry {
+                            attempt: Some(attempt),
+                        },
+                    )
+                })
                 .collect();
             publish(&mut self.redis, &self.keys, &events).await?;
             if (due.len() as i64) < BATCH {
@@ -94,36 +136,118 @@ impl Scheduler {
         }
     }
 
-    /// Publishes events for orders left behind, but only when nothing is in the backlog or the
-    /// outbox: while anything is, those orders may simply be waiting their turn.
+    /// One round of the reconciler: settles the suspects of earlier rounds, then walks on over
+    /// the orders behind (at most `MAX_STEPS_PER_ROUND` steps), publishing an event for each
+    /// order whose event is lost (see the module's doc).
     async fn reconcile(&mut self) -> anyhow::Result<()> {
-        let mut backlog: u64 = 0;
-        for stream in self.keys.streams() {
-            backlog += self.redis.xlen::<_, u64>(&stream).await?;
+        if !self.suspects.is_empty() {
+            self.settle_suspects().await?;
+            if !self.suspects.is_empty() {
+                return Ok(()); // their shards are still behind: look again next round
+            }
         }
-        let outbox: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox)")
-            .fetch_one(&self.pool)
+        for _ in 0..MAX_STEPS_PER_ROUND {
+            let scan =
+                queries::scan_behind(&self.pool, self.after_id, BATCH, self.quiet_for).await?;
+            self.after_id = scan.last_id.unwrap_or(0);
+            if !scan.candidates.is_empty() {
+                // Taken after the candidates were read: their entries, if any, existed by now.
+                self.published_by_ms = self.redis_time_ms().await?;
+                self.suspects = scan.candidates;
+                self.settle_suspects().await?;
+                if !self.suspects.is_empty() {
+                    return Ok(());
+                }
+            }
+            if scan.last_id.is_none() {
+                return Ok(()); // the walk starts again from the first order next round
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes the suspects whose shards have been read past `published_by_ms` and that are
+    /// still behind at the same version with no event in memory; keeps the others as suspects.
+    async fn settle_suspects(&mut self) -> anyhow::Result<()> {
+        let shards: BTreeSet<u64> = self.suspects.iter().map(|&(id, _)| shard_of(id)).collect();
+        let caught_up = self
+            .shards_delivered_up_to(&shards, self.published_by_ms)
             .await?;
-        if backlog > 0 || outbox {
-            return Ok(());
-        }
-        let mut after_id = 0;
-        loop {
-            let stale = queries::stale_pending(&self.pool, after_id, BATCH, self.quiet_for).await?;
-            let Some(&(last_id, _)) = stale.last() else {
-                return Ok(());
-            };
-            tracing::warn!(
-                orders = stale.len(),
-                "orders behind with no event in the backlog; publishing again"
-            );
-            let events: Vec<SyncEvent> = stale
-                .iter()
-                .map(|&(id, version)| event(id, version, EventKind::Change))
+        let (settled, waiting): (Vec<_>, Vec<_>) = self
+            .suspects
+            .iter()
+            .partition(|(id, _)| caught_up.contains(&shard_of(*id)));
+        if !settled.is_empty() {
+            let still_behind = queries::still_behind(&self.pool, &settled).await?;
+            let lost: Vec<SyncEvent> = still_behind
+                .into_iter()
+                .filter(|&(id, _)| !self.in_flight.holds_order(id))
+                .map(|(id, version)| event(id, version, EventKind::Change))
                 .collect();
-            publish(&mut self.redis, &self.keys, &events).await?;
-            after_id = last_id;
+            if !lost.is_empty() {
+                let ids: Vec<i64> = lost.iter().take(10).map(|e| e.order_id).collect();
+                tracing::warn!(
+                    orders = lost.len(),
+                    first_ids = ?ids,
+                    "orders behind with no event in flight or queued; publishing them again"
+                );
+                publish(&mut self.redis, &self.keys, &lost).await?;
+                self.metrics.republished.inc_by(lost.len() as u64);
+            }
         }
+        self.suspects = waiting;
+        Ok(())
+    }
+
+    /// Redis's clock, in milliseconds: the clock stream entry ids are made from.
+    async fn redis_time_ms(&mut self) -> redis::RedisResult<u64> {
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut self.redis).await?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
+    /// Of `shards`, those whose every entry up to `until_ms` has been delivered to the consumer
+    /// group, waiting up to `CATCH_UP_WAIT` for the dispatcher to read that far.
+    async fn shards_delivered_up_to(
+        &mut self,
+        shards: &BTreeSet<u64>,
+        until_ms: u64,
+    ) -> redis::RedisResult<BTreeSet<u64>> {
+        let mut caught_up = BTreeSet::new();
+        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+        loop {
+            for &shard in shards.difference(&caught_up.clone()) {
+                if self.delivered_up_to(shard, until_ms).await? {
+                    caught_up.insert(shard);
+                }
+            }
+            if caught_up.len() == shards.len() || tokio::time::Instant::now() >= deadline {
+                return Ok(caught_up);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Whether no entry published up to `until_ms` waits undelivered in the shard's stream.
+    async fn delivered_up_to(&mut self, shard: u64, until_ms: u64) -> redis::RedisResult<bool> {
+        debug_assert!(shard < SHARDS);
+        let stream = self.keys.stream(shard);
+        let groups: redis::RedisResult<StreamInfoGroupsReply> =
+            self.redis.xinfo_groups(&stream).await;
+        let last_delivered = match groups {
+            Ok(reply) => match reply.groups.into_iter().find(|g| g.name == GROUP) {
+                Some(group) => group.last_delivered_id,
+                // The group is being created again (Redis lost it): everything is undelivered.
+                None => "0-0".to_string(),
+            },
+            // No stream: nothing is queued.
+            Err(e) if e.kind() == redis::ErrorKind::ResponseError => return Ok(true),
+            Err(e) => return Err(e),
+        };
+        let undelivered: StreamRangeReply = self
+            .redis
+            .xrange_count(&stream, format!("({last_delivered}"), until_ms, 1)
+            .await?;
+        Ok(undelivered.ids.is_empty())
     }
 }
 

@@ -94,8 +94,11 @@ pub async fn retry_all_dead(pool: &PgPool) -> Result<u64, sqlx::Error> {
 }
 
 /// Gives up on syncing a dead or retrying order's current version: the external API keeps what
-/// it has. The order counts as synced at its version (its error is kept, marked as discarded),
-/// and a tombstone is removed, since no delete will be sent.
+/// it has. The order counts as synced (its error is kept, marked as discarded), and a tombstone
+/// is removed, since no delete will be sent. An order the external API has never held keeps
+/// `synced_version = 0`, so its next change is sent as a create (not an update of an order the
+/// external API does not know). A call in flight cannot undo a discard: its outcome is recorded
+/// only if the order's sync state is still the one it started from.
 pub async fn discard_order(pool: &PgPool, id: i64) -> Result<AdminChange, sqlx::Error> {
     let mut txn = pool.begin().await?;
     let found: Option<(String, bool)> = sqlx::query_as(
@@ -117,7 +120,8 @@ pub async fn discard_order(pool: &PgPool, id: i64) -> Result<AdminChange, sqlx::
         }
         Some((_, false)) => {
             sqlx::query(
-                "UPDATE orders SET sync_state = 'synced', synced_version = version, sync_attempts = 0,
+                "UPDATE orders SET sync_state = 'synced', sync_attempts = 0,
+                        synced_version = CASE WHEN synced_version = 0 THEN 0 ELSE version END,
                         sync_next_attempt_at = NULL,
                         sync_last_error = 'discarded by an operator; last error: ' || coalesce(sync_last_error, 'none')
                  WHERE id = $1",

@@ -91,19 +91,42 @@ pub async fn bookkeeping_pool(url: &str, max_connections: u32) -> anyhow::Result
 }
 
 /// True when the error means PostgreSQL cannot be reached right now (as opposed to a bad query):
-/// the API answers those with 503 and the sync engine retries them.
+/// the API answers those with 503.
 pub fn is_unavailable(err: &DbErr) -> bool {
     match err {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
         DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
-            matches!(
-                e,
-                sqlx::Error::Io(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::Protocol(_)
-            ) || matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+            matches!(e, sqlx::Error::PoolClosed) || is_transient(e)
         }
         _ => false,
+    }
+}
+
+/// True when the same statement may well succeed if tried again: the connection was lost or
+/// could not be had, the server is starting, stopping or out of connections (SQLSTATE classes
+/// 08, 57P and 53), or the transaction lost a serialization race or a deadlock (40001, 40P01).
+/// Everything else (a constraint, a value PostgreSQL rejects) fails the same way every time.
+pub fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+                || code == "40001"
+                || code == "40P01"
+        }),
+        _ => false,
+    }
+}
+
+/// The error's SQLSTATE, when PostgreSQL gave one.
+pub fn sqlstate(err: &sqlx::Error) -> Option<String> {
+    match err {
+        sqlx::Error::Database(e) => e.code().map(|code| code.into_owned()),
+        _ => None,
     }
 }

@@ -123,16 +123,22 @@ pub async fn delete_order(db: &DatabaseConnection, id: i64) -> Result<(), StoreE
     row.version = Set(version);
     row.deleted_at = Set(Some(Utc::now()));
     row.updated_at = Set(Utc::now());
-    row.sync_state = Set(state_after_change(&current.sync_state).into());
+    set_sync_state_after_change(&mut row, &current.sync_state);
     row.update(&txn).await?;
     write_outbox(&txn, id, version, ChangeAction::Delete).await?;
     txn.commit().await?;
     Ok(())
 }
 
-/// Applies a change written back by the external system. It emits no sync event (no echo back to
-/// where the change came from) and leaves `version` alone, so the reconciler does not treat the
-/// order as behind; the next local change carries the new status along anyway.
+/// Applies a change written back by the external system.
+///
+/// - When no call is owed (the order is synced, or dead and waiting for an operator), the
+///   write-back changes the fields only: no sync event and no new version, so nothing echoes
+///   back to where the change came from.
+/// - When a call is owed (`pending` or `retrying` with `synced_version < version`), a call may be
+///   in flight carrying the old fields, and its success would mark the order synced while the
+///   external side holds the newer write-back. So the write-back is merged as a new version with
+///   its outbox row: exactly one more call carries the merged state.
 pub async fn update_from_inbound(
     db: &DatabaseConnection,
     id: i64,
@@ -143,9 +149,21 @@ pub async fn update_from_inbound(
     let fields = stored_fields(&current)?
         .with_inbound(update)
         .map_err(StoreError::Invalid)?;
+    let owes_a_call = current.synced_version < current.version
+        && matches!(
+            current.sync_state.parse::<SyncState>(),
+            Ok(SyncState::Pending | SyncState::Retrying)
+        );
+    let version = current.version + 1;
     let mut row: orders::ActiveModel = current.into();
     set_fields(&mut row, &fields);
+    if owes_a_call {
+        row.version = Set(version);
+    }
     let order = row.update(&txn).await?;
+    if owes_a_call {
+        write_outbox(&txn, id, version, ChangeAction::Update).await?;
+    }
     txn.commit().await?;
     Ok(order)
 }
@@ -240,11 +258,11 @@ async fn change_order(
     let current = lock_live_order(&txn, id).await?;
     let fields = change(stored_fields(&current)?).map_err(StoreError::Invalid)?;
     let version = current.version + 1;
-    let sync_state = state_after_change(&current.sync_state);
+    let sync_state = current.sync_state.clone();
     let mut row: orders::ActiveModel = current.into();
     set_fields(&mut row, &fields);
     row.version = Set(version);
-    row.sync_state = Set(sync_state.into());
+    set_sync_state_after_change(&mut row, &sync_state);
     let order = row.update(&txn).await?;
     write_outbox(&txn, id, version, ChangeAction::Update).await?;
     txn.commit().await?;
@@ -252,12 +270,18 @@ async fn change_order(
 }
 
 /// A change makes a synced order pending again, and gives a dead one a fresh start (the change
-/// may be the fix for what killed it). A parked (`retrying`) order stays parked: the change
-/// waits behind it and is coalesced into its next attempt.
-fn state_after_change(current: &str) -> &'static str {
+/// may be the fix for what killed it), with its attempts reset: a revived order gets its full
+/// retry schedule again. A parked (`retrying`) order stays parked: the change waits behind it
+/// and is coalesced into its next attempt.
+fn set_sync_state_after_change(row: &mut orders::ActiveModel, current: &str) {
     match current.parse::<SyncState>() {
-        Ok(SyncState::Retrying) => SyncState::Retrying.as_str(),
-        _ => SyncState::Pending.as_str(),
+        Ok(SyncState::Retrying) => {}
+        Ok(SyncState::Dead) => {
+            row.sync_state = Set(SyncState::Pending.as_str().into());
+            row.sync_attempts = Set(0);
+            row.sync_next_attempt_at = Set(None);
+        }
+        _ => row.sync_state = Set(SyncState::Pending.as_str().into()),
     }
 }
 

@@ -37,6 +37,15 @@ impl SyncRow {
         self.sync_state.parse().ok()
     }
 
+    /// What a call decided from this row is based on (see [`record_failed_call`]).
+    pub fn basis(&self) -> CallBasis {
+        CallBasis {
+            version: self.version,
+            sync_state: self.sync_state().unwrap_or(SyncState::Pending),
+            sync_attempts: self.sync_attempts,
+        }
+    }
+
     pub fn snapshot(&self) -> OrderSnapshot {
         OrderSnapshot {
             id: self.id,
@@ -131,61 +140,118 @@ pub async fn purge_tombstone(pool: &PgPool, id: i64) -> Result<(), sqlx::Error> 
     Ok(())
 }
 
-/// Parks the order until `next_attempt_at`, counting the attempt.
-pub async fn record_retrying(
-    pool: &PgPool,
-    id: i64,
-    attempts: i32,
-    error: &str,
-    next_attempt_at: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE orders SET sync_state = 'retrying', sync_attempts = $2, sync_last_error = $3,
-                sync_next_attempt_at = $4
-         WHERE id = $1",
-    )
-    .bind(id)
-    .bind(attempts)
-    .bind(error)
-    .bind(next_attempt_at)
-    .execute(pool)
-    .await?;
-    Ok(())
+/// What the actor read when it decided on a call: the outcome of that call is recorded only if
+/// nothing that matters changed meanwhile (compare-and-set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallBasis {
+    /// The version the call carried.
+    pub version: i64,
+    pub sync_state: SyncState,
+    pub sync_attempts: i32,
 }
 
-/// Gives up on the order until an operator (or a new change) retries it.
-pub async fn record_dead(
+/// Where a failed call leaves the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailedCallNext {
+    /// Parked for a delayed retry at this time.
+    RetryAt(DateTime<Utc>),
+    /// Given up until an operator (or a new change) retries it.
+    Dead,
+}
+
+/// What recording a failed call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureRecorded {
+    /// The order is parked or dead, as asked.
+    Applied,
+    /// A change was committed after the call was decided: it wins over the failure. The order is
+    /// pending again with its attempts reset, and its latest state is owed now.
+    Superseded,
+    /// An operator retried or discarded the order meanwhile (or it is gone): left as it is.
+    LeftAlone,
+}
+
+/// Records a failed call as a compare-and-set on what the call was decided from (invariant 7):
+///
+/// - a change committed after `basis.version` revives the order (pending, attempts reset): the
+///   failure concerned a state that no longer exists, and the change may be the fix;
+/// - otherwise the failure is recorded only if the order's sync state and attempts are still
+///   those of `basis`, so an operator's retry or discard during the call is not overwritten.
+///
+/// `error` must already be clean (no NUL or control characters; see `external::clean_error_text`).
+pub async fn record_failed_call(
     pool: &PgPool,
     id: i64,
+    basis: CallBasis,
     attempts: i32,
     error: &str,
+    next: FailedCallNext,
+) -> Result<FailureRecorded, sqlx::Error> {
+    let (state, next_attempt_at) = match next {
+        FailedCallNext::RetryAt(at) => (SyncState::Retrying, Some(at)),
+        FailedCallNext::Dead => (SyncState::Dead, None),
+    };
+    let superseded: Option<bool> = sqlx::query_scalar(
+        "UPDATE orders SET
+             sync_state = CASE WHEN version > $2 THEN 'pending' ELSE $3 END,
+             sync_attempts = CASE WHEN version > $2 THEN 0 ELSE $4 END,
+             sync_next_attempt_at = CASE WHEN version > $2 THEN NULL ELSE $5 END,
+             sync_last_error = $6
+         WHERE id = $1 AND synced_version < version
+           AND (version > $2 OR (version = $2 AND sync_state = $7 AND sync_attempts = $8))
+         RETURNING version > $2",
+    )
+    .bind(id)
+    .bind(basis.version)
+    .bind(state.as_str())
+    .bind(attempts)
+    .bind(next_attempt_at)
+    .bind(error)
+    .bind(basis.sync_state.as_str())
+    .bind(basis.sync_attempts)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match superseded {
+        Some(true) => FailureRecorded::Superseded,
+        Some(false) => FailureRecorded::Applied,
+        None => FailureRecorded::LeftAlone,
+    })
+}
+
+/// The last resort when a database step fails in a way retrying cannot fix: the order is marked
+/// dead with a fixed, plain-ASCII message (which cannot itself be rejected), so an operator sees
+/// it in the dead set instead of the engine retrying forever.
+pub async fn mark_dead_unrecordable(
+    pool: &PgPool,
+    id: i64,
+    message: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE orders SET sync_state = 'dead', sync_attempts = $2, sync_last_error = $3,
-                sync_next_attempt_at = NULL
+        "UPDATE orders SET sync_state = 'dead', sync_last_error = $2, sync_next_attempt_at = NULL
          WHERE id = $1",
     )
     .bind(id)
-    .bind(attempts)
-    .bind(error)
+    .bind(message)
     .execute(pool)
     .await?;
     Ok(())
 }
 
 /// Parked orders whose delayed retry is due, claimed for `lease` so the next sweep does not
-/// publish them again while their retry event is on its way. Returns `(id, version)` pairs.
+/// publish them again while their retry event is on its way. Returns `(id, version, attempts)`:
+/// the retry event carries the attempt it is for, so a duplicate of it (published again after
+/// the lease ran out) is a no-op once that attempt has been made.
 pub async fn claim_due_retries(
     pool: &PgPool,
     limit: i64,
     lease: std::time::Duration,
-) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+) -> Result<Vec<(i64, i64, i32)>, sqlx::Error> {
     sqlx::query_as(
         "UPDATE orders SET sync_next_attempt_at = now() + make_interval(secs => $2)
          WHERE id IN (SELECT id FROM orders
                       WHERE sync_state = 'retrying' AND sync_next_attempt_at <= now()
                       ORDER BY sync_next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-         RETURNING id, version",
+         RETURNING id, version, sync_attempts",
     )
     .bind(limit)
     .bind(lease.as_secs_f64())
@@ -193,23 +259,72 @@ pub async fn claim_due_retries(
     .await
 }
 
-/// Orders that are behind (`synced_version < version`) and waiting (`pending`) but untouched for
-/// `quiet`: candidates whose events were lost with Redis. Returns `(id, version)` pairs.
-pub async fn stale_pending(
+/// One step of the reconciler's walk over the orders that are behind.
+#[derive(Debug, Default)]
+pub struct BehindScan {
+    /// Orders behind, waiting (`pending`), unchanged for `quiet`, and with no outbox row (so any
+    /// event of theirs is already in a stream): `(id, version)` pairs.
+    pub candidates: Vec<(i64, i64)>,
+    /// The last id looked at; `None` when the walk reached the end.
+    pub last_id: Option<i64>,
+}
+
+/// Looks at the next `limit` orders that are behind (`synced_version < version`) after
+/// `after_id`, read from the partial index `orders_unsynced_idx`: one step costs the same on a
+/// table of any size, and a walk over every order behind takes `behind / limit` steps.
+pub async fn scan_behind(
     pool: &PgPool,
     after_id: i64,
     limit: i64,
     quiet: std::time::Duration,
-) -> Result<Vec<(i64, i64)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, version FROM orders
-         WHERE synced_version < version AND sync_state = 'pending' AND id > $1
-           AND updated_at < now() - make_interval(secs => $3)
-         ORDER BY id LIMIT $2",
+) -> Result<BehindScan, sqlx::Error> {
+    let rows: Vec<(i64, i64, bool)> = sqlx::query_as(
+        "WITH scanned AS (
+             SELECT id FROM orders WHERE synced_version < version AND id > $1
+             ORDER BY id LIMIT $2)
+         SELECT o.id, o.version,
+                (o.sync_state = 'pending' AND o.updated_at < now() - make_interval(secs => $3)
+                 AND NOT EXISTS (SELECT 1 FROM outbox b WHERE b.order_id = o.id))
+         FROM orders o JOIN scanned USING (id)
+         ORDER BY o.id",
     )
     .bind(after_id)
     .bind(limit)
     .bind(quiet.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    let last_id = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|row| row.0))
+        .flatten();
+    let candidates = rows
+        .into_iter()
+        .filter(|row| row.2)
+        .map(|(id, version, _)| (id, version))
+        .collect();
+    Ok(BehindScan {
+        candidates,
+        last_id,
+    })
+}
+
+/// Of `orders` (`(id, version)` pairs), those still behind, still `pending`, still at that
+/// version and still without an outbox row: the reconciler's suspects that nothing has touched
+/// since they were found.
+pub async fn still_behind(
+    pool: &PgPool,
+    orders: &[(i64, i64)],
+) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    let (ids, versions): (Vec<i64>, Vec<i64>) = orders.iter().copied().unzip();
+    sqlx::query_as(
+        "SELECT o.id, o.version FROM orders o
+         JOIN unnest($1::bigint[], $2::bigint[]) AS s(id, version)
+           ON o.id = s.id AND o.version = s.version
+         WHERE o.synced_version < o.version AND o.sync_state = 'pending'
+           AND NOT EXISTS (SELECT 1 FROM outbox b WHERE b.order_id = o.id)
+         ORDER BY o.id",
+    )
+    .bind(&ids)
+    .bind(&versions)
     .fetch_all(pool)
     .await
 }

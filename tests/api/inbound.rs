@@ -1,8 +1,19 @@
-//! `PUT|PATCH /inbound/{id}`: the external system's write-back, which must not echo a sync event.
+//! `PUT|PATCH /inbound/{id}`: the external system's write-back, which must not echo a sync event
+//! when the order is synced, and is merged as a new version when a call is owed (one may be in
+//! flight with the old fields; `outcomes.rs` races one).
 
 use serde_json::{json, Value};
 
-use crate::helpers::{order_body, spawn_api_only};
+use crate::helpers::{order_body, spawn_api_only, TestApp};
+
+/// Marks the order as synced at its version, as the engine would after a successful call.
+async fn mark_synced(app: &TestApp, id: i64) {
+    sqlx::query("UPDATE orders SET sync_state = 'synced', synced_version = version WHERE id = $1")
+        .bind(id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+}
 
 #[actix_web::test]
 async fn an_inbound_json_update_changes_status_and_delivery_without_a_sync_event() {
@@ -13,6 +24,7 @@ async fn an_inbound_json_update_changes_status_and_delivery_without_a_sync_event
     let id = app.post_order(&body).await.json::<Value>().await.unwrap()["id"]
         .as_i64()
         .unwrap();
+    mark_synced(&app, id).await;
     let outbox_before = app.count("outbox").await;
 
     let response = app
@@ -46,6 +58,7 @@ async fn an_inbound_json_update_changes_status_and_delivery_without_a_sync_event
 async fn an_inbound_form_update_works_as_in_the_reference() {
     let app = spawn_api_only().await;
     let id = app.create_order().await["id"].as_i64().unwrap();
+    mark_synced(&app, id).await;
     let response = app
         .http
         .put(app.url(&format!("/inbound/{id}")))
@@ -63,6 +76,35 @@ async fn an_inbound_form_update_works_as_in_the_reference() {
         "a status other than delivered clears the delivery time"
     );
     assert_eq!(app.count("outbox").await, 1);
+}
+
+#[actix_web::test]
+async fn an_inbound_update_to_an_order_that_owes_a_call_is_merged_as_a_new_version() {
+    let app = spawn_api_only().await;
+    let id = app.create_order().await["id"].as_i64().unwrap();
+    // Never synced: its create is owed (and could be in flight with the old status).
+    let response = app
+        .http
+        .put(app.url(&format!("/inbound/{id}")))
+        .json(&json!({"order": {"status": "canceled"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let order = app.get_order(id).await;
+    assert_eq!(order["status"], "canceled");
+    assert_eq!(order["version"], 2, "merged as a new version");
+    assert_eq!(order["sync"]["state"], "pending");
+    let queued: Vec<(i64, String)> =
+        sqlx::query_as("SELECT version, action FROM outbox WHERE order_id = $1 ORDER BY id")
+            .bind(id)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        queued,
+        vec![(1, "create".to_string()), (2, "update".to_string())]
+    );
 }
 
 #[actix_web::test]

@@ -1,0 +1,263 @@
+//! The sync engine as one thing that owns its tasks: the outbox relay, the dispatcher and its
+//! acknowledger, the scheduler (delayed retries and the reconciler) and the progress log, next
+//! to the actors (supervisor, order actors, throttle) they feed.
+//!
+//! Each task is watched. One that ends while the service is not shutting down (a panic, or a
+//! return it should never make) is logged and started again after a backoff (0.1 s doubling to
+//! 10 s). A task that keeps ending, more than `MAX_RESTARTS` times within `RESTART_WINDOW`, cannot
+//! be kept running: the engine is then failed, `/health` answers 503 naming it, and
+//! `Application::run_until_stopped` shuts the process down with an error, so it exits non-zero.
+//! Exiting is deliberate: a process that serves HTTP but no longer syncs looks alive to
+//! everything but its users, while an exited one is restarted by whatever supervises it
+//! (systemd, Kubernetes, `restart:` in compose), and restarting reclaims everything left
+//! pending.
+//!
+//! Each task has a failpoint, `engine-task-<name>` (the `fail` crate, configured from the
+//! `FAILPOINTS` environment variable in the binary, e.g. `FAILPOINTS=engine-task-relay=1*panic`),
+//! that ends it with a panic when it (re)starts; the tests use it.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, Addr};
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::actors::order_sync::SyncDeps;
+use crate::actors::supervisor::SupervisorActor;
+use crate::backlog::dispatcher::{Dispatcher, InFlight};
+use crate::backlog::keys::Keys;
+use crate::backlog::relay::OutboxRelay;
+use crate::backlog::scheduler::Scheduler;
+use crate::metrics::SyncMetrics;
+
+/// Restarts allowed within `RESTART_WINDOW` before a task counts as impossible to keep running.
+const MAX_RESTARTS: usize = 5;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
+const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(10);
+
+/// How the engine is doing, for `/health` and for `run_until_stopped`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineState {
+    /// Every task is running (or being restarted).
+    Running,
+    /// `SYNC_ENGINE=false`: this instance serves the API only.
+    Off,
+    /// A task could not be kept running: `task` ended with `why`.
+    Failed { task: &'static str, why: String },
+}
+
+impl EngineState {
+    /// The word `/health` shows: `ok`, `off`, or what failed.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Running => "ok".into(),
+            Self::Off => "off".into(),
+            Self::Failed { task, why } => format!("failed: the {task} task keeps ending ({why})"),
+        }
+    }
+}
+
+/// What the engine is built from.
+pub struct EngineParts {
+    pub deps: Rc<SyncDeps>,
+    /// The durable pool, for the scheduler's reads.
+    pub pool: PgPool,
+    /// The asynchronous-commit pool, for the relay (`crate::db::bookkeeping_pool`).
+    pub bookkeeping: PgPool,
+    pub redis: ConnectionManager,
+    /// A connection of its own for the dispatcher's blocking reads.
+    pub redis_reader: ConnectionManager,
+    pub keys: Keys,
+    pub relay_wake_up: Arc<Notify>,
+    pub metrics: Arc<SyncMetrics>,
+    pub max_in_flight_events: usize,
+    pub order_actor_idle: Duration,
+    pub reconcile_quiet: Duration,
+    pub shutdown: CancellationToken,
+}
+
+/// A running sync engine.
+pub struct SyncEngine {
+    supervisor: Addr<SupervisorActor>,
+    in_flight: InFlight,
+    state: watch::Receiver<EngineState>,
+}
+
+type TaskFuture = Pin<Box<dyn Future<Output = ()>>>;
+/// Starts a fresh run of a task.
+type StartTask = Box<dyn Fn() -> TaskFuture>;
+
+impl SyncEngine {
+    /// Starts the actors and every task, each watched (see the module's doc).
+    pub fn start(parts: EngineParts) -> Self {
+        let supervisor = SupervisorActor::new(parts.deps, parts.order_actor_idle).start();
+        let dispatcher = Dispatcher::new(
+            parts.redis_reader,
+            parts.redis.clone(),
+            parts.keys.clone(),
+            supervisor.clone(),
+            parts.max_in_flight_events,
+            parts.metrics.clone(),
+            parts.shutdown.clone(),
+        );
+        let in_flight = dispatcher.in_flight();
+        let (report, state) = watch::channel(EngineState::Running);
+        let report = Rc::new(report);
+
+        let tasks: Vec<(&'static str, StartTask)> = vec![
+            ("relay", {
+                let relay = OutboxRelay::new(
+                    parts.bookkeeping.clone(),
+                    parts.redis.clone(),
+                    parts.keys.clone(),
+                    parts.relay_wake_up.clone(),
+                    parts.shutdown.clone(),
+                );
+                Box::new(move || Box::pin(relay.clone().run()))
+            }),
+            ("dispatcher", {
+                let dispatcher = dispatcher.clone();
+                Box::new(move || Box::pin(dispatcher.clone().run()))
+            }),
+            ("acknowledger", {
+                let dispatcher = dispatcher.clone();
+                Box::new(move || Box::pin(dispatcher.clone().acknowledge()))
+            }),
+            ("scheduler", {
+                let scheduler = Scheduler::new(
+                    parts.pool.clone(),
+                    parts.redis.clone(),
+                    parts.keys.clone(),
+                    parts.reconcile_quiet,
+                    in_flight.clone(),
+                    parts.metrics.clone(),
+                    parts.shutdown.clone(),
+                );
+                Box::new(move || Box::pin(scheduler.clone().run()))
+            }),
+            ("progress-log", {
+                let (metrics, in_flight, redis, keys, shutdown) = (
+                    parts.metrics.clone(),
+                    in_flight.clone(),
+                    parts.redis.clone(),
+                    parts.keys.clone(),
+                    parts.shutdown.clone(),
+                );
+                Box::new(move || {
+                    Box::pin(crate::telemetry::log_progress(
+                        metrics.clone(),
+                        in_flight.clone(),
+                        redis.clone(),
+                        keys.clone(),
+                        shutdown.clone(),
+                    ))
+                })
+            }),
+        ];
+        for (name, start) in tasks {
+            actix_rt::spawn(keep_running(
+                name,
+                start,
+                parts.shutdown.clone(),
+                parts.metrics.clone(),
+                report.clone(),
+            ));
+        }
+        Self {
+            supervisor,
+            in_flight,
+            state,
+        }
+    }
+
+    pub fn supervisor(&self) -> Addr<SupervisorActor> {
+        self.supervisor.clone()
+    }
+
+    /// The events read from Redis and not yet acknowledged; shutdown waits for them.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.clone()
+    }
+
+    /// The engine's state as it changes.
+    pub fn state(&self) -> watch::Receiver<EngineState> {
+        self.state.clone()
+    }
+}
+
+/// Runs one task, starting it again each time it ends before shutdown, until it has ended too
+/// often to be worth another try; then reports the engine failed.
+async fn keep_running(
+    name: &'static str,
+    start: StartTask,
+    shutdown: CancellationToken,
+    metrics: Arc<SyncMetrics>,
+    report: Rc<watch::Sender<EngineState>>,
+) {
+    let failpoint = format!("engine-task-{name}");
+    let mut ended_at: VecDeque<Instant> = VecDeque::new();
+    let mut delay = FIRST_RESTART_DELAY;
+    loop {
+        let run = start();
+        let failpoint = failpoint.clone();
+        let ended = actix_rt::spawn(async move {
+            fail::fail_point!(&failpoint);
+            run.await
+        })
+        .await;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let why = match ended {
+            Ok(()) => "it returned".to_string(),
+            Err(error) if error.is_panic() => {
+                let payload = error.into_panic();
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                format!("it panicked: {message}")
+            }
+            Err(error) => format!("it was cancelled: {error}"),
+        };
+        let now = Instant::now();
+        ended_at.push_back(now);
+        while ended_at
+            .front()
+            .is_some_and(|at| now.duration_since(*at) > RESTART_WINDOW)
+        {
+            ended_at.pop_front();
+        }
+        if ended_at.len() > MAX_RESTARTS {
+            tracing::error!(
+                task = name,
+                why,
+                restarts = MAX_RESTARTS,
+                "a sync engine task keeps ending; giving up: the service stops"
+            );
+            report.send_replace(EngineState::Failed { task: name, why });
+            return;
+        }
+        metrics.engine_task_restarts.inc();
+        tracing::error!(
+            task = name,
+            why,
+            restart_in_ms = delay.as_millis() as u64,
+            "a sync engine task ended unexpectedly; starting it again"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        delay = (delay * 2).min(MAX_RESTART_DELAY);
+    }
+}

@@ -1,0 +1,115 @@
+//! The sync engine owns its tasks: one that ends is started again and syncing goes on; one that
+//! cannot be kept running fails `/health` and stops the process with a non-zero exit. The service
+//! binary runs as a child, with a failpoint (`FAILPOINTS=engine-task-<name>=...`) ending a task.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::external::{ExternalApi, TOKEN};
+use crate::helpers::{order_body, wait_for};
+use crate::process::{log_path, service_env, OwnDatabase, ServiceProcess};
+
+async fn start_service(
+    api: &ExternalApi,
+    db: &OwnDatabase,
+    failpoints: &str,
+    log: &str,
+) -> (ServiceProcess, std::path::PathBuf) {
+    let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let url = api.url();
+    let env = service_env(
+        db,
+        &prefix,
+        &[
+            ("EXTERNAL_API_URL", &url),
+            ("EXTERNAL_API_TOKEN", TOKEN),
+            ("FAILPOINTS", failpoints),
+        ],
+    );
+    let log = log_path(&format!("{log}-{prefix}"));
+    let mut service = ServiceProcess::start(&env, &log);
+    service.wait_ready().await;
+    (service, log)
+}
+
+#[actix_web::test]
+async fn an_engine_task_that_ends_is_started_again_and_syncing_goes_on() {
+    let api = ExternalApi::start(Duration::ZERO).await;
+    let db = OwnDatabase::new();
+    // The relay panics the first time it starts.
+    let (service, log) =
+        start_service(&api, &db, "engine-task-relay=1*panic", "relay-panics-once").await;
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(service.url("/orders"))
+        .json(&order_body())
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("order JSON");
+    let id = created["id"].as_i64().expect("id");
+    wait_for("the order to sync", Duration::from_secs(20), || async {
+        let order: Value = http
+            .get(service.url(&format!("/orders/{id}")))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (order["sync"]["state"] == "synced").then_some(())
+    })
+    .await;
+    assert_eq!(api.recorder.calls_for(id).len(), 1);
+    let health: Value = http
+        .get(service.url("/health"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(health["engine"], "ok", "{health}");
+    let metrics: Value = http
+        .get(service.url("/metrics/actors"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(metrics["engine"]["task_restarts"], 1, "{metrics}");
+    let logged = std::fs::read_to_string(&log).expect("the service's log");
+    assert!(
+        logged.contains("a sync engine task ended unexpectedly; starting it again"),
+        "{logged}"
+    );
+}
+
+#[actix_web::test]
+async fn an_engine_task_that_keeps_ending_stops_the_process_with_an_error() {
+    let api = ExternalApi::start(Duration::ZERO).await;
+    let db = OwnDatabase::new();
+    // The scheduler panics every time it starts: the engine gives up after 5 restarts (~3 s).
+    let (mut service, log) = start_service(
+        &api,
+        &db,
+        "engine-task-scheduler=panic",
+        "scheduler-always-panics",
+    )
+    .await;
+    let code = service.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(code, Some(1), "a failed engine exits non-zero");
+    let logged = std::fs::read_to_string(&log).expect("the service's log");
+    assert!(
+        logged.contains("a sync engine task keeps ending; giving up"),
+        "{logged}"
+    );
+    assert!(
+        logged.contains("error: sync engine failed: the scheduler task keeps ending"),
+        "{logged}"
+    );
+}
