@@ -38,8 +38,9 @@ use crate::external::{ExternalApi, TOKEN};
 use crate::helpers::order_body;
 use crate::process::{log_path, service_env, OwnDatabase, OwnRedis, ServiceProcess};
 
-/// How long every acknowledged order may take to be synced once the load stops. It covers a
-/// stall's lost entries, which are reclaimed only once pending for about 15 s.
+/// How long every acknowledged order may take to be synced, and the streams to drain, once the
+/// load stops. It covers entries left pending by a fault, which are reclaimed only once pending
+/// for about 15 s.
 const CONVERGE_WITHIN: Duration = Duration::from_secs(30);
 
 /// How long an order whose only event was deleted may stay behind while the load runs.
@@ -47,9 +48,10 @@ const RECONCILED_WITHIN: Duration = Duration::from_secs(30);
 
 /// The service under test with everything it talks to, each of the test's own.
 struct Rig {
+    // First: the service is killed before what it talks to goes away.
+    service: ServiceProcess,
     api: ExternalApi,
     redis: OwnRedis,
-    service: ServiceProcess,
     keys: Keys,
     pool: PgPool,
     log: std::path::PathBuf,
@@ -79,9 +81,9 @@ impl Rig {
         service.wait_ready().await;
         let pool = db.pool().await;
         Self {
+            service,
             api,
             redis,
-            service,
             keys: Keys::new(&prefix),
             pool,
             log,
@@ -521,11 +523,13 @@ async fn redis_stalling_past_the_response_timeout_under_load_loses_no_order() {
     assert!(rig.service.is_running(), "the service was restarted");
     eprintln!(
         "redis stall: {} orders, {} writes in {ran:?} ({} failed), all synced {synced:?} and the \
-         streams empty {drained:?} after the load stopped; {} 'reading the backlog failed' warnings",
+         streams empty {drained:?} after the load stopped; log lines: {} 'reading the backlog \
+         failed', {} 'reclaimed'",
         ledger.versions.len(),
         ledger.writes,
         ledger.failures,
-        rig.log_lines_with("reading the backlog failed")
+        rig.log_lines_with("reading the backlog failed"),
+        rig.log_lines_with("reclaimed")
     );
 }
 
@@ -553,10 +557,12 @@ async fn redis_dropping_every_connection_under_load_loses_no_order() {
     assert!(rig.service.is_running(), "the service was restarted");
     eprintln!(
         "redis client kill: connections dropped {dropped:?}; {} orders, {} writes in {ran:?} ({} \
-         failed), all synced {synced:?} and the streams empty {drained:?} after the load stopped",
+         failed), all synced {synced:?} and the streams empty {drained:?} after the load stopped; \
+         {} 'reclaimed' log lines",
         ledger.versions.len(),
         ledger.writes,
-        ledger.failures
+        ledger.failures,
+        rig.log_lines_with("reclaimed")
     );
 }
 
@@ -631,9 +637,9 @@ async fn an_undelivered_create_deleted_from_its_stream_is_republished_while_the_
             "orders whose creates were deleted undelivered, still behind {RECONCILED_WITHIN:?} \
              later under load (id, version, synced_version, state): {behind:?}; synced: \
              {synced_after:?}; {} writes meanwhile; the streams together never held fewer than \
-             {smallest_backlog} entries; {} 'publishing again' lines in {}",
+             {smallest_backlog} entries; {} 'orders behind with no event' lines in {}",
             load.writes() - writes_then,
-            rig.log_lines_with("publishing again"),
+            rig.log_lines_with("orders behind with no event"),
             rig.log.display()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -660,9 +666,11 @@ async fn an_undelivered_create_deleted_from_its_stream_is_republished_while_the_
     eprintln!(
         "redis xdel: deleted {deleted:?}, synced after {synced_after:?} (smallest backlog meanwhile \
          {smallest_backlog}); {} orders, {} writes in {ran:?} ({} failed), all synced {synced:?} \
-         and the streams empty {drained:?} after the load stopped",
+         and the streams empty {drained:?} after the load stopped; {} 'orders behind with no \
+         event' log lines",
         ledger.versions.len(),
         ledger.writes,
-        ledger.failures
+        ledger.failures,
+        rig.log_lines_with("orders behind with no event")
     );
 }
