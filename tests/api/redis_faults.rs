@@ -5,12 +5,17 @@
 //! that answers after a small delay, and a load driver that creates and PATCHes orders through
 //! the HTTP API at a steady rate for the whole test. The faults:
 //!
-//! - Redis stalls past the client's 5 s response timeout (`DEBUG SLEEP 7`, then `DEBUG SLEEP 11`,
-//!   which outlasts two timeouts). Commands time out in the client yet run when Redis wakes: a
-//!   publish may land twice, an acknowledgement may land unreported, and a read may deliver
-//!   entries whose reply is lost, so they sit pending until the engine reclaims them.
+//! - Redis stalls past the client's 5 s response timeout (`DEBUG SLEEP 7`, twice). Commands
+//!   time out in the client yet run when Redis wakes: a publish may land twice, an
+//!   acknowledgement may land unreported, and a read may deliver entries whose reply is lost.
 //! - Redis drops every client connection (`CLIENT KILL TYPE normal`, five times, 1-2 s apart):
 //!   commands in flight fail, some after Redis ran them.
+//!
+//!   In both, a lost read reply is made certain: the pipeline that stalls Redis or drops the
+//!   connections first appends an event of the test's own (a repeat of an order's create), which
+//!   serves the dispatcher's blocked read at once; its reply would leave after the stall, when
+//!   the client has given up, or on a connection about to be dropped. The entry then sits
+//!   pending, delivered but never handled, until the engine reclaims it.
 //! - Entries not yet delivered to the consumer group are deleted (XDEL) while the load goes on:
 //!   the orders they were the only event of must be published again by the reconciler within a
 //!   bound, under load, not only once the backlog is empty.
@@ -25,7 +30,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use order_sync::backlog::keys::{Keys, GROUP};
+use order_sync::backlog::keys::{shard_of, Keys, GROUP};
+use order_sync::backlog::{EventKind, SyncEvent};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::aio::MultiplexedConnection;
@@ -100,31 +106,50 @@ impl Rig {
             .await
     }
 
-    /// Stalls Redis for `secs` seconds (`DEBUG SLEEP`); returns how long the command took.
-    async fn stall_redis(&self, secs: u64) -> Duration {
-        let mut redis = self.redis().await.expect("connect to the test's redis");
-        let started = Instant::now();
-        redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg(secs)
-            .query_async::<()>(&mut redis)
-            .await
-            .expect("DEBUG SLEEP");
-        started.elapsed()
+    /// A pipeline that first appends a repeat of `order_id`'s create to its shard's stream.
+    /// Redis serves the dispatcher's blocked read with it at once, so what the pipeline does next
+    /// (stall, drop connections) happens between the read's delivery and its reply.
+    fn pipeline_after_repeat_of_create(&self, order_id: i64) -> redis::Pipeline {
+        let repeat = SyncEvent {
+            order_id,
+            version: 1,
+            kind: EventKind::Change,
+            committed_at_ms: chrono::Utc::now().timestamp_millis(),
+        };
+        let mut pipe = redis::pipe();
+        pipe.xadd(self.keys.stream(shard_of(order_id)), "*", &repeat.fields());
+        pipe
     }
 
-    /// Drops every normal client connection (`CLIENT KILL TYPE normal`); returns how many were
-    /// dropped. The command skips the connection that sends it, but a fresh one each time makes
-    /// sure a connection dropped by an earlier kill is never reused.
-    async fn drop_redis_connections(&self) -> u64 {
+    /// Stalls Redis for `secs` seconds (`DEBUG SLEEP`) right after a repeat of `order_id`'s
+    /// create; returns the repeat's entry id and how long the stall took.
+    async fn stall_redis_after_repeat(&self, order_id: i64, secs: u64) -> (String, Duration) {
         let mut redis = self.redis().await.expect("connect to the test's redis");
-        redis::cmd("CLIENT")
+        let started = Instant::now();
+        let (entry_id, ()): (String, ()) = self
+            .pipeline_after_repeat_of_create(order_id)
+            .cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(secs)
+            .query_async(&mut redis)
+            .await
+            .expect("XADD and DEBUG SLEEP");
+        (entry_id, started.elapsed())
+    }
+
+    /// Drops every normal client connection (`CLIENT KILL TYPE normal`) right after a repeat of
+    /// `order_id`'s create; returns the repeat's entry id and how many connections were dropped.
+    /// The command skips the connection that sends it, and a fresh one is used each time anyway.
+    async fn drop_redis_connections_after_repeat(&self, order_id: i64) -> (String, u64) {
+        let mut redis = self.redis().await.expect("connect to the test's redis");
+        self.pipeline_after_repeat_of_create(order_id)
+            .cmd("CLIENT")
             .arg("KILL")
             .arg("TYPE")
             .arg("normal")
             .query_async(&mut redis)
             .await
-            .expect("CLIENT KILL")
+            .expect("XADD and CLIENT KILL")
     }
 
     /// Deletes entries that are creates of `candidates` and have not been delivered to the
@@ -385,6 +410,16 @@ impl Load {
         self.ledger.lock().unwrap().writes
     }
 
+    /// The order created last.
+    fn latest_order(&self) -> i64 {
+        let ledger = self.ledger.lock().unwrap();
+        *ledger
+            .versions
+            .keys()
+            .last()
+            .expect("the load has created an order")
+    }
+
     fn is_running(&self) -> bool {
         !self.worker.is_finished()
     }
@@ -499,20 +534,22 @@ async fn redis_stalling_past_the_response_timeout_under_load_loses_no_order() {
     let load = Load::start(rig.service.url(""), per_sec, 1);
     load.wait_for_writes(30).await;
 
-    for secs in [7, 11] {
-        let before = load.writes();
-        let stalled = rig.stall_redis(secs).await;
+    let mut repeats = Vec::new();
+    for _ in 0..2 {
+        let (before, order_id) = (load.writes(), load.latest_order());
+        let (entry_id, stalled) = rig.stall_redis_after_repeat(order_id, 7).await;
         let during = load.writes() - before;
         assert!(
-            stalled >= Duration::from_secs(secs) - Duration::from_millis(100),
-            "DEBUG SLEEP {secs} answered after {stalled:?}: Redis did not stall"
+            stalled >= Duration::from_millis(6_900),
+            "DEBUG SLEEP 7 answered after {stalled:?}: Redis did not stall"
         );
         // Writes go to PostgreSQL only: a stalled Redis must not hold them up.
         assert!(
-            during >= secs * u64::from(per_sec) / 2,
-            "only {during} writes were answered during a {secs} s stall"
+            during >= 7 * u64::from(per_sec) / 2,
+            "only {during} writes were answered during a 7 s stall"
         );
         eprintln!("stall: {stalled:?}, {during} writes answered meanwhile");
+        repeats.push((order_id, entry_id));
         load.run_for(Duration::from_secs(2)).await;
     }
     let (ledger, ran) = load.stop().await;
@@ -522,9 +559,9 @@ async fn redis_stalling_past_the_response_timeout_under_load_loses_no_order() {
         .await;
     assert!(rig.service.is_running(), "the service was restarted");
     eprintln!(
-        "redis stall: {} orders, {} writes in {ran:?} ({} failed), all synced {synced:?} and the \
-         streams empty {drained:?} after the load stopped; log lines: {} 'reading the backlog \
-         failed', {} 'reclaimed'",
+        "redis stall: repeats (order, entry) {repeats:?}; {} orders, {} writes in {ran:?} ({} \
+         failed), all synced {synced:?} and the streams empty {drained:?} after the load \
+         stopped; log lines: {} 'reading the backlog failed', {} 'reclaimed'",
         ledger.versions.len(),
         ledger.writes,
         ledger.failures,
@@ -541,11 +578,14 @@ async fn redis_dropping_every_connection_under_load_loses_no_order() {
 
     let mut rng = StdRng::seed_from_u64(7);
     let mut dropped = Vec::new();
+    let mut repeats = Vec::new();
     for _ in 0..5 {
-        let count = rig.drop_redis_connections().await;
+        let order_id = load.latest_order();
+        let (entry_id, count) = rig.drop_redis_connections_after_repeat(order_id).await;
         // The service holds connections of its own at all times: there is something to drop.
         assert!(count >= 1, "CLIENT KILL found no connection to drop");
         dropped.push(count);
+        repeats.push((order_id, entry_id));
         load.run_for(Duration::from_millis(rng.gen_range(1_000..2_000)))
             .await;
     }
@@ -556,7 +596,8 @@ async fn redis_dropping_every_connection_under_load_loses_no_order() {
         .await;
     assert!(rig.service.is_running(), "the service was restarted");
     eprintln!(
-        "redis client kill: connections dropped {dropped:?}; {} orders, {} writes in {ran:?} ({} \
+        "redis client kill: connections dropped {dropped:?}; repeats (order, entry) \
+         {repeats:?}; {} orders, {} writes in {ran:?} ({} \
          failed), all synced {synced:?} and the streams empty {drained:?} after the load stopped; \
          {} 'reclaimed' log lines",
         ledger.versions.len(),
