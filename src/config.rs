@@ -81,9 +81,14 @@ pub struct Settings {
     /// Multiplies the delayed schedule (1.0 = Sidekiq's `count^4 + 15 + jitter` seconds).
     #[serde(default = "defaults::delayed_retry_scale")]
     pub delayed_retry_scale: f64,
-    /// Connect and request timeout of each external call, in milliseconds.
+    /// Bounds each external call as a whole (connecting, sending, the answer and its body), in
+    /// milliseconds.
     #[serde(default = "defaults::external_timeout_ms")]
     pub external_timeout_ms: u64,
+    /// Longest pause a 429's `Retry-After` can impose on every call, in seconds: the external API
+    /// is untrusted, and an unbounded value would stop syncing for as long as it says.
+    #[serde(default = "defaults::retry_after_max_secs")]
+    pub retry_after_max_secs: u64,
     /// Unset: the admin endpoints are off (404), not open.
     #[serde(default)]
     pub admin_token: Option<Secret>,
@@ -156,6 +161,10 @@ mod defaults {
     /// The reference's Faraday timeouts: 5 s to connect, 5 s for the request.
     pub fn external_timeout_ms() -> u64 {
         5_000
+    }
+    /// Five minutes: longer than any sensible rate-limit window, short enough to notice.
+    pub fn retry_after_max_secs() -> u64 {
+        300
     }
     /// Sidekiq waits 25 s for jobs in flight on TERM.
     pub fn shutdown_timeout_secs() -> u64 {
@@ -271,6 +280,7 @@ mod tests {
         assert_eq!(s.redis_prefix, "order-sync");
         assert!(s.external_api_url.is_none());
         assert!(s.admin_token.is_none());
+        assert_eq!(s.retry_after_max_secs, 300);
     }
 
     #[test]

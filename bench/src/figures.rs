@@ -143,8 +143,13 @@ async fn raw_ceiling(db_url: &str, api_url: &str, orders: u64) -> anyhow::Result
                 .max_connections(20)
                 .connect(&db_url)
                 .await?;
-            let client =
-                ExternalClient::new(&api_url, Secret::new("bench"), Duration::from_secs(5));
+            // The service's default timeout and Retry-After cap (the fake never sends one).
+            let client = ExternalClient::new(
+                &api_url,
+                Secret::new("bench"),
+                Duration::from_secs(5),
+                Duration::from_secs(300),
+            );
             let next = Rc::new(Cell::new(1_i64));
             let started = Instant::now();
             let workers = (0..CONCURRENCY).map(|_| {
