@@ -116,6 +116,7 @@ impl Application {
                 &external_api_url,
                 settings.external_api_token.clone(),
                 Duration::from_millis(settings.external_timeout_ms),
+                Duration::from_secs(settings.retry_after_max_secs),
             ),
             throttle: throttle.clone(),
             retry: RetryPolicy {

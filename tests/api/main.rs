@@ -19,3 +19,4 @@ mod process;
 mod properties;
 mod startup;
 mod sync;
+mod untrusted_api;
