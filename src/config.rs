@@ -41,9 +41,82 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Which checks apply at start-up: `development` (the default) lets the service run on a bare
+/// machine (the built-in fake, open routes); `production` refuses to start on any setting that
+/// only makes sense on a developer's machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    #[default]
+    Development,
+    Production,
+}
+
+/// A key of `INBOUND_WEBHOOK_SECRET` (Standard Webhooks: `whsec_` and the base64 of the key). It
+/// prints as `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookKey(Vec<u8>);
+
+impl WebhookKey {
+    /// Reads one `whsec_<base64>` key; `None` when it is not one.
+    pub fn from_whsec(text: &str) -> Option<Self> {
+        use base64::Engine;
+        let encoded = text.strip_prefix("whsec_").unwrap_or(text);
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()
+            .filter(|bytes| !bytes.is_empty())
+            .map(Self)
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for WebhookKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// `API_TOKENS`: comma-separated, so a new token can be added before the old one is removed.
+fn comma_separated_tokens<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Secret>, D::Error> {
+    let raw = String::deserialize(deserializer)?;
+    Ok(raw
+        .split(',')
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .map(Secret::new)
+        .collect())
+}
+
+/// `INBOUND_WEBHOOK_SECRET`: space-separated `whsec_<base64>` keys (several during a rotation).
+fn webhook_keys<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<WebhookKey>, D::Error> {
+    let raw = String::deserialize(deserializer)?;
+    raw.split_whitespace()
+        .map(|key| {
+            // The key itself is never echoed.
+            WebhookKey::from_whsec(key).ok_or_else(|| {
+                serde::de::Error::custom(
+                    "INBOUND_WEBHOOK_SECRET: each key must be whsec_ followed by base64",
+                )
+            })
+        })
+        .collect()
+}
+
 /// All settings of one service instance. Field names are the environment variables, lower-cased.
-#[derive(Debug, Clone, Deserialize)]
+/// `Debug` redacts secrets and the passwords in URLs.
+#[derive(Clone, Deserialize)]
 pub struct Settings {
+    /// `ORDER_SYNC_ENV`: `development` or `production` (see [`Environment`]).
+    #[serde(default)]
+    pub order_sync_env: Environment,
     #[serde(default = "defaults::port")]
     pub port: u16,
     #[serde(default = "defaults::host")]
@@ -92,6 +165,13 @@ pub struct Settings {
     /// Unset: the admin endpoints are off (404), not open.
     #[serde(default)]
     pub admin_token: Option<Secret>,
+    /// Bearer tokens for every data route (all but `/health`, `/inbound`, `/admin` and the
+    /// data-free pages). Empty: those routes are open (development only).
+    #[serde(default, deserialize_with = "comma_separated_tokens")]
+    pub api_tokens: Vec<Secret>,
+    /// Keys that sign inbound write-backs. Empty: `/inbound` is open (development only).
+    #[serde(default, deserialize_with = "webhook_keys")]
+    pub inbound_webhook_secret: Vec<WebhookKey>,
     #[serde(default = "defaults::shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
     /// How long an order that is behind must have been quiet, with the backlog and the outbox
@@ -113,6 +193,9 @@ mod defaults {
     pub fn port() -> u16 {
         8080
     }
+    /// Every interface: in a container (the Dockerfile, docker-compose) the service must be
+    /// reachable from outside its own network namespace. On a shared machine set
+    /// `HOST=127.0.0.1`, and in production put `API_TOKENS` on the routes (`ORDER_SYNC_ENV`).
     pub fn host() -> String {
         "0.0.0.0".into()
     }
@@ -181,6 +264,43 @@ mod defaults {
     }
 }
 
+impl fmt::Debug for Settings {
+    /// Every field, with the passwords in URLs and every token and key redacted.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("order_sync_env", &self.order_sync_env)
+            .field("port", &self.port)
+            .field("host", &self.host)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("database_max_connections", &self.database_max_connections)
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_prefix", &self.redis_prefix)
+            .field(
+                "external_api_url",
+                &self.external_api_url.as_deref().map(redact_url),
+            )
+            .field("external_api_token", &self.external_api_token)
+            .field("rate_limit_per_sec", &self.rate_limit_per_sec)
+            .field("rate_limit_burst", &self.rate_limit_burst)
+            .field("max_concurrent_calls", &self.max_concurrent_calls)
+            .field("max_in_flight_events", &self.max_in_flight_events)
+            .field("order_actor_idle_secs", &self.order_actor_idle_secs)
+            .field("retry_max_attempts", &self.retry_max_attempts)
+            .field("delayed_retry_limit", &self.delayed_retry_limit)
+            .field("delayed_retry_scale", &self.delayed_retry_scale)
+            .field("external_timeout_ms", &self.external_timeout_ms)
+            .field("retry_after_max_secs", &self.retry_after_max_secs)
+            .field("admin_token", &self.admin_token)
+            .field("api_tokens", &self.api_tokens)
+            .field("inbound_webhook_secret", &self.inbound_webhook_secret)
+            .field("shutdown_timeout_secs", &self.shutdown_timeout_secs)
+            .field("reconcile_quiet_secs", &self.reconcile_quiet_secs)
+            .field("sync_engine", &self.sync_engine)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
+    }
+}
+
 /// `DATABASE_URL` from the environment (after `.env`), or its default: for tools such as the
 /// seeder that need only the database.
 pub fn database_url_from_env() -> String {
@@ -230,6 +350,57 @@ impl Settings {
         if let Some(url) = &self.external_api_url {
             url::Url::parse(url)
                 .map_err(|e| ConfigError(format!("EXTERNAL_API_URL={}: {e}", redact_url(url))))?;
+        }
+        if self.order_sync_env == Environment::Production {
+            self.check_production()?;
+        }
+        Ok(())
+    }
+
+    /// `ORDER_SYNC_ENV=production` refuses what only a developer's machine should run with:
+    /// the built-in fake (it reports orders synced that never left the process), plain HTTP to
+    /// another host (the bearer token in clear text), the development token, open routes, and a
+    /// guessable admin token.
+    fn check_production(&self) -> Result<(), ConfigError> {
+        let refuse = |what: &str| Err(ConfigError(format!("{what} (ORDER_SYNC_ENV=production)")));
+        let Some(url) = &self.external_api_url else {
+            return refuse("EXTERNAL_API_URL must be set: the built-in fake is for development");
+        };
+        if let Ok(parsed) = url::Url::parse(url) {
+            let loopback = match parsed.host() {
+                Some(url::Host::Domain(name)) => name == "localhost",
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            if parsed.scheme() != "https" && !loopback {
+                return refuse(&format!(
+                    "EXTERNAL_API_URL={} must use https:// (the bearer token would travel in clear text)",
+                    redact_url(url)
+                ));
+            }
+        }
+        if self.external_api_token.is_empty()
+            || self.external_api_token.expose() == defaults::external_api_token().expose()
+        {
+            return refuse(
+                "EXTERNAL_API_TOKEN must be set to the external API's token, not dev-token",
+            );
+        }
+        if self.api_tokens.is_empty() {
+            return refuse("API_TOKENS must be set: the orders API would be open to anyone");
+        }
+        if self.inbound_webhook_secret.is_empty() {
+            return refuse(
+                "INBOUND_WEBHOOK_SECRET must be set: anyone could rewrite orders through /inbound",
+            );
+        }
+        if self
+            .admin_token
+            .as_ref()
+            .is_some_and(|token| token.expose().chars().count() < 32)
+        {
+            return refuse("ADMIN_TOKEN must be at least 32 characters");
         }
         Ok(())
     }

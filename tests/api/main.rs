@@ -16,6 +16,7 @@ mod outages;
 mod outbox;
 mod outcomes;
 mod process;
+mod production;
 mod properties;
 mod startup;
 mod sync;
