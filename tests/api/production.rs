@@ -203,7 +203,9 @@ async fn inbound_write_backs_must_be_signed_and_a_replay_is_not_applied_twice() 
             ),
         ]
     };
-    let refused: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+    // (what, headers, body sent)
+    type Refused<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
+    let refused: Vec<Refused> = vec![
         ("unsigned", vec![], body),
         ("tampered id", tampered.to_vec(), body),
         (
