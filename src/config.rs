@@ -41,9 +41,82 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Which checks apply at start-up: `development` (the default) lets the service run on a bare
+/// machine (the built-in fake, open routes); `production` refuses to start on any setting that
+/// only makes sense on a developer's machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    #[default]
+    Development,
+    Production,
+}
+
+/// A key of `INBOUND_WEBHOOK_SECRET` (Standard Webhooks: `whsec_` and the base64 of the key). It
+/// prints as `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookKey(Vec<u8>);
+
+impl WebhookKey {
+    /// Reads one `whsec_<base64>` key; `None` when it is not one.
+    pub fn from_whsec(text: &str) -> Option<Self> {
+        use base64::Engine;
+        let encoded = text.strip_prefix("whsec_").unwrap_or(text);
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()
+            .filter(|bytes| !bytes.is_empty())
+            .map(Self)
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for WebhookKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// `API_TOKENS`: comma-separated, so a new token can be added before the old one is removed.
+fn comma_separated_tokens<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Secret>, D::Error> {
+    let raw = String::deserialize(deserializer)?;
+    Ok(raw
+        .split(',')
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .map(Secret::new)
+        .collect())
+}
+
+/// `INBOUND_WEBHOOK_SECRET`: space-separated `whsec_<base64>` keys (several during a rotation).
+fn webhook_keys<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<WebhookKey>, D::Error> {
+    let raw = String::deserialize(deserializer)?;
+    raw.split_whitespace()
+        .map(|key| {
+            // The key itself is never echoed.
+            WebhookKey::from_whsec(key).ok_or_else(|| {
+                serde::de::Error::custom(
+                    "INBOUND_WEBHOOK_SECRET: each key must be whsec_ followed by base64",
+                )
+            })
+        })
+        .collect()
+}
+
 /// All settings of one service instance. Field names are the environment variables, lower-cased.
-#[derive(Debug, Clone, Deserialize)]
+/// `Debug` redacts secrets and the passwords in URLs.
+#[derive(Clone, Deserialize)]
 pub struct Settings {
+    /// `ORDER_SYNC_ENV`: `development` or `production` (see [`Environment`]).
+    #[serde(default)]
+    pub order_sync_env: Environment,
     #[serde(default = "defaults::port")]
     pub port: u16,
     #[serde(default = "defaults::host")]
@@ -81,12 +154,24 @@ pub struct Settings {
     /// Multiplies the delayed schedule (1.0 = Sidekiq's `count^4 + 15 + jitter` seconds).
     #[serde(default = "defaults::delayed_retry_scale")]
     pub delayed_retry_scale: f64,
-    /// Connect and request timeout of each external call, in milliseconds.
+    /// Bounds each external call as a whole (connecting, sending, the answer and its body), in
+    /// milliseconds.
     #[serde(default = "defaults::external_timeout_ms")]
     pub external_timeout_ms: u64,
+    /// Longest pause a 429's `Retry-After` can impose on every call, in seconds: the external API
+    /// is untrusted, and an unbounded value would stop syncing for as long as it says.
+    #[serde(default = "defaults::retry_after_max_secs")]
+    pub retry_after_max_secs: u64,
     /// Unset: the admin endpoints are off (404), not open.
     #[serde(default)]
     pub admin_token: Option<Secret>,
+    /// Bearer tokens for every data route (all but `/health`, `/inbound`, `/admin` and the
+    /// data-free pages). Empty: those routes are open (development only).
+    #[serde(default, deserialize_with = "comma_separated_tokens")]
+    pub api_tokens: Vec<Secret>,
+    /// Keys that sign inbound write-backs. Empty: `/inbound` is open (development only).
+    #[serde(default, deserialize_with = "webhook_keys")]
+    pub inbound_webhook_secret: Vec<WebhookKey>,
     #[serde(default = "defaults::shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
     /// How long an order that is behind must have been quiet, with the backlog and the outbox
@@ -108,6 +193,9 @@ mod defaults {
     pub fn port() -> u16 {
         8080
     }
+    /// Every interface: in a container (the Dockerfile, docker-compose) the service must be
+    /// reachable from outside its own network namespace. On a shared machine set
+    /// `HOST=127.0.0.1`, and in production put `API_TOKENS` on the routes (`ORDER_SYNC_ENV`).
     pub fn host() -> String {
         "0.0.0.0".into()
     }
@@ -157,6 +245,10 @@ mod defaults {
     pub fn external_timeout_ms() -> u64 {
         5_000
     }
+    /// Five minutes: longer than any sensible rate-limit window, short enough to notice.
+    pub fn retry_after_max_secs() -> u64 {
+        300
+    }
     /// Sidekiq waits 25 s for jobs in flight on TERM.
     pub fn shutdown_timeout_secs() -> u64 {
         25
@@ -169,6 +261,43 @@ mod defaults {
     }
     pub fn max_body_bytes() -> usize {
         64 * 1024
+    }
+}
+
+impl fmt::Debug for Settings {
+    /// Every field, with the passwords in URLs and every token and key redacted.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("order_sync_env", &self.order_sync_env)
+            .field("port", &self.port)
+            .field("host", &self.host)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("database_max_connections", &self.database_max_connections)
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_prefix", &self.redis_prefix)
+            .field(
+                "external_api_url",
+                &self.external_api_url.as_deref().map(redact_url),
+            )
+            .field("external_api_token", &self.external_api_token)
+            .field("rate_limit_per_sec", &self.rate_limit_per_sec)
+            .field("rate_limit_burst", &self.rate_limit_burst)
+            .field("max_concurrent_calls", &self.max_concurrent_calls)
+            .field("max_in_flight_events", &self.max_in_flight_events)
+            .field("order_actor_idle_secs", &self.order_actor_idle_secs)
+            .field("retry_max_attempts", &self.retry_max_attempts)
+            .field("delayed_retry_limit", &self.delayed_retry_limit)
+            .field("delayed_retry_scale", &self.delayed_retry_scale)
+            .field("external_timeout_ms", &self.external_timeout_ms)
+            .field("retry_after_max_secs", &self.retry_after_max_secs)
+            .field("admin_token", &self.admin_token)
+            .field("api_tokens", &self.api_tokens)
+            .field("inbound_webhook_secret", &self.inbound_webhook_secret)
+            .field("shutdown_timeout_secs", &self.shutdown_timeout_secs)
+            .field("reconcile_quiet_secs", &self.reconcile_quiet_secs)
+            .field("sync_engine", &self.sync_engine)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
     }
 }
 
@@ -211,33 +340,182 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Rejects values the service cannot run with. Every numeric setting has a range, so that a
+    /// typo fails at start-up with the variable's name instead of later as a panic (a huge
+    /// `DELAYED_RETRY_SCALE` overflows a date) or a stall (`MAX_CONCURRENT_CALLS=0`).
     fn check(&self) -> Result<(), ConfigError> {
-        let positive = [
-            ("RATE_LIMIT_PER_SEC", u64::from(self.rate_limit_per_sec)),
-            ("MAX_CONCURRENT_CALLS", u64::from(self.max_concurrent_calls)),
-            ("MAX_IN_FLIGHT_EVENTS", u64::from(self.max_in_flight_events)),
-            ("RETRY_MAX_ATTEMPTS", u64::from(self.retry_max_attempts)),
-            (
-                "DATABASE_MAX_CONNECTIONS",
-                u64::from(self.database_max_connections),
-            ),
-        ];
-        for (name, value) in positive {
-            if value == 0 {
-                return Err(ConfigError(format!("{name} must be at least 1")));
-            }
-        }
-        if !(self.delayed_retry_scale.is_finite() && self.delayed_retry_scale >= 0.0) {
-            return Err(ConfigError(
-                "DELAYED_RETRY_SCALE must be a number >= 0".into(),
-            ));
+        for (name, range) in self.numeric_ranges() {
+            range.check(name)?;
         }
         if let Some(url) = &self.external_api_url {
             url::Url::parse(url)
                 .map_err(|e| ConfigError(format!("EXTERNAL_API_URL={}: {e}", redact_url(url))))?;
         }
+        if self.order_sync_env == Environment::Production {
+            self.check_production()?;
+        }
         Ok(())
     }
+
+    /// `ORDER_SYNC_ENV=production` refuses what only a developer's machine should run with:
+    /// the built-in fake (it reports orders synced that never left the process), plain HTTP to
+    /// another host (the bearer token in clear text), the development token, open routes, and a
+    /// guessable admin token.
+    fn check_production(&self) -> Result<(), ConfigError> {
+        let refuse = |what: &str| Err(ConfigError(format!("{what} (ORDER_SYNC_ENV=production)")));
+        let Some(url) = &self.external_api_url else {
+            return refuse("EXTERNAL_API_URL must be set: the built-in fake is for development");
+        };
+        if let Ok(parsed) = url::Url::parse(url) {
+            let loopback = match parsed.host() {
+                Some(url::Host::Domain(name)) => name == "localhost",
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            if parsed.scheme() != "https" && !loopback {
+                return refuse(&format!(
+                    "EXTERNAL_API_URL={} must use https:// (the bearer token would travel in clear text)",
+                    redact_url(url)
+                ));
+            }
+        }
+        if self.external_api_token.is_empty()
+            || self.external_api_token.expose() == defaults::external_api_token().expose()
+        {
+            return refuse(
+                "EXTERNAL_API_TOKEN must be set to the external API's token, not dev-token",
+            );
+        }
+        if self.api_tokens.is_empty() {
+            return refuse("API_TOKENS must be set: the orders API would be open to anyone");
+        }
+        if self.inbound_webhook_secret.is_empty() {
+            return refuse(
+                "INBOUND_WEBHOOK_SECRET must be set: anyone could rewrite orders through /inbound",
+            );
+        }
+        if self
+            .admin_token
+            .as_ref()
+            .is_some_and(|token| token.expose().chars().count() < 32)
+        {
+            return refuse("ADMIN_TOKEN must be at least 32 characters");
+        }
+        Ok(())
+    }
+
+    /// Every numeric setting with the range it must lie in: the one place these bounds live.
+    fn numeric_ranges(&self) -> [(&'static str, Range); 15] {
+        use Range::{Int, Real};
+        let int = |value: u64, min: u64, max: u64| Int { value, min, max };
+        let size = |value: usize| u64::try_from(value).unwrap_or(u64::MAX);
+        [
+            ("PORT", int(self.port.into(), 0, u16::MAX.into())),
+            (
+                "DATABASE_MAX_CONNECTIONS",
+                int(self.database_max_connections.into(), 1, 1_000),
+            ),
+            (
+                "RATE_LIMIT_PER_SEC",
+                int(self.rate_limit_per_sec.into(), 1, 1_000_000),
+            ),
+            (
+                "RATE_LIMIT_BURST",
+                int(self.rate_limit_burst.into(), 0, 1_000_000),
+            ),
+            (
+                "MAX_CONCURRENT_CALLS",
+                int(self.max_concurrent_calls.into(), 1, 10_000),
+            ),
+            (
+                "MAX_IN_FLIGHT_EVENTS",
+                int(self.max_in_flight_events.into(), 1, 1_000_000),
+            ),
+            (
+                "ORDER_ACTOR_IDLE_SECS",
+                int(self.order_actor_idle_secs, 1, 86_400),
+            ),
+            (
+                "RETRY_MAX_ATTEMPTS",
+                int(self.retry_max_attempts.into(), 1, 100),
+            ),
+            (
+                "DELAYED_RETRY_LIMIT",
+                int(self.delayed_retry_limit.into(), 0, 100),
+            ),
+            // 1000 times the schedule's longest delay (99^4 s, at DELAYED_RETRY_LIMIT=100) is 3,000
+            // years, which a timestamp still holds; a larger scale overflowed the date and panicked.
+            (
+                "DELAYED_RETRY_SCALE",
+                Real {
+                    value: self.delayed_retry_scale,
+                    min: 0.0,
+                    max: 1_000.0,
+                },
+            ),
+            (
+                "EXTERNAL_TIMEOUT_MS",
+                int(self.external_timeout_ms, 1, 600_000),
+            ),
+            (
+                "RETRY_AFTER_MAX_SECS",
+                int(self.retry_after_max_secs, 0, 86_400),
+            ),
+            (
+                "SHUTDOWN_TIMEOUT_SECS",
+                int(self.shutdown_timeout_secs, 0, 3_600),
+            ),
+            (
+                "RECONCILE_QUIET_SECS",
+                int(self.reconcile_quiet_secs, 1, 86_400),
+            ),
+            (
+                "MAX_BODY_BYTES",
+                int(size(self.max_body_bytes), 1024, 64 * 1024 * 1024),
+            ),
+        ]
+    }
+}
+
+/// A numeric setting's value and its allowed range, both ends included.
+#[derive(Debug, Clone, Copy)]
+enum Range {
+    Int {
+        value: u64,
+        min: u64,
+        max: u64,
+    },
+    /// NaN and the infinities lie in no range.
+    Real {
+        value: f64,
+        min: f64,
+        max: f64,
+    },
+}
+
+impl Range {
+    fn check(self, name: &str) -> Result<(), ConfigError> {
+        match self {
+            Self::Int { value, min, max } => within(name, value, min, max),
+            Self::Real { value, min, max } => within(name, value, min, max),
+        }
+    }
+}
+
+/// `Ok` when `min <= value <= max`, else the one-line error naming the variable.
+fn within<T: PartialOrd + fmt::Display>(
+    name: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), ConfigError> {
+    if min <= value && value <= max {
+        return Ok(());
+    }
+    Err(ConfigError(format!(
+        "{name} must be between {min} and {max}, not {value}"
+    )))
 }
 
 /// The URL with any password replaced, for error messages and logs.
@@ -271,6 +549,103 @@ mod tests {
         assert_eq!(s.redis_prefix, "order-sync");
         assert!(s.external_api_url.is_none());
         assert!(s.admin_token.is_none());
+        assert_eq!(s.retry_after_max_secs, 300);
+    }
+
+    #[test]
+    fn each_out_of_range_number_is_refused_with_its_variables_name() {
+        let cases = [
+            ("PORT", "65536"),
+            ("DATABASE_MAX_CONNECTIONS", "0"),
+            ("DATABASE_MAX_CONNECTIONS", "1001"),
+            ("RATE_LIMIT_PER_SEC", "0"),
+            ("RATE_LIMIT_PER_SEC", "1000001"),
+            ("RATE_LIMIT_BURST", "1000001"),
+            ("MAX_CONCURRENT_CALLS", "0"),
+            ("MAX_CONCURRENT_CALLS", "10001"),
+            ("MAX_IN_FLIGHT_EVENTS", "0"),
+            ("MAX_IN_FLIGHT_EVENTS", "1000001"),
+            ("ORDER_ACTOR_IDLE_SECS", "0"),
+            ("ORDER_ACTOR_IDLE_SECS", "86401"),
+            ("RETRY_MAX_ATTEMPTS", "0"),
+            ("RETRY_MAX_ATTEMPTS", "101"),
+            ("DELAYED_RETRY_LIMIT", "101"),
+            ("DELAYED_RETRY_SCALE", "-0.5"),
+            ("DELAYED_RETRY_SCALE", "1000.5"),
+            ("DELAYED_RETRY_SCALE", "1e300"),
+            ("DELAYED_RETRY_SCALE", "NaN"),
+            ("DELAYED_RETRY_SCALE", "inf"),
+            ("EXTERNAL_TIMEOUT_MS", "0"),
+            ("EXTERNAL_TIMEOUT_MS", "600001"),
+            ("RETRY_AFTER_MAX_SECS", "86401"),
+            ("RETRY_AFTER_MAX_SECS", "18446744073709551615"),
+            ("SHUTDOWN_TIMEOUT_SECS", "3601"),
+            ("RECONCILE_QUIET_SECS", "0"),
+            ("RECONCILE_QUIET_SECS", "86401"),
+            ("MAX_BODY_BYTES", "1023"),
+            ("MAX_BODY_BYTES", "67108865"),
+        ];
+        for (name, value) in cases {
+            let err = Settings::from_vars(vars(&[(name, value)]))
+                .expect_err(&format!("{name}={value} is refused"));
+            let message = err.to_string();
+            assert!(
+                message.starts_with("invalid configuration: ") && message.contains(name),
+                "{name}={value}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_range_error_says_what_the_range_is() {
+        let err = Settings::from_vars(vars(&[("MAX_CONCURRENT_CALLS", "0")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: MAX_CONCURRENT_CALLS must be between 1 and 10000, not 0"
+        );
+    }
+
+    #[test]
+    fn the_ends_of_each_range_are_accepted() {
+        let lowest = [
+            ("PORT", "0"),
+            ("DATABASE_MAX_CONNECTIONS", "1"),
+            ("RATE_LIMIT_PER_SEC", "1"),
+            ("RATE_LIMIT_BURST", "0"),
+            ("MAX_CONCURRENT_CALLS", "1"),
+            ("MAX_IN_FLIGHT_EVENTS", "1"),
+            ("ORDER_ACTOR_IDLE_SECS", "1"),
+            ("RETRY_MAX_ATTEMPTS", "1"),
+            ("DELAYED_RETRY_LIMIT", "0"),
+            ("DELAYED_RETRY_SCALE", "0"),
+            ("EXTERNAL_TIMEOUT_MS", "1"),
+            ("RETRY_AFTER_MAX_SECS", "0"),
+            ("SHUTDOWN_TIMEOUT_SECS", "0"),
+            ("RECONCILE_QUIET_SECS", "1"),
+            ("MAX_BODY_BYTES", "1024"),
+        ];
+        let highest = [
+            ("PORT", "65535"),
+            ("DATABASE_MAX_CONNECTIONS", "1000"),
+            ("RATE_LIMIT_PER_SEC", "1000000"),
+            ("RATE_LIMIT_BURST", "1000000"),
+            ("MAX_CONCURRENT_CALLS", "10000"),
+            ("MAX_IN_FLIGHT_EVENTS", "1000000"),
+            ("ORDER_ACTOR_IDLE_SECS", "86400"),
+            ("RETRY_MAX_ATTEMPTS", "100"),
+            ("DELAYED_RETRY_LIMIT", "100"),
+            ("DELAYED_RETRY_SCALE", "1000"),
+            ("EXTERNAL_TIMEOUT_MS", "600000"),
+            ("RETRY_AFTER_MAX_SECS", "86400"),
+            ("SHUTDOWN_TIMEOUT_SECS", "3600"),
+            ("RECONCILE_QUIET_SECS", "86400"),
+            ("MAX_BODY_BYTES", "67108864"),
+        ];
+        for ends in [lowest, highest] {
+            if let Err(err) = Settings::from_vars(vars(&ends)) {
+                panic!("{ends:?}: {err}");
+            }
+        }
     }
 
     #[test]

@@ -83,6 +83,11 @@ impl Application {
             .await
             .map_err(redis_error)?;
 
+        let external_api = if settings.external_api_url.is_some() {
+            "configured"
+        } else {
+            "built-in fake"
+        };
         let external_api_url = match &settings.external_api_url {
             Some(url) => url.clone(),
             None => {
@@ -91,7 +96,7 @@ impl Application {
                     .map_err(|e| StartupError::FakeApi(e.to_string()))?;
                 let fake = FakeExternalApi::start(listener, config)
                     .map_err(|e| StartupError::FakeApi(e.to_string()))?;
-                tracing::info!(url = %fake.url, "EXTERNAL_API_URL is unset: started the built-in fake external API");
+                tracing::warn!(url = %fake.url, "EXTERNAL_API_URL is unset: started the built-in fake external API; orders are synced to it alone, and it keeps them in memory (development only)");
                 fake.url
             }
         };
@@ -116,6 +121,7 @@ impl Application {
                 &external_api_url,
                 settings.external_api_token.clone(),
                 Duration::from_millis(settings.external_timeout_ms),
+                Duration::from_secs(settings.retry_after_max_secs),
             ),
             throttle: throttle.clone(),
             retry: RetryPolicy {
@@ -172,16 +178,28 @@ impl Application {
                 .admin_token
                 .clone()
                 .filter(|token| !token.is_empty()),
+            api_tokens: settings.api_tokens.clone(),
+            webhook_keys: settings.inbound_webhook_secret.clone(),
+            external_api,
             supervisor: engine.as_ref().map(SyncEngine::supervisor),
             in_flight: engine.as_ref().map(SyncEngine::in_flight),
             engine: engine_state.clone(),
             keys,
             started_at: std::time::Instant::now(),
         });
+        if settings.api_tokens.is_empty() {
+            tracing::warn!("API_TOKENS is unset: the orders and metrics routes are open to anyone who can reach the port (set it, or ORDER_SYNC_ENV=production to require it)");
+        }
+        if settings.inbound_webhook_secret.is_empty() {
+            tracing::warn!("INBOUND_WEBHOOK_SECRET is unset: /inbound accepts unsigned write-backs from anyone who can reach the port");
+        }
         let max_body_bytes = settings.max_body_bytes;
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(ErrorHandlers::new().default_handler(json_error_body))
+                .wrap(actix_web::middleware::from_fn(
+                    crate::api::auth::require_api_token,
+                ))
                 .wrap(actix_web::middleware::from_fn(
                     crate::telemetry::log_request,
                 ))

@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261126_000001_create_orders;
 mod m20261126_000002_create_outbox;
+mod m20261127_000003_create_inbound_webhooks;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261126_000001_create_orders::Migration),
             Box::new(m20261126_000002_create_outbox::Migration),
+            Box::new(m20261127_000003_create_inbound_webhooks::Migration),
         ]
     }
 }

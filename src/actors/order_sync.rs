@@ -29,11 +29,14 @@ use crate::db;
 use crate::db::sync::{self as queries, FailedCallNext, FailureRecorded, SyncRow};
 use crate::domain::SyncState;
 use crate::external::payload::ExternalOrder;
-use crate::external::{CallError, ExternalCall, ExternalClient};
+use crate::external::{clean_error_text, CallError, ExternalCall, ExternalClient};
 use crate::metrics::SyncMetrics;
 
 /// A wait for a slot longer than this makes the actor read the order again before calling.
 const RELOAD_AFTER: Duration = Duration::from_millis(20);
+
+/// The longest error text stored in `sync.last_error`.
+const MAX_ERROR_CHARS: usize = 500;
 
 /// The longest wait for a delayed retry (Sidekiq's 25th retry comes after about 20 days).
 pub const MAX_DELAYED_RETRY: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -467,7 +470,7 @@ async fn record_failure(
     let attempts = row.sync_attempts.saturating_add(1);
     // The answer's text came from outside: it was cleaned by the client, and is again here, so
     // that no answer can make the record itself fail.
-    let message = clean_error_text(&error.to_string());
+    let message = clean_error_text(&error.to_string(), MAX_ERROR_CHARS);
     let next = if !error.is_retryable() || gives_up(deps, row) {
         FailedCallNext::Dead
     } else {
@@ -639,16 +642,6 @@ where
         })
 }
 
-/// Text that came from outside, made safe to store and to log: no NUL or other control
-/// characters (PostgreSQL rejects NUL in TEXT), and at most 500 characters.
-fn clean_error_text(text: &str) -> String {
-    const MAX_CHARS: usize = 500;
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_CHARS)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -760,14 +753,6 @@ mod tests {
         };
         assert_eq!(policy.delay(u32::MAX), MAX_DELAYED_RETRY);
         assert_eq!(policy.delay(25), MAX_DELAYED_RETRY);
-    }
-
-    #[test]
-    fn error_text_from_outside_is_cleaned_and_bounded() {
-        let cleaned = clean_error_text("HTTP 500: bad\0\u{1b}[31m\r\nred");
-        assert!(!cleaned.chars().any(char::is_control), "{cleaned:?}");
-        assert!(cleaned.starts_with("HTTP 500: bad"));
-        assert_eq!(clean_error_text(&"x".repeat(10_000)).chars().count(), 500);
     }
 
     #[test]

@@ -118,7 +118,7 @@ impl Throttle {
 
     pub fn pause_for(&self, delay: Duration) {
         self.addr.do_send(PauseCalls {
-            until: Instant::now() + delay,
+            until: Instant::now() + delay.min(Duration::from_secs(86_400)), // saturates, never overflows
         });
     }
 

@@ -2,7 +2,6 @@
 //! retry all, discard one). Protected by `ADMIN_TOKEN` as a bearer token: no token is 401, a
 //! wrong one 403; with `ADMIN_TOKEN` unset the endpoints are off (404), never open.
 
-use actix_web::http::header::AUTHORIZATION;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
@@ -18,14 +17,7 @@ fn require_admin(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
             "the admin endpoints are off (ADMIN_TOKEN is unset)".into(),
         ));
     };
-    let presented = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|token| !token.is_empty())
-        .ok_or(ApiError::Unauthorized)?;
+    let presented = super::auth::bearer_token(req.headers()).ok_or(ApiError::Unauthorized)?;
     if constant_time_eq::constant_time_eq(presented.as_bytes(), expected.expose().as_bytes()) {
         Ok(())
     } else {

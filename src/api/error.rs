@@ -27,6 +27,12 @@ pub enum ApiError {
     Unauthorized,
     #[error("the token is not valid")]
     Forbidden,
+    /// A bearer token that is none of `API_TOKENS` (401, not 403: it authenticates nothing).
+    #[error("the bearer token is not valid")]
+    BadToken,
+    /// A write-back whose Standard Webhooks signature does not hold.
+    #[error("{0}")]
+    InvalidSignature(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -61,8 +67,9 @@ impl ApiError {
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge { .. } => "payload_too_large",
-            Self::Unauthorized => "unauthorized",
+            Self::Unauthorized | Self::BadToken => "unauthorized",
             Self::Forbidden => "forbidden",
+            Self::InvalidSignature(_) => "invalid_signature",
             Self::Conflict(_) => "conflict",
             Self::Unavailable(_) => "unavailable",
             Self::Unexpected(_) => "internal_error",
@@ -78,7 +85,9 @@ impl ResponseError for ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::BadToken | Self::InvalidSignature(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -100,7 +109,7 @@ impl ResponseError for ApiError {
             Self::Unavailable(_) => {
                 response.insert_header(("Retry-After", "1"));
             }
-            Self::Unauthorized => {
+            Self::Unauthorized | Self::BadToken => {
                 response.insert_header(("WWW-Authenticate", "Bearer"));
             }
             _ => {}

@@ -35,6 +35,7 @@ pub async fn check_health(state: web::Data<AppState>) -> HttpResponse {
         "postgres": word(postgres_ok),
         "redis": word(redis_ok),
         "engine": engine.describe(),
+        "external": state.external_api,
     });
     if all_ok {
         HttpResponse::Ok().json(body)

@@ -1,14 +1,17 @@
 //! `PUT|PATCH /inbound/{id}`: the external system writing an order's status and delivery time
 //! back, as in the reference service. The change emits no sync event, so nothing echoes back.
 //! The body is `{"order": {"status": ..., "delivered_on": epoch}}` as JSON, or the same as a
-//! form (`order[status]=delivered&order[delivered_on]=1749000000`).
+//! form (`order[status]=delivered&order[delivered_on]=1749000000`). With
+//! `INBOUND_WEBHOOK_SECRET` set, every write-back must be signed ([`super::webhook`]): a missing
+//! or wrong signature, or a stale timestamp, gets 401, and a replay is answered without being
+//! applied twice.
 
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
-use super::{ApiError, AppState};
-use crate::db;
+use super::{webhook, ApiError, AppState};
+use crate::db::{self, InboundOutcome};
 use crate::domain::InboundUpdate;
 
 #[utoipa::path(method(put, patch), path = "/inbound/{id}", tag = "inbound", params(("id" = i64, Path, description = "The order's id")),
@@ -21,10 +24,29 @@ pub async fn update_from_inbound(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     state.ensure_accepting_writes()?;
+    // Checked on the raw body, before anything is parsed.
+    let webhook_id = if state.webhook_keys.is_empty() {
+        None
+    } else {
+        let now = chrono::Utc::now().timestamp();
+        Some(webhook::verify(
+            &state.webhook_keys,
+            req.headers(),
+            &body,
+            now,
+        )?)
+    };
     let (status, delivered_on) = read_inbound_body(&req, &body)?;
     let update = InboundUpdate::parse(status.as_ref(), delivered_on.as_ref())
         .map_err(ApiError::Validation)?;
-    db::update_from_inbound(&state.db, id.into_inner(), update).await?;
+    let webhook_id = webhook_id.as_ref().map(|id| id.0.as_str());
+    match db::update_from_inbound(&state.db, id.into_inner(), update, webhook_id).await? {
+        InboundOutcome::Applied(_) => {}
+        // The sender retried, or someone repeated a captured request: already applied.
+        InboundOutcome::Replayed => {
+            tracing::info!(webhook_id, "replayed write-back: not applied again")
+        }
+    }
     Ok(HttpResponse::Ok().json(json!({"message": "Order record updated successfully."})))
 }
 

@@ -2,6 +2,7 @@
 //! one place; each resource's handlers live in its own module.
 
 mod admin;
+pub mod auth;
 mod dashboard;
 mod docs;
 mod error;
@@ -9,6 +10,7 @@ mod health;
 mod inbound;
 mod metrics;
 mod orders;
+pub mod webhook;
 
 pub use docs::ApiDoc;
 pub use error::{ApiError, ErrorBody};
@@ -28,7 +30,7 @@ use crate::actors::supervisor::SupervisorActor;
 use crate::actors::throttle::Throttle;
 use crate::backlog::dispatcher::InFlight;
 use crate::backlog::keys::Keys;
-use crate::config::Secret;
+use crate::config::{Secret, WebhookKey};
 use crate::metrics::SyncMetrics;
 
 /// What every handler can reach, shared through `web::Data`.
@@ -43,6 +45,12 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// `None`: the admin endpoints are off.
     pub admin_token: Option<Secret>,
+    /// Bearer tokens of the data routes; empty: open (see [`auth`]).
+    pub api_tokens: Vec<Secret>,
+    /// Keys that sign inbound write-backs; empty: `/inbound` is open (see [`webhook`]).
+    pub webhook_keys: Vec<WebhookKey>,
+    /// Where external calls go: `"built-in fake"` or `"configured"`, for `/health`.
+    pub external_api: &'static str,
     /// The engine's parts, for the metrics endpoints (`None` with `SYNC_ENGINE=false`).
     pub supervisor: Option<Addr<SupervisorActor>>,
     pub in_flight: Option<InFlight>,

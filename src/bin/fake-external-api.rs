@@ -1,5 +1,7 @@
 //! The built-in fake external API on its own: `cargo run --bin fake-external-api`.
-//! `FAKE_API_PORT` (default 9090), `FAKE_API_LATENCY_MS`, `FAKE_API_FAILURE_RATE`.
+//! `FAKE_API_PORT` (default 9090), `FAKE_API_HOST` (default 127.0.0.1; docker-compose sets
+//! 0.0.0.0 so the service's container can reach it), `FAKE_API_LATENCY_MS`,
+//! `FAKE_API_FAILURE_RATE`.
 
 use std::net::TcpListener;
 use std::process::ExitCode;
@@ -14,8 +16,9 @@ async fn main() -> ExitCode {
         let port: u16 = port
             .parse()
             .map_err(|_| anyhow::anyhow!("FAKE_API_PORT must be a port number, not {port:?}"))?;
-        let listener = TcpListener::bind(("127.0.0.1", port)).map_err(|e| {
-            anyhow::anyhow!("cannot listen on 127.0.0.1:{port} (FAKE_API_PORT): {e}")
+        let host = std::env::var("FAKE_API_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+        let listener = TcpListener::bind((host.as_str(), port)).map_err(|e| {
+            anyhow::anyhow!("cannot listen on {host}:{port} (FAKE_API_HOST, FAKE_API_PORT): {e}")
         })?;
         let (url, server) = FakeExternalApi::build(listener, config)?;
         println!("fake external API listening on {url} ({config:?})");

@@ -139,12 +139,34 @@ pub async fn delete_order(db: &DatabaseConnection, id: i64) -> Result<(), StoreE
 ///   in flight carrying the old fields, and its success would mark the order synced while the
 ///   external side holds the newer write-back. So the write-back is merged as a new version with
 ///   its outbox row: exactly one more call carries the merged state.
+///
+/// A signed write-back carries its `webhook_id`: it is recorded in the same transaction, and a
+/// write-back whose id was already recorded is a replay, answered [`InboundOutcome::Replayed`]
+/// without being applied again.
 pub async fn update_from_inbound(
     db: &DatabaseConnection,
     id: i64,
     update: InboundUpdate,
-) -> Result<orders::Model, StoreError> {
+    webhook_id: Option<&str>,
+) -> Result<InboundOutcome, StoreError> {
     let txn = db.begin().await?;
+    if let Some(webhook_id) = webhook_id {
+        // Ids older than the signature tolerance cannot come back: forget them.
+        txn.execute_unprepared(
+            "DELETE FROM inbound_webhooks WHERE received_at < now() - interval '10 minutes'",
+        )
+        .await?;
+        let recorded = txn
+            .execute(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "INSERT INTO inbound_webhooks (webhook_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                [webhook_id.into()],
+            ))
+            .await?;
+        if recorded.rows_affected() == 0 {
+            return Ok(InboundOutcome::Replayed);
+        }
+    }
     let current = lock_live_order(&txn, id).await?;
     let fields = stored_fields(&current)?
         .with_inbound(update)
@@ -165,7 +187,15 @@ pub async fn update_from_inbound(
         write_outbox(&txn, id, version, ChangeAction::Update).await?;
     }
     txn.commit().await?;
-    Ok(order)
+    Ok(InboundOutcome::Applied(Box::new(order)))
+}
+
+/// What an inbound write-back did.
+#[derive(Debug)]
+pub enum InboundOutcome {
+    Applied(Box<orders::Model>),
+    /// A signed write-back whose id was already applied: nothing changed.
+    Replayed,
 }
 
 /// A live (not deleted) order.

@@ -3,11 +3,16 @@
 //!
 //! awc's `Client` is not `Send`: one is built per arbiter and shared (it is an `Rc` inside).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use actix_web::web::Bytes;
+use awc::error::PayloadError;
 use awc::http::StatusCode;
+use awc::ClientResponse;
+use futures_util::{Stream, StreamExt};
 
 use super::payload::ExternalOrder;
+use super::untrusted::{clean_error_text, parse_retry_after, MAX_ERROR_CHARS};
 use crate::config::Secret;
 
 /// The one call that brings the external API to an order's current state.
@@ -45,6 +50,7 @@ impl ExternalCall {
 /// Why a call did not succeed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
+    /// The text is awc's error, cleaned ([`clean_error_text`]): it may quote what the peer sent.
     #[error("cannot connect: {0}")]
     Connect(String),
     #[error("timed out")]
@@ -52,11 +58,12 @@ pub enum CallError {
     /// The service is shutting down: the attempt was not made.
     #[error("not attempted: shutting down")]
     Abandoned,
+    /// `body` is the start of the answer's body, cleaned ([`clean_error_text`]).
     #[error("HTTP {status}: {body}")]
     Status {
         status: u16,
         body: String,
-        /// From a 429 or 503's `Retry-After` (seconds form).
+        /// From the answer's `Retry-After` (either form), capped at `RETRY_AFTER_MAX_SECS`.
         retry_after: Option<Duration>,
     },
 }
@@ -73,8 +80,13 @@ impl CallError {
     }
 }
 
-/// The longest answer body kept in an error (and so in `sync.last_error`).
-const MAX_ERROR_BODY: usize = 500;
+/// Bytes of an error answer's body read at most: enough for the [`MAX_ERROR_CHARS`] kept (4 bytes
+/// a character at worst), and no more, whatever the answer claims its length is.
+const MAX_ERROR_BODY_BYTES: usize = 4 * MAX_ERROR_CHARS;
+
+/// Bytes of a successful answer's body read at most. Reading it to the end lets the connection be
+/// reused; a longer body is left unread and its connection closed.
+const MAX_SUCCESS_BODY_BYTES: usize = 64 * 1024;
 
 /// A client for one external API base URL.
 #[derive(Clone)]
@@ -82,11 +94,25 @@ pub struct ExternalClient {
     http: awc::Client,
     base: String,
     token: Secret,
+    /// Bounds the whole call: connecting, sending, the answer's headers and its body.
+    timeout: Duration,
+    /// Longest pause a `Retry-After` may ask for (`RETRY_AFTER_MAX_SECS`).
+    retry_after_max: Duration,
 }
 
 impl ExternalClient {
-    /// `timeout` bounds connecting and the whole request each (the reference used 5 s for both).
-    pub fn new(base_url: &str, token: Secret, timeout: Duration) -> Self {
+    /// `timeout` bounds each call as a whole (`EXTERNAL_TIMEOUT_MS`); `retry_after_max` caps the
+    /// pause an answer's `Retry-After` can ask for.
+    pub fn new(
+        base_url: &str,
+        token: Secret,
+        timeout: Duration,
+        retry_after_max: Duration,
+    ) -> Self {
+        // awc's own timeouts (connect, and request up to the answer's headers) are set to the
+        // same value, because their defaults (5 s) would otherwise cut a longer EXTERNAL_TIMEOUT_MS
+        // short. The bound that holds is the one around the whole of `send`: awc's stops at the
+        // headers, and a body that never ends would hold the call, its actor and its slot forever.
         let connector = awc::Connector::new().timeout(timeout).limit(0);
         let http = awc::Client::builder()
             .connector(connector)
@@ -97,11 +123,22 @@ impl ExternalClient {
             http,
             base: base_url.trim_end_matches('/').to_string(),
             token,
+            timeout,
+            retry_after_max,
         }
     }
 
-    /// Makes one call. A `DELETE` answered 404 is a success: the order is already gone.
+    /// Makes one call, within `EXTERNAL_TIMEOUT_MS` from the first byte sent to the last byte
+    /// read. A `DELETE` answered 404 is a success: the order is already gone.
     pub async fn send(&self, call: &ExternalCall) -> Result<(), CallError> {
+        // Dropping the call on timeout drops its connection too, so nothing of it lingers.
+        tokio::time::timeout(self.timeout, self.exchange(call))
+            .await
+            .unwrap_or(Err(CallError::Timeout))
+    }
+
+    /// The request and the reading of its answer, unbounded in time: [`Self::send`] bounds it.
+    async fn exchange(&self, call: &ExternalCall) -> Result<(), CallError> {
         let request = match call {
             ExternalCall::Create(_) => self.http.post(format!("{}/v1/orders", self.base)),
             ExternalCall::Update(order) => self
@@ -126,33 +163,128 @@ impl ExternalClient {
             awc::error::SendRequestError::Connect(awc::error::ConnectError::Timeout) => {
                 CallError::Timeout
             }
-            other => CallError::Connect(other.to_string()),
+            other => CallError::Connect(clean_error_text(&other.to_string(), MAX_ERROR_CHARS)),
         })?;
         let status = response.status();
         if status.is_success()
             || (matches!(call, ExternalCall::Delete { .. }) && status == StatusCode::NOT_FOUND)
         {
-            // Drain the body so the connection can be reused.
-            let _ = response.body().limit(64 * 1024).await;
+            // What a success says is not used; it is read only so the connection can be reused.
+            let _ = read_at_most(&mut response, MAX_SUCCESS_BODY_BYTES).await;
             return Ok(());
         }
         let retry_after = response
             .headers()
             .get("Retry-After")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body = match response.body().limit(64 * 1024).await {
-            Ok(bytes) => String::from_utf8_lossy(&bytes)
-                .chars()
-                .take(MAX_ERROR_BODY)
-                .collect(),
+            .and_then(|v| parse_retry_after(v, SystemTime::now(), self.retry_after_max));
+        let body = match read_at_most(&mut response, MAX_ERROR_BODY_BYTES).await {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(e) => format!("(body unreadable: {e})"),
         };
         Err(CallError::Status {
             status: status.as_u16(),
-            body,
+            body: clean_error_text(&body, MAX_ERROR_CHARS),
             retry_after,
         })
+    }
+}
+
+/// The first `limit` bytes of the answer's body, or all of it if shorter. Unlike awc's
+/// `body().limit(..)`, a longer body is not an error: its start is what an error message needs.
+/// A multi-byte character cut at the limit reads as U+FFFD, which is harmless in an error text.
+async fn read_at_most<S>(
+    response: &mut ClientResponse<S>,
+    limit: usize,
+) -> Result<Vec<u8>, PayloadError>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+{
+    let mut body = Vec::new();
+    while body.len() < limit {
+        let Some(chunk) = response.next().await else {
+            break;
+        };
+        let chunk = chunk?;
+        let room = limit - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A one-connection HTTP server that reads a request, writes `answer` and then holds the
+    /// connection open until the client lets go, as a stalled or hostile server would.
+    async fn answer_once_and_hold(answer: Vec<u8>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(async move {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match socket.read(&mut byte).await {
+                    Ok(1) => head.push(byte[0]),
+                    _ => return,
+                }
+            }
+            // The client may stop reading before all of it is written.
+            let _ = socket.write_all(&answer).await;
+            let mut rest = [0u8; 1024];
+            while matches!(socket.read(&mut rest).await, Ok(n) if n > 0) {}
+        });
+        url
+    }
+
+    fn client(url: &str, timeout: Duration) -> ExternalClient {
+        ExternalClient::new(url, Secret::new("t"), timeout, Duration::from_secs(300))
+    }
+
+    const DELETE: ExternalCall = ExternalCall::Delete { id: 1, version: 2 };
+
+    #[actix_rt::test]
+    async fn a_body_that_never_ends_times_out_the_whole_call() {
+        let url = answer_once_and_hold(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{\"mess".to_vec(),
+        )
+        .await;
+        let started = std::time::Instant::now();
+        let result = client(&url, Duration::from_millis(200)).send(&DELETE).await;
+        assert!(matches!(result, Err(CallError::Timeout)), "{result:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[actix_rt::test]
+    async fn an_error_answer_is_read_to_a_bound_cleaned_and_its_retry_after_capped() {
+        let mut answer = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 18446744073709551615\r\n\
+            Content-Length: 10485760\r\n\r\n"
+            .to_vec();
+        answer.extend(b"\0\x1b[31m\r\n".repeat(100_000));
+        let url = answer_once_and_hold(answer).await;
+        let result = client(&url, Duration::from_secs(5)).send(&DELETE).await;
+        let Err(CallError::Status {
+            status,
+            body,
+            retry_after,
+        }) = result
+        else {
+            panic!("a status error, not {result:?}");
+        };
+        assert_eq!(status, 429);
+        assert_eq!(retry_after, Some(Duration::from_secs(300)));
+        assert_eq!(body.chars().count(), MAX_ERROR_CHARS);
+        assert!(!body.chars().any(char::is_control), "{body:?}");
     }
 }

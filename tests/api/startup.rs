@@ -65,6 +65,8 @@ fn the_binary_exits_1_with_one_line_naming_the_variable() {
         ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nothing"),
         ("DATABASE_URL", "not a url"),
         ("PORT", "eighty"),
+        ("DELAYED_RETRY_SCALE", "1e12"),
+        ("RETRY_AFTER_MAX_SECS", "86401"),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_order-sync"))
             .env(variable, value)
