@@ -43,6 +43,8 @@ pub enum StartupError {
     Bind { addr: String, cause: std::io::Error },
     #[error("cannot start the built-in fake external API: {0}")]
     FakeApi(String),
+    #[error("cannot configure TLS for EXTERNAL_API_URL: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// A built service: connected, migrated, its sync engine running, listening but not yet serving.
@@ -109,6 +111,8 @@ impl Application {
             db::bookkeeping_pool(&settings.database_url, settings.database_max_connections)
                 .await
                 .map_err(database_error)?;
+        // The trusted roots are read here, once; every call's handshake shares them.
+        let tls = crate::external::tls::client_config()?;
         let deps = Rc::new(SyncDeps {
             pool: pool.clone(),
             bookkeeping: bookkeeping.clone(),
@@ -117,6 +121,7 @@ impl Application {
                 settings.external_api_token.clone(),
                 Duration::from_millis(settings.external_timeout_ms),
                 Duration::from_secs(settings.retry_after_max_secs),
+                tls,
             ),
             throttle: throttle.clone(),
             retry: RetryPolicy {

@@ -19,4 +19,5 @@ mod process;
 mod properties;
 mod startup;
 mod sync;
+mod tls;
 mod untrusted_api;
