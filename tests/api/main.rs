@@ -5,6 +5,7 @@ mod admin;
 mod bad_input;
 mod dashboard;
 mod durability;
+mod edge;
 mod engine_tasks;
 mod external;
 mod health;
