@@ -186,8 +186,8 @@ impl Application {
         });
         let max_body_bytes = settings.max_body_bytes;
         let server = HttpServer::new(move || {
-            // The last `wrap` is the outermost: a request meets the log, then the refusal of
-            // compressed bodies and the body's deadline, then its route.
+            // The last `wrap` is the outermost: a request meets the security headers, then the
+            // log, then the refusal of compressed bodies and the body's deadline, then its route.
             App::new()
                 .wrap(actix_web::middleware::from_fn(edge::limit_body_read_time))
                 .wrap(actix_web::middleware::from_fn(
@@ -197,6 +197,7 @@ impl Application {
                 .wrap(actix_web::middleware::from_fn(
                     crate::telemetry::log_request,
                 ))
+                .wrap(edge::security_headers())
                 .app_data(state.clone())
                 .configure(|cfg| api::configure(cfg, max_body_bytes))
                 .default_service(web::to(api::route_not_found))

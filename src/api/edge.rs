@@ -1,10 +1,12 @@
-//! What every request passes through before a handler sees it: the limits that keep one client
-//! from holding the service's memory or connections. `crate::startup` wraps the whole app in
-//! these; the content-type rules live with the routes (`super::configure`).
+//! What every request passes through before a handler sees it, and what every answer carries:
+//! the limits that keep one client from holding the service's memory or connections, and the
+//! headers that tell a browser how little our pages may do. `crate::startup` wraps the whole app
+//! in these; the content-type rules live with the routes (`super::configure`).
 //!
 //! - Compressed request bodies are refused ([`refuse_compressed_bodies`]).
 //! - A request's body must arrive within [`BODY_READ_TIMEOUT`] ([`limit_body_read_time`]); its
 //!   head within [`CLIENT_REQUEST_TIMEOUT`] (set on the server in `crate::startup`).
+//! - Every answer carries [`CONTENT_SECURITY_POLICY`] and its companions ([`security_headers`]).
 
 use std::cell::Cell;
 use std::future::Future;
@@ -18,7 +20,7 @@ use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::ConnectionType;
-use actix_web::middleware::Next;
+use actix_web::middleware::{DefaultHeaders, Next};
 use actix_web::web::Bytes;
 use actix_web::{mime, HttpMessage, ResponseError};
 use futures_util::Stream;
@@ -34,6 +36,24 @@ pub const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// without this bound a client sending a byte a second would hold its connection, and a
 /// handler, for as long as it liked, and a few thousand such clients would hold them all.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The pages the service serves (the dashboard at `/`, Swagger UI at `/docs`) load their
+/// scripts, styles and data from this origin only, run no inline script or style, and may not be
+/// framed: an injected `<script>` or `style` attribute does nothing, and no other site can overlay
+/// the dashboard's buttons. `data:` images are Swagger UI's icons, built into its stylesheet.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+    style-src 'self'; img-src 'self' data:; font-src 'self'; connect-src 'self'; \
+    base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// The headers every answer carries: the content security policy above; `nosniff`, so a browser
+/// never runs an answer as a type other than the one declared; and `no-referrer`, so following
+/// a link from the dashboard tells the other site nothing about it.
+pub fn security_headers() -> DefaultHeaders {
+    DefaultHeaders::new()
+        .add((header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
+        .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .add((header::REFERRER_POLICY, "no-referrer"))
+}
 
 /// Answers 415 to any request whose body is compressed (a `Content-Encoding` other than
 /// `identity`), before a byte of the body is read.

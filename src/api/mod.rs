@@ -82,6 +82,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     .app_data(web::PathConfig::default().error_handler(|err, _req| path_error(err).into()))
     .app_data(web::QueryConfig::default().error_handler(|err, _req| query_error(err).into()))
     .route("/", web::get().to(dashboard::show_dashboard))
+    .route("/dashboard.js", web::get().to(dashboard::dashboard_script))
+    .route("/dashboard.css", web::get().to(dashboard::dashboard_styles))
     .route("/openapi.json", web::get().to(docs::openapi_json))
     .route("/docs", web::get().to(docs::show_docs))
     .route("/docs/{asset}", web::get().to(docs::docs_asset))

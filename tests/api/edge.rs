@@ -1,6 +1,6 @@
 //! The production edge, black-box through real sockets: compressed request bodies are refused
 //! before they can inflate, JSON routes take JSON only, numbered pages stop at 10,000 orders,
-//! and slow clients are cut off.
+//! slow clients are cut off, and every answer carries the security headers.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -262,6 +262,92 @@ async fn a_numbered_page_beyond_the_first_10000_orders_is_refused_with_422_point
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+}
+
+/// Security headers every answer must carry.
+fn assert_security_headers(path: &str, response: &reqwest::Response) {
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let policy = header("content-security-policy");
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(
+            policy.split(';').any(|d| d.trim() == directive),
+            "{path}: {directive} missing from {policy:?}"
+        );
+    }
+    assert!(!policy.contains("unsafe"), "{path}: {policy:?}");
+    assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+    assert_eq!(header("referrer-policy"), "no-referrer", "{path}");
+}
+
+#[actix_web::test]
+async fn every_answer_carries_the_security_headers_and_the_pages_have_no_inline_code() {
+    let app = spawn_api_only().await;
+    let id = app.create_order().await["id"].as_i64().unwrap();
+    let requests = [
+        ("GET /", app.http.get(app.url("/"))),
+        ("GET /dashboard.js", app.http.get(app.url("/dashboard.js"))),
+        (
+            "GET /dashboard.css",
+            app.http.get(app.url("/dashboard.css")),
+        ),
+        ("GET /docs", app.http.get(app.url("/docs"))),
+        (
+            "GET /docs/swagger-init.js",
+            app.http.get(app.url("/docs/swagger-init.js")),
+        ),
+        ("GET /openapi.json", app.http.get(app.url("/openapi.json"))),
+        ("GET /health", app.http.get(app.url("/health"))),
+        ("GET /metrics", app.http.get(app.url("/metrics"))),
+        ("GET /orders", app.http.get(app.url("/orders"))),
+        (
+            "GET /orders/{id}",
+            app.http.get(app.url(&format!("/orders/{id}"))),
+        ),
+        ("GET /nowhere (404)", app.http.get(app.url("/nowhere"))),
+        ("DELETE /orders (405)", app.http.delete(app.url("/orders"))),
+        (
+            "POST /orders text (415)",
+            app.http.post(app.url("/orders")).body("{}"),
+        ),
+        (
+            "POST /orders {} (422)",
+            app.http.post(app.url("/orders")).json(&json!({})),
+        ),
+    ];
+    for (what, request) in requests {
+        let response = request.send().await.unwrap();
+        assert_security_headers(what, &response);
+        if matches!(what, "GET /" | "GET /docs") {
+            let page = response.text().await.unwrap();
+            assert!(
+                !page.contains("<script>") && !page.contains("<style"),
+                "{what}"
+            );
+            assert!(!page.contains("style="), "{what}");
+            assert!(!has_event_handler_attribute(&page), "{what}");
+        }
+    }
+}
+
+/// True when the page has an inline event handler (` onclick=`, ` onload=`, ...).
+fn has_event_handler_attribute(page: &str) -> bool {
+    page.match_indices(" on").any(|(at, _)| {
+        let rest = &page[at + 3..];
+        let name_len = rest.chars().take_while(char::is_ascii_lowercase).count();
+        name_len > 0 && rest[name_len..].starts_with('=')
+    })
 }
 
 /// Sends a request's head and then a byte a second (or the head itself a byte a second), as a
