@@ -1,6 +1,7 @@
 //! The production edge, black-box through real sockets: compressed request bodies are refused
 //! before they can inflate, JSON routes take JSON only, numbered pages stop at 10,000 orders,
-//! slow clients are cut off, and every answer carries the security headers.
+//! slow clients are cut off, a statement that runs too long is cancelled, and every answer
+//! carries the security headers.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -417,4 +418,45 @@ async fn a_request_head_sent_a_byte_a_second_is_cut_off_within_a_few_seconds() {
     eprintln!("slow head: cut off after {elapsed:?}: {answer:?}");
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     assert!(elapsed < CUT_OFF_WITHIN, "cut off after {elapsed:?}");
+}
+
+/// A write blocked behind a lock is cancelled by `statement_timeout` (10 s) and answered 503
+/// with `Retry-After`, not left holding its connection; the lock is the test's own.
+#[actix_web::test]
+async fn a_statement_blocked_past_the_statement_timeout_is_cancelled_and_answered_503() {
+    let app = spawn_api_only().await;
+    let id = app.create_order().await["id"].as_i64().unwrap();
+    let before = app.snapshot().await;
+    let mut lock = app.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let response = app
+        .http
+        .patch(app.url(&format!("/orders/{id}")))
+        .json(&json!({"city": "Mumbai"}))
+        .send()
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    lock.rollback().await.unwrap();
+    eprintln!(
+        "blocked write answered {} after {elapsed:?}",
+        response.status()
+    );
+    assert!(
+        response.headers().contains_key("retry-after"),
+        "{response:?}"
+    );
+    assert_error(response, 503, "unavailable").await;
+    assert!(
+        (Duration::from_secs(9)..Duration::from_secs(20)).contains(&elapsed),
+        "answered after {elapsed:?}"
+    );
+    assert_eq!(app.snapshot().await, before);
+    // The lock gone, the same write goes through.
+    let order = app.patch_order(id, &json!({"city": "Mumbai"})).await;
+    assert_eq!(order["city"], "Mumbai");
 }
