@@ -176,12 +176,40 @@ function drawChart() {
 }
 window.addEventListener("resize", drawChart);
 
+// ---- API token (API_TOKENS): sent with every request for figures -------------
+const API_TOKEN_KEY = "orderSyncApiToken";
+let apiToken = "";
+try { apiToken = sessionStorage.getItem(API_TOKEN_KEY) || ""; } catch (_) { /* storage blocked */ }
+$("#api-token").value = apiToken;
+const apiHeaders = () => (apiToken ? { Authorization: `Bearer ${apiToken}` } : {});
+
+function saveApiToken() {
+  apiToken = $("#api-token").value.trim();
+  try { apiToken ? sessionStorage.setItem(API_TOKEN_KEY, apiToken) : sessionStorage.removeItem(API_TOKEN_KEY); } catch (_) { /* ignore */ }
+  refresh();
+}
+$("#save-api-token").addEventListener("click", saveApiToken);
+$("#api-token").addEventListener("keydown", (ev) => { if (ev.key === "Enter") saveApiToken(); });
+
+// The development banner: /health (open) says where external calls go.
+async function loadHealth() {
+  try {
+    const r = await request("/health");
+    $("#fake-banner").hidden = r.body?.external !== "built-in fake";
+  } catch (_) { /* the metrics loop reports an unreachable service */ }
+}
+
 // ---- metrics ---------------------------------------------------------------
 async function loadMetrics() {
   const status = $("#status-line");
   let m;
   try {
-    const r = await request("/metrics/actors");
+    const r = await request("/metrics/actors", { headers: apiHeaders() });
+    if (r.status === 401) {
+      status.textContent = apiToken ? "the API token was refused (401)" : "enter the API token (401)";
+      status.className = "down"; status.title = "API_TOKENS is set on the server";
+      return;
+    }
     if (!r.ok || !r.body || typeof r.body !== "object") throw new Error(`HTTP ${r.status}`);
     m = r.body;
   } catch (e) {
@@ -343,4 +371,5 @@ async function refresh() {
 }
 
 syncButtons();
+loadHealth();
 refresh();

@@ -292,3 +292,48 @@ async fn swagger_ui_shows_the_api_and_tries_a_call_under_the_content_security_po
     assert!(violations.is_empty(), "{violations:#?}");
     browser.close().await.ok();
 }
+
+#[actix_web::test]
+async fn the_dashboard_asks_for_the_api_token_and_announces_the_built_in_fake() {
+    // No EXTERNAL_API_URL: the built-in fake; API_TOKENS set: the figures need the token.
+    let app = spawn_app_with(&[("API_TOKENS", "dash-token")]).await;
+    let driver = ChromeDriver::start().await;
+    let browser = driver.browser().await;
+    browser
+        .goto(&app.url("/"))
+        .await
+        .expect("the page loads without a token");
+    wait_for_text(&browser, "#status-line", "enter the API token (401)").await;
+    wait_for(
+        "the development banner",
+        Duration::from_secs(20),
+        || async {
+            let banner = browser.find(Locator::Css("#fake-banner")).await.ok()?;
+            banner
+                .is_displayed()
+                .await
+                .ok()
+                .filter(|shown| *shown)
+                .map(|_| ())
+        },
+    )
+    .await;
+    browser
+        .find(Locator::Css("#api-token"))
+        .await
+        .unwrap()
+        .send_keys("dash-token")
+        .await
+        .unwrap();
+    click(&browser, "#save-api-token").await;
+    wait_for("the figures", Duration::from_secs(20), || async {
+        text_of(&browser, "#status-line")
+            .await
+            .filter(|t| t.starts_with("updated"))
+    })
+    .await;
+    wait_for_text(&browser, "#stat-synced", "0").await;
+    let violations = policy_violations(&browser).await;
+    assert!(violations.is_empty(), "{violations:#?}");
+    browser.close().await.ok();
+}
