@@ -23,7 +23,7 @@ use actix_web::http::ConnectionType;
 use actix_web::middleware::{DefaultHeaders, Next};
 use actix_web::web::Bytes;
 use actix_web::{mime, HttpMessage, ResponseError};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 
 use super::ApiError;
 
@@ -55,15 +55,18 @@ pub fn security_headers() -> DefaultHeaders {
         .add((header::REFERRER_POLICY, "no-referrer"))
 }
 
+/// Most bytes of a refused compressed body read (and dropped) before answering.
+const MAX_DRAINED_BYTES: usize = 1024 * 1024;
+
 /// Answers 415 to any request whose body is compressed (a `Content-Encoding` other than
-/// `identity`), before a byte of the body is read.
+/// `identity`), without inflating a byte of it.
 ///
 /// Refusing is simpler and safer than inflating under a limit: no client of this API needs to
 /// compress a 1 KB order, and an inflater is where a 56 KiB gzip body becomes 60 MB, or a
 /// 59 KiB zstd body 1.9 GiB, before any size check sees it. (The service is also built without
 /// actix-web's decompressors; this answer is what a client sees either way.)
 pub async fn refuse_compressed_bodies(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let compressed = req
@@ -71,11 +74,34 @@ pub async fn refuse_compressed_bodies(
         .get_all(header::CONTENT_ENCODING)
         .any(|value| !is_identity(value));
     if compressed {
+        // The client is likely still sending the body: read it (still compressed, a chunk at a
+        // time, nothing inflated or kept) so that it gets this answer instead of a reset
+        // connection. Bounded in size and time; past either, the connection is closed.
+        let mut body = req.take_payload();
+        let drained = tokio::time::timeout(BODY_READ_TIMEOUT, async {
+            let mut read = 0usize;
+            while let Some(Ok(chunk)) = body.next().await {
+                read += chunk.len();
+                if read > MAX_DRAINED_BYTES {
+                    return false;
+                }
+            }
+            true
+        })
+        .await
+        .unwrap_or(false);
         let refusal = ApiError::UnsupportedMediaType(
             "compressed request bodies are not accepted: send the body without Content-Encoding"
                 .into(),
         );
-        return Ok(req.error_response(refusal).map_into_right_body());
+        let mut response = req.error_response(refusal);
+        if !drained {
+            response
+                .response_mut()
+                .head_mut()
+                .set_connection_type(ConnectionType::Close);
+        }
+        return Ok(response.map_into_right_body());
     }
     Ok(next.call(req).await?.map_into_left_body())
 }
