@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actors::order_sync::{RetryPolicy, SyncDeps};
 use crate::actors::throttle::Throttle;
-use crate::api::{self, AppState};
+use crate::api::{self, edge, AppState};
 use crate::backlog::dispatcher::InFlight;
 use crate::backlog::keys::Keys;
 use crate::config::{redact_url, Settings};
@@ -43,6 +43,8 @@ pub enum StartupError {
     Bind { addr: String, cause: std::io::Error },
     #[error("cannot start the built-in fake external API: {0}")]
     FakeApi(String),
+    #[error("cannot configure TLS for EXTERNAL_API_URL: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// A built service: connected, migrated, its sync engine running, listening but not yet serving.
@@ -114,6 +116,8 @@ impl Application {
             db::bookkeeping_pool(&settings.database_url, settings.database_max_connections)
                 .await
                 .map_err(database_error)?;
+        // The trusted roots are read here, once; every call's handshake shares them.
+        let tls = crate::external::tls::client_config()?;
         let deps = Rc::new(SyncDeps {
             pool: pool.clone(),
             bookkeeping: bookkeeping.clone(),
@@ -122,6 +126,7 @@ impl Application {
                 settings.external_api_token.clone(),
                 Duration::from_millis(settings.external_timeout_ms),
                 Duration::from_secs(settings.retry_after_max_secs),
+                tls,
             ),
             throttle: throttle.clone(),
             retry: RetryPolicy {
@@ -195,7 +200,13 @@ impl Application {
         }
         let max_body_bytes = settings.max_body_bytes;
         let server = HttpServer::new(move || {
+            // The last `wrap` is the outermost: a request meets the security headers, then the
+            // log, then the refusal of compressed bodies and the body's deadline, then its route.
             App::new()
+                .wrap(actix_web::middleware::from_fn(edge::limit_body_read_time))
+                .wrap(actix_web::middleware::from_fn(
+                    edge::refuse_compressed_bodies,
+                ))
                 .wrap(ErrorHandlers::new().default_handler(json_error_body))
                 .wrap(actix_web::middleware::from_fn(
                     crate::api::auth::require_api_token,
@@ -203,10 +214,13 @@ impl Application {
                 .wrap(actix_web::middleware::from_fn(
                     crate::telemetry::log_request,
                 ))
+                .wrap(edge::security_headers())
                 .app_data(state.clone())
                 .configure(|cfg| api::configure(cfg, max_body_bytes))
                 .default_service(web::to(api::route_not_found))
         })
+        // A request's head must arrive within this; its body within `edge::BODY_READ_TIMEOUT`.
+        .client_request_timeout(edge::CLIENT_REQUEST_TIMEOUT)
         .listen(listener)
         .map_err(|cause| StartupError::Bind { addr, cause })?
         // Signals are ours (see `run_until_stopped`): the engine must drain before the server stops.
@@ -331,7 +345,9 @@ fn json_error_body<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandler
     }
     let status = res.status();
     let code = match status.as_u16() {
+        408 => "request_timeout",
         413 => "payload_too_large",
+        415 => "unsupported_media_type",
         404 => "not_found",
         405 => "method_not_allowed",
         s if s >= 500 => "internal_error",

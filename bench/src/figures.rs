@@ -150,6 +150,7 @@ async fn raw_ceiling(db_url: &str, api_url: &str, orders: u64) -> anyhow::Result
                 Secret::new("bench"),
                 Duration::from_secs(5),
                 Duration::from_secs(300),
+                order_sync::external::tls::client_config()?,
             );
             let next = Rc::new(Cell::new(1_i64));
             let started = Instant::now();

@@ -36,10 +36,12 @@ pub fn is_one_of(presented: &str, tokens: &[Secret]) -> bool {
 
 /// Paths that need no API token (see the module's doc).
 fn is_open(path: &str) -> bool {
-    matches!(path, "/" | "/health" | "/openapi.json" | "/docs")
-        || ["/docs/", "/assets/", "/inbound/", "/admin"]
-            .iter()
-            .any(|prefix| path.starts_with(prefix))
+    matches!(
+        path,
+        "/" | "/dashboard.js" | "/dashboard.css" | "/health" | "/openapi.json" | "/docs"
+    ) || ["/docs/", "/inbound/", "/admin"]
+        .iter()
+        .any(|prefix| path.starts_with(prefix))
 }
 
 /// Middleware: answers 401 (in the one error shape) to a data route without a valid token.

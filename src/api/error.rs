@@ -23,6 +23,12 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// A body of a type or coding the route does not take (see `super::edge`).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The body did not arrive within `super::edge::BODY_READ_TIMEOUT`.
+    #[error("the request body was not received in time")]
+    RequestTimeout,
     #[error("missing or malformed bearer token")]
     Unauthorized,
     #[error("the token is not valid")]
@@ -67,6 +73,8 @@ impl ApiError {
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::RequestTimeout => "request_timeout",
             Self::Unauthorized | Self::BadToken => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::InvalidSignature(_) => "invalid_signature",
@@ -85,6 +93,8 @@ impl ResponseError for ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Unauthorized | Self::BadToken | Self::InvalidSignature(_) => {
                 StatusCode::UNAUTHORIZED
             }

@@ -5,6 +5,7 @@ mod admin;
 pub mod auth;
 mod dashboard;
 mod docs;
+pub(crate) mod edge;
 mod error;
 mod health;
 mod inbound;
@@ -79,14 +80,18 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     cfg.app_data(
         web::JsonConfig::default()
             .limit(max_body_bytes)
-            // curl -d sends a form content type; a JSON body is still a JSON body.
-            .content_type_required(false)
+            // JSON routes take `Content-Type: application/json` only (415 otherwise): the types
+            // a web page may send to another origin without asking (a form, text/plain) are
+            // refused, so no page a browser has open can write orders through it.
+            .content_type_required(true)
             .error_handler(move |err, _req| json_error(err, max_body_bytes).into()),
     )
     .app_data(web::PayloadConfig::new(max_body_bytes))
     .app_data(web::PathConfig::default().error_handler(|err, _req| path_error(err).into()))
     .app_data(web::QueryConfig::default().error_handler(|err, _req| query_error(err).into()))
     .route("/", web::get().to(dashboard::show_dashboard))
+    .route("/dashboard.js", web::get().to(dashboard::dashboard_script))
+    .route("/dashboard.css", web::get().to(dashboard::dashboard_styles))
     .route("/openapi.json", web::get().to(docs::openapi_json))
     .route("/docs", web::get().to(docs::show_docs))
     .route("/docs/{asset}", web::get().to(docs::docs_asset))
@@ -116,10 +121,17 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     )
     .service(
         web::resource("/inbound/{id}")
-            .route(web::put().to(inbound::update_from_inbound))
-            .route(web::patch().to(inbound::update_from_inbound))
+            .route(inbound_route(web::put()))
+            .route(inbound_route(web::patch()))
             .default_service(web::to(method_not_allowed)),
     );
+}
+
+/// The write-back takes JSON or a form; anything else is refused before its handler runs.
+fn inbound_route(method: actix_web::Route) -> actix_web::Route {
+    method
+        .to(inbound::update_from_inbound)
+        .wrap(actix_web::middleware::from_fn(edge::require_json_or_form))
 }
 
 /// The answer for paths no route matches.
@@ -143,6 +155,9 @@ fn json_error(err: JsonPayloadError, limit: usize) -> ApiError {
         JsonPayloadError::Deserialize(e) => {
             ApiError::MalformedJson(format!("the body is not valid JSON: {e}"))
         }
+        JsonPayloadError::ContentType => ApiError::UnsupportedMediaType(
+            "the body must be JSON, sent with Content-Type: application/json".into(),
+        ),
         other => ApiError::BadRequest(format!("cannot read the body: {other}")),
     }
 }

@@ -89,7 +89,8 @@ pub struct OrderPageOut {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Page number (from 1); the answer then has `total`.
+    /// Page number (from 1); the answer then has `total`. `page` × `per_page` may be 10,000 at
+    /// most: go further with `cursor`.
     page: Option<String>,
     /// Orders per page, 1 to 100 (default 25).
     per_page: Option<String>,
@@ -139,6 +140,12 @@ pub struct OrderIn {
 const DEFAULT_PER_PAGE: u64 = 25;
 const MAX_PER_PAGE: u64 = 100;
 
+/// The deepest a numbered page may reach (`page` × `per_page`). PostgreSQL reads and discards
+/// every row before a numbered page (`OFFSET`), so page 400,000 costs a scan of ten million rows,
+/// each time it is asked for; a cursor page seeks straight to its place in the index whatever
+/// its depth. Deeper pages are refused (422) with a pointer to `cursor`.
+const MAX_NUMBERED_ROWS: u64 = 10_000;
+
 impl ListQuery {
     fn parse(self) -> Result<(OrderFilter, PageRequest), FieldErrors> {
         let mut errors = FieldErrors::new();
@@ -169,6 +176,15 @@ impl ListQuery {
                 .map_err(|e| errors.insert("sync.state".into(), e))
                 .ok()
         });
+        if page.is_some_and(|page| page.saturating_mul(per_page) > MAX_NUMBERED_ROWS) {
+            errors.insert(
+                "page".into(),
+                format!(
+                    "numbered pages reach the first {MAX_NUMBERED_ROWS} orders only \
+                     (page × per_page); use cursor (each page's next_cursor) to go further"
+                ),
+            );
+        }
         if page.is_some() && cursor.is_some() {
             errors.insert(
                 "cursor".into(),
@@ -187,7 +203,7 @@ impl ListQuery {
 }
 
 #[utoipa::path(post, path = "/orders", tag = "orders", request_body = OrderIn,
-    responses((status = 201, body = OrderOut), (status = 400, body = crate::api::ErrorBody), (status = 413, body = crate::api::ErrorBody), (status = 422, body = crate::api::ErrorBody), (status = 503, body = crate::api::ErrorBody)))]
+    responses((status = 201, body = OrderOut), (status = 400, body = crate::api::ErrorBody), (status = 413, body = crate::api::ErrorBody), (status = 415, body = crate::api::ErrorBody), (status = 422, body = crate::api::ErrorBody), (status = 503, body = crate::api::ErrorBody)))]
 pub async fn create_order(
     state: web::Data<AppState>,
     body: web::Json<Value>,
@@ -231,7 +247,7 @@ pub async fn list_orders(
 }
 
 #[utoipa::path(put, path = "/orders/{id}", tag = "orders", params(("id" = i64, Path, description = "The order's id")), request_body = OrderIn,
-    responses((status = 200, body = OrderOut), (status = 404, body = crate::api::ErrorBody), (status = 422, body = crate::api::ErrorBody)))]
+    responses((status = 200, body = OrderOut), (status = 404, body = crate::api::ErrorBody), (status = 415, body = crate::api::ErrorBody), (status = 422, body = crate::api::ErrorBody)))]
 pub async fn replace_order(
     state: web::Data<AppState>,
     id: web::Path<i64>,
@@ -246,7 +262,7 @@ pub async fn replace_order(
 
 #[utoipa::path(patch, path = "/orders/{id}", tag = "orders", params(("id" = i64, Path, description = "The order's id")),
     request_body(content = serde_json::Value, description = "Any subset of the order's fields; `\"delivered_at\": null` clears it"),
-    responses((status = 200, body = OrderOut), (status = 404, body = crate::api::ErrorBody), (status = 422, body = crate::api::ErrorBody)))]
+    responses((status = 200, body = OrderOut), (status = 404, body = crate::api::ErrorBody), (status = 415, body = crate::api::ErrorBody), (status = 422, body = crate::api::ErrorBody)))]
 pub async fn patch_order(
     state: web::Data<AppState>,
     id: web::Path<i64>,

@@ -52,23 +52,50 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the pool and applies pending migrations.
+/// The longest one statement may run on the main pool: PostgreSQL cancels it past this
+/// (SQLSTATE 57014), so no request, however expensive its query, holds a connection and a
+/// server process for longer. It is far beyond what any statement of the API or the engine
+/// should need: one that takes this long is stuck behind a lock or running away, and holding its
+/// connection would starve the rest of the pool. Migrations run without it, on a connection of
+/// their own: they may rewrite whole tables.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Applies pending migrations, then opens the main pool (API and engine), whose statements are
+/// bounded by [`STATEMENT_TIMEOUT`].
 pub async fn connect_and_migrate(
     url: &str,
     max_connections: u32,
 ) -> anyhow::Result<DatabaseConnection> {
+    migrate(url).await?;
+    let statement_timeout = format!("{}ms", STATEMENT_TIMEOUT.as_millis());
     let mut options = ConnectOptions::new(url.to_string());
     options
         .max_connections(max_connections)
         .min_connections(1)
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(5))
+        .sqlx_logging(false)
+        .map_sqlx_postgres_opts(move |pg| {
+            pg.options([("statement_timeout", statement_timeout.as_str())])
+        });
+    Database::connect(options).await.context("cannot connect")
+}
+
+/// Applies pending migrations on a connection of their own, without a statement timeout, closed
+/// when they are done.
+async fn migrate(url: &str) -> anyhow::Result<()> {
+    let mut options = ConnectOptions::new(url.to_string());
+    options
+        .max_connections(1)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5))
         .sqlx_logging(false);
     let db = Database::connect(options).await.context("cannot connect")?;
-    Migrator::up(&db, None)
+    let migrated = Migrator::up(&db, None)
         .await
-        .context("cannot apply migrations")?;
-    Ok(db)
+        .context("cannot apply migrations");
+    db.close().await.ok();
+    migrated
 }
 
 /// A pool whose commits do not wait for the disk (`synchronous_commit = off`), for the sync
@@ -104,7 +131,10 @@ pub fn is_unavailable(err: &DbErr) -> bool {
 
 /// True when the same statement may well succeed if tried again: the connection was lost or
 /// could not be had, the server is starting, stopping or out of connections (SQLSTATE classes
-/// 08, 57P and 53), or the transaction lost a serialization race or a deadlock (40001, 40P01).
+/// 08, 57P and 53), the transaction lost a serialization race or a deadlock (40001, 40P01), or
+/// the statement was cancelled (57014: it ran past [`STATEMENT_TIMEOUT`], which a server under
+/// load or a lock held elsewhere causes, and which passes with them). The API answers those 503
+/// with `Retry-After`; the engine retries them with backoff and then puts the event off.
 /// Everything else (a constraint, a value PostgreSQL rejects) fails the same way every time.
 pub fn is_transient(err: &sqlx::Error) -> bool {
     match err {
@@ -118,6 +148,7 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
                 || code.starts_with("53")
                 || code == "40001"
                 || code == "40P01"
+                || code == "57014"
         }),
         _ => false,
     }

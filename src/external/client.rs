@@ -3,6 +3,7 @@
 //!
 //! awc's `Client` is not `Send`: one is built per arbiter and shared (it is an `Rc` inside).
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix_web::web::Bytes;
@@ -102,18 +103,25 @@ pub struct ExternalClient {
 
 impl ExternalClient {
     /// `timeout` bounds each call as a whole (`EXTERNAL_TIMEOUT_MS`); `retry_after_max` caps the
-    /// pause an answer's `Retry-After` can ask for.
+    /// pause an answer's `Retry-After` can ask for; `tls` is the configuration `https` URLs use
+    /// ([`super::tls::client_config`], built once at start-up).
     pub fn new(
         base_url: &str,
         token: Secret,
         timeout: Duration,
         retry_after_max: Duration,
+        tls: Arc<rustls::ClientConfig>,
     ) -> Self {
-        // awc's own timeouts (connect, and request up to the answer's headers) are set to the
-        // same value, because their defaults (5 s) would otherwise cut a longer EXTERNAL_TIMEOUT_MS
-        // short. The bound that holds is the one around the whole of `send`: awc's stops at the
-        // headers, and a body that never ends would hold the call, its actor and its slot forever.
-        let connector = awc::Connector::new().timeout(timeout).limit(0);
+        // awc's own timeouts (connect, the TLS handshake, and request up to the answer's headers)
+        // are set to the same value, because their defaults (5 s) would otherwise cut a longer
+        // EXTERNAL_TIMEOUT_MS short. The bound that holds is the one around the whole of `send`:
+        // awc's stops at the headers, and a body that never ends would hold the call, its actor
+        // and its slot forever.
+        let connector = awc::Connector::new()
+            .rustls_0_23(tls)
+            .timeout(timeout)
+            .handshake_timeout(timeout)
+            .limit(0);
         let http = awc::Client::builder()
             .connector(connector)
             .timeout(timeout)
@@ -151,7 +159,13 @@ impl ExternalClient {
         .insert_header(("Authorization", format!("Bearer {}", self.token.expose())))
         .insert_header(("Content-Type", "application/json"))
         .insert_header(("Accept", "*/*"))
-        .insert_header(("Idempotency-Key", call.idempotency_key()));
+        .insert_header(("Idempotency-Key", call.idempotency_key()))
+        // An answer's body is read as sent, never inflated: a small compressed body could
+        // otherwise grow without bound before `read_at_most` sees a byte of it. awc is built
+        // without its decompressors too; this holds even if a dependency turns them back on.
+        // With decompression off awc sends no Accept-Encoding, which would allow any coding.
+        .insert_header(("Accept-Encoding", "identity"))
+        .no_decompress();
         let sent = match call {
             ExternalCall::Create(order) | ExternalCall::Update(order) => {
                 request.send_json(order).await
@@ -219,11 +233,15 @@ mod tests {
 
     use super::*;
 
-    /// A one-connection HTTP server that reads a request, writes `answer` and then holds the
-    /// connection open until the client lets go, as a stalled or hostile server would.
-    async fn answer_once_and_hold(answer: Vec<u8>) -> String {
+    /// A one-connection HTTP server that reads a request's head, writes `answer` and then holds
+    /// the connection open until the client lets go, as a stalled or hostile server would.
+    /// Returns its URL and the head it will have read.
+    async fn answer_once_and_hold(
+        answer: Vec<u8>,
+    ) -> (String, tokio::sync::oneshot::Receiver<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("address"));
+        let (head_read, head) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let Ok((mut socket, _)) = listener.accept().await else {
                 return;
@@ -236,23 +254,31 @@ mod tests {
                     _ => return,
                 }
             }
+            let _ = head_read.send(String::from_utf8_lossy(&head).into_owned());
             // The client may stop reading before all of it is written.
             let _ = socket.write_all(&answer).await;
             let mut rest = [0u8; 1024];
             while matches!(socket.read(&mut rest).await, Ok(n) if n > 0) {}
         });
-        url
+        (url, head)
     }
 
     fn client(url: &str, timeout: Duration) -> ExternalClient {
-        ExternalClient::new(url, Secret::new("t"), timeout, Duration::from_secs(300))
+        let tls = crate::external::tls::client_config().expect("a TLS configuration");
+        ExternalClient::new(
+            url,
+            Secret::new("t"),
+            timeout,
+            Duration::from_secs(300),
+            tls,
+        )
     }
 
     const DELETE: ExternalCall = ExternalCall::Delete { id: 1, version: 2 };
 
     #[actix_rt::test]
     async fn a_body_that_never_ends_times_out_the_whole_call() {
-        let url = answer_once_and_hold(
+        let (url, _) = answer_once_and_hold(
             b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{\"mess".to_vec(),
         )
         .await;
@@ -272,7 +298,7 @@ mod tests {
             Content-Length: 10485760\r\n\r\n"
             .to_vec();
         answer.extend(b"\0\x1b[31m\r\n".repeat(100_000));
-        let url = answer_once_and_hold(answer).await;
+        let (url, _) = answer_once_and_hold(answer).await;
         let result = client(&url, Duration::from_secs(5)).send(&DELETE).await;
         let Err(CallError::Status {
             status,
@@ -286,5 +312,29 @@ mod tests {
         assert_eq!(retry_after, Some(Duration::from_secs(300)));
         assert_eq!(body.chars().count(), MAX_ERROR_CHARS);
         assert!(!body.chars().any(char::is_control), "{body:?}");
+    }
+
+    #[actix_rt::test]
+    async fn a_compressed_answer_is_neither_asked_for_nor_inflated() {
+        use std::io::Write;
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gzip.write_all(&b"A".repeat(1 << 20)).expect("gzip");
+        let gzip = gzip.finish().expect("gzip");
+        let mut answer = format!(
+            "HTTP/1.1 422 Unprocessable Entity\r\nContent-Encoding: gzip\r\n\
+             Content-Length: {}\r\n\r\n",
+            gzip.len()
+        )
+        .into_bytes();
+        answer.extend(&gzip);
+        let (url, head) = answer_once_and_hold(answer).await;
+        let result = client(&url, Duration::from_secs(5)).send(&DELETE).await;
+        let head = head.await.expect("the request's head").to_lowercase();
+        assert!(head.contains("accept-encoding: identity\r\n"), "{head}");
+        let Err(CallError::Status { status, body, .. }) = result else {
+            panic!("a status error, not {result:?}");
+        };
+        assert_eq!(status, 422);
+        assert!(!body.contains("AAAAAAAA"), "the body was inflated: {body}");
     }
 }

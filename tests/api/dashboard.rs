@@ -1,6 +1,8 @@
 //! The dashboard in a real headless browser (Debian's chromium, driven through chromedriver
 //! with fantoccini): the page shows the numbers the API reports, and its retry button retries a
-//! dead order. A screenshot is saved as a test artifact (`target/tmp/screenshots/`).
+//! dead order. A screenshot is saved as a test artifact (`target/tmp/screenshots/`). Swagger UI
+//! works too. Both run under the service's content security policy, and the browser's log
+//! must show no violation of it.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -9,7 +11,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
 use crate::external::{ExternalApi, TOKEN};
-use crate::helpers::{spawn_app_with, wait_for, TestApp};
+use crate::helpers::{spawn_api_only, spawn_app_with, wait_for, TestApp};
 use crate::process::free_port;
 
 const ADMIN: &str = "dash_s3cret";
@@ -64,6 +66,8 @@ impl ChromeDriver {
             format!("--user-data-dir={}", profile.display()),
         ];
         let mut capabilities = serde_json::Map::new();
+        // The browser's console log, where content security policy violations are reported.
+        capabilities.insert("goog:loggingPrefs".into(), json!({"browser": "ALL"}));
         capabilities.insert(
             "goog:chromeOptions".into(),
             json!({"binary": "/usr/bin/chromium", "args": args}),
@@ -81,6 +85,46 @@ impl Drop for ChromeDriver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// chromedriver's log endpoint (not in the W3C protocol, so not in fantoccini): the browser's
+/// console messages since the last time it was asked.
+#[derive(Debug)]
+struct BrowserLog;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/se/log",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (
+            http::Method::POST,
+            Some(json!({"type": "browser"}).to_string()),
+        )
+    }
+}
+
+/// The content security policy violations the browser has logged.
+async fn policy_violations(browser: &Client) -> Vec<String> {
+    let log = browser
+        .issue_cmd(BrowserLog)
+        .await
+        .expect("the browser's log");
+    log.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry["message"].as_str())
+        .filter(|message| message.contains("Content Security Policy"))
+        .map(str::to_string)
+        .collect()
 }
 
 async fn text_of(browser: &Client, css: &str) -> Option<String> {
@@ -205,5 +249,91 @@ async fn the_dashboard_shows_the_apis_numbers_and_its_retry_button_retries_a_dea
         message.contains(&dead.to_string()),
         "the page says what it did: {message:?}"
     );
+    let violations = policy_violations(&browser).await;
+    assert!(violations.is_empty(), "{violations:#?}");
+    browser.close().await.ok();
+}
+
+async fn click(browser: &Client, css: &str) {
+    browser
+        .wait()
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"));
+}
+
+#[actix_web::test]
+async fn swagger_ui_shows_the_api_and_tries_a_call_under_the_content_security_policy() {
+    let app = spawn_api_only().await;
+    let driver = ChromeDriver::start().await;
+    let browser = driver.browser().await;
+    browser.goto(&app.url("/docs")).await.expect("/docs loads");
+    wait_for("Swagger UI's title", Duration::from_secs(20), || async {
+        text_of(&browser, ".swagger-ui .info .title")
+            .await
+            .filter(|t| t.contains("order-sync"))
+    })
+    .await;
+    // Try it out: GET /health from the page, which needs a script and a same-origin fetch.
+    let health = "#operations-operations-check_health";
+    click(&browser, &format!("{health} .opblock-summary")).await;
+    click(&browser, &format!("{health} .try-out__btn")).await;
+    click(&browser, &format!("{health} .execute")).await;
+    wait_for_text(
+        &browser,
+        &format!("{health} .live-responses-table tbody .response-col_status"),
+        "200",
+    )
+    .await;
+    let violations = policy_violations(&browser).await;
+    assert!(violations.is_empty(), "{violations:#?}");
+    browser.close().await.ok();
+}
+
+#[actix_web::test]
+async fn the_dashboard_asks_for_the_api_token_and_announces_the_built_in_fake() {
+    // No EXTERNAL_API_URL: the built-in fake; API_TOKENS set: the figures need the token.
+    let app = spawn_app_with(&[("API_TOKENS", "dash-token")]).await;
+    let driver = ChromeDriver::start().await;
+    let browser = driver.browser().await;
+    browser
+        .goto(&app.url("/"))
+        .await
+        .expect("the page loads without a token");
+    wait_for_text(&browser, "#status-line", "enter the API token (401)").await;
+    wait_for(
+        "the development banner",
+        Duration::from_secs(20),
+        || async {
+            let banner = browser.find(Locator::Css("#fake-banner")).await.ok()?;
+            banner
+                .is_displayed()
+                .await
+                .ok()
+                .filter(|shown| *shown)
+                .map(|_| ())
+        },
+    )
+    .await;
+    browser
+        .find(Locator::Css("#api-token"))
+        .await
+        .unwrap()
+        .send_keys("dash-token")
+        .await
+        .unwrap();
+    click(&browser, "#save-api-token").await;
+    wait_for("the figures", Duration::from_secs(20), || async {
+        text_of(&browser, "#status-line")
+            .await
+            .filter(|t| t.starts_with("updated"))
+    })
+    .await;
+    wait_for_text(&browser, "#stat-synced", "0").await;
+    let violations = policy_violations(&browser).await;
+    assert!(violations.is_empty(), "{violations:#?}");
     browser.close().await.ok();
 }

@@ -1,0 +1,375 @@
+// The dashboard's script (src/api/dashboard.html), served as /dashboard.js: the content
+// security policy allows no inline script.
+"use strict";
+
+// ---- small helpers -------------------------------------------------------
+const $ = (sel) => document.querySelector(sel);
+const num = (v) => { const n = Number(v); return Number.isFinite(n) ? n : 0; };
+const int = (v) => String(Math.round(num(v)));
+const pad = (n) => String(n).padStart(2, "0");
+const clock = (d) => `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+
+// Builds an element; text always goes through textContent, so API data is never parsed as HTML.
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "text") node.textContent = v;
+    else if (k === "class") node.className = v;
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+// fetch with a timeout; resolves to {ok, status, body}, throws only on network failure.
+async function request(path, opts = {}) {
+  const ctl = new AbortController();
+  const timer = setTimeout(() => ctl.abort(), 8000);
+  try {
+    const res = await fetch(path, {
+      ...opts, signal: ctl.signal, cache: "no-store",
+      headers: { Accept: "application/json", ...(opts.headers || {}) },
+    });
+    let body = null;
+    try { body = await res.json(); } catch (_) { /* empty or non-JSON body */ }
+    return { ok: res.ok, status: res.status, body };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+// ---- stat cards ------------------------------------------------------------
+const CARDS = [
+  ["synced", "synced", (m) => m.events?.synced],
+  ["received", "received", (m) => m.events?.received],
+  ["live-actors", "live actors", (m) => m.actors?.live],
+  ["backlog", "stream backlog", (m) => m.backlog?.stream_length],
+  ["outbox", "outbox rows", (m) => m.backlog?.outbox_rows],
+  ["pending", "orders pending", (m) => m.orders?.pending],
+  ["retrying", "orders retrying", (m) => m.orders?.retrying],
+  ["dead", "orders dead", (m) => m.orders?.dead],
+  ["lag-p95", "lag p95 (ms)", (m) => m.lag_ms?.p95],
+  ["in-flight", "HTTP calls in flight", (m) => m.throttle?.in_flight],
+];
+for (const [id, label] of CARDS) {
+  $("#cards").append(el("div", { class: "card", id: `card-${id}` },
+    el("div", { class: "label", text: label }),
+    el("div", { class: "num", id: `stat-${id}`, text: "—" })));
+}
+
+function renderCards(m) {
+  for (const [id, , pick] of CARDS) $(`#stat-${id}`).textContent = int(pick(m) ?? 0);
+  $("#card-dead").classList.toggle("danger", num(m.orders?.dead) > 0);
+  $("#card-retrying").classList.toggle("warn", num(m.orders?.retrying) > 0);
+}
+
+// ---- details ---------------------------------------------------------------
+// Fills a <dl> from [label, value] pairs; a null entry draws a separator.
+function fillKv(dl, pairs) {
+  dl.replaceChildren(...pairs.flatMap((p) => p === null
+    ? [el("div", { class: "sep" })]
+    : [el("dt", { text: p[0] }), el("dd", { text: String(p[1]) })]));
+}
+
+function uptime(secs) {
+  const s = Math.floor(num(secs)), d = Math.floor(s / 86400), h = Math.floor(s / 3600) % 24, m = Math.floor(s / 60) % 60;
+  return d ? `${d}d ${h}h` : h ? `${h}h ${m}m` : `${m}m ${s % 60}s`;
+}
+
+function smallTable(headers, rows, emptyText) {
+  if (!rows.length) return el("p", { class: "empty", text: emptyText });
+  const head = el("tr", {}, ...headers.map((h, i) => el("th", { class: i ? "n" : "", text: h })));
+  const body = rows.map((r) => el("tr", {}, ...r.map((c, i) => el("td", { class: i ? "n" : "", text: String(c) }))));
+  return el("table", {}, el("thead", {}, head), el("tbody", {}, ...body));
+}
+
+function renderDetails(m) {
+  const lag = m.lag_ms ?? {}, t = m.throttle ?? {}, ev = m.events ?? {}, a = m.actors ?? {};
+  const paused = num(t.paused_for_ms) > 0 ? `${int(t.paused_for_ms)} ms` : "no";
+  fillKv($("#details-throttle"), [
+    ["lag p50 / p95 / p99", `${int(lag.p50)} / ${int(lag.p95)} / ${int(lag.p99)} ms`],
+    ["lag samples", int(lag.samples)], null,
+    ["rate limit", `${int(t.rate_per_sec)} / s`], ["burst", int(t.burst)],
+    ["max concurrent", int(t.max_concurrent)], ["tokens", num(t.tokens).toFixed(1)],
+    ["waiters", int(t.waiters)], ["paused", paused],
+  ]);
+  fillKv($("#details-events"), [
+    ["skipped", int(ev.skipped)], ["purged", int(ev.purged)], ["retried", int(ev.retried)],
+    ["parked", int(ev.parked)], ["failed", int(ev.failed)], ["in flight", int(ev.in_flight)], null,
+    ["actors spawned / stopped", `${int(a.spawned)} / ${int(a.stopped)}`], ["actors restarted", int(a.restarted)],
+    ["mailbox depth sum / max", `${int(a.mailbox?.depth_sum)} / ${int(a.mailbox?.depth_max)}`],
+    ["uptime", uptime(m.uptime_secs)],
+  ]);
+  const calls = (Array.isArray(m.calls) ? m.calls : [])
+    .map((c) => [String(c?.verb ?? "?"), String(c?.status ?? "?"), int(c?.count)])
+    .sort((x, y) => x[0].localeCompare(y[0]) || x[1].localeCompare(y[1]));
+  $("#details-calls").replaceChildren(smallTable(["verb", "status", "count"], calls, "No calls yet"));
+  const shards = (Array.isArray(m.backlog?.shards) ? m.backlog.shards : [])
+    .map((s) => [int(s?.shard), int(s?.length), int(s?.pending)]);
+  $("#details-shards").replaceChildren(
+    smallTable(["shard", "length", "pending"], shards, "No shard data"),
+    el("p", { class: "empty", text: `pending in stream: ${int(m.backlog?.pending)}` }));
+}
+
+// ---- chart -----------------------------------------------------------------
+const samples = [];            // [{rate, lag}], the last 60
+let lastSynced = null, lastAt = 0;
+
+function addSample(m) {
+  const synced = num(m.events?.synced), now = performance.now();
+  let rate = 0;
+  if (lastSynced !== null && now > lastAt) rate = Math.max(0, (synced - lastSynced) / ((now - lastAt) / 1000));
+  lastSynced = synced; lastAt = now;
+  samples.push({ rate, lag: num(m.lag_ms?.p95) });
+  if (samples.length > 60) samples.shift();
+}
+
+// Rounds up to 1, 2 or 5 times a power of ten, so axis labels stay tidy.
+function niceMax(v) {
+  if (!(v > 0)) return 1;
+  const p = Math.pow(10, Math.floor(Math.log10(v)));
+  return [1, 2, 5, 10].map((k) => k * p).find((x) => x >= v);
+}
+
+function drawChart() {
+  const canvas = $("#chart"), dpr = window.devicePixelRatio || 1;
+  const w = canvas.clientWidth, h = canvas.clientHeight;
+  if (!w || !h) return;
+  canvas.width = Math.round(w * dpr); canvas.height = Math.round(h * dpr);
+  const ctx = canvas.getContext("2d");
+  if (!ctx) return;
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, w, h);
+  const L = 44, R = w - 48, T = 8, B = h - 22;
+  const css = getComputedStyle(document.documentElement);
+  const blue = css.getPropertyValue("--blue").trim(), violet = css.getPropertyValue("--violet").trim();
+  const maxRate = niceMax(Math.max(0, ...samples.map((s) => s.rate)));
+  const maxLag = niceMax(Math.max(0, ...samples.map((s) => s.lag)));
+  const fmt = (v) => (v >= 10 || Number.isInteger(v) ? String(Math.round(v)) : v.toFixed(1));
+
+  // grid lines and both y-axis scales
+  ctx.font = "11px system-ui, sans-serif"; ctx.textBaseline = "middle"; ctx.lineWidth = 1;
+  for (let i = 0; i <= 4; i++) {
+    const y = Math.round(B - (B - T) * i / 4) + 0.5;
+    ctx.strokeStyle = i ? "#eef0f3" : "#d5dae0";
+    ctx.beginPath(); ctx.moveTo(L, y); ctx.lineTo(R, y); ctx.stroke();
+    ctx.fillStyle = blue; ctx.textAlign = "right"; ctx.fillText(fmt(maxRate * i / 4), L - 6, y);
+    ctx.fillStyle = violet; ctx.textAlign = "left"; ctx.fillText(fmt(maxLag * i / 4), R + 6, y);
+  }
+  ctx.fillStyle = "#6b7785"; ctx.textBaseline = "alphabetic";
+  ctx.textAlign = "left"; ctx.fillText("2 min ago", L, h - 4);
+  ctx.textAlign = "right"; ctx.fillText("now", R, h - 4);
+
+  // one line per series; samples are right-aligned so "now" is always at the right edge
+  const step = (R - L) / 59;
+  const line = (key, max, color) => {
+    if (!samples.length) return;
+    ctx.strokeStyle = color; ctx.lineWidth = 2; ctx.lineJoin = "round"; ctx.beginPath();
+    samples.forEach((s, i) => {
+      const x = R - (samples.length - 1 - i) * step, y = B - (B - T) * Math.min(s[key] / max, 1);
+      i ? ctx.lineTo(x, y) : ctx.moveTo(x, y);
+    });
+    ctx.stroke();
+  };
+  line("lag", maxLag, violet);
+  line("rate", maxRate, blue);
+}
+window.addEventListener("resize", drawChart);
+
+// ---- API token (API_TOKENS): sent with every request for figures -------------
+const API_TOKEN_KEY = "orderSyncApiToken";
+let apiToken = "";
+try { apiToken = sessionStorage.getItem(API_TOKEN_KEY) || ""; } catch (_) { /* storage blocked */ }
+$("#api-token").value = apiToken;
+const apiHeaders = () => (apiToken ? { Authorization: `Bearer ${apiToken}` } : {});
+
+function saveApiToken() {
+  apiToken = $("#api-token").value.trim();
+  try { apiToken ? sessionStorage.setItem(API_TOKEN_KEY, apiToken) : sessionStorage.removeItem(API_TOKEN_KEY); } catch (_) { /* ignore */ }
+  refresh();
+}
+$("#save-api-token").addEventListener("click", saveApiToken);
+$("#api-token").addEventListener("keydown", (ev) => { if (ev.key === "Enter") saveApiToken(); });
+
+// The development banner: /health (open) says where external calls go.
+async function loadHealth() {
+  try {
+    const r = await request("/health");
+    $("#fake-banner").hidden = r.body?.external !== "built-in fake";
+  } catch (_) { /* the metrics loop reports an unreachable service */ }
+}
+
+// ---- metrics ---------------------------------------------------------------
+async function loadMetrics() {
+  const status = $("#status-line");
+  let m;
+  try {
+    const r = await request("/metrics/actors", { headers: apiHeaders() });
+    if (r.status === 401) {
+      status.textContent = apiToken ? "the API token was refused (401)" : "enter the API token (401)";
+      status.className = "down"; status.title = "API_TOKENS is set on the server";
+      return;
+    }
+    if (!r.ok || !r.body || typeof r.body !== "object") throw new Error(`HTTP ${r.status}`);
+    m = r.body;
+  } catch (e) {
+    status.textContent = "cannot reach the service";
+    status.className = "down"; status.title = String(e?.message ?? e);
+    return;
+  }
+  status.textContent = `updated ${clock(new Date())}`;
+  status.className = "ok"; status.title = "";
+  // a rendering bug must not stop the loop or pass for a network error
+  try { renderCards(m); renderDetails(m); addSample(m); drawChart(); } catch (e) { console.error(e); }
+}
+
+// ---- admin: failed orders --------------------------------------------------
+const TOKEN_KEY = "orderSyncAdminToken";
+let token = "";
+try { token = sessionStorage.getItem(TOKEN_KEY) || ""; } catch (_) { /* storage blocked */ }
+$("#admin-token").value = token;
+
+const busy = new Set();        // keys of actions whose request is running
+let messageFromList = false;   // whether #admin-message shows a list error (cleared on success)
+let lastSignature = "";
+
+function showMessage(text, kind, fromList = false) {
+  const box = $("#admin-message");
+  box.textContent = text; box.className = kind; messageFromList = fromList;
+}
+
+// Turns an admin error response into a sentence an operator can act on.
+function adminError(r, isList) {
+  const msg = r.body?.error?.message;
+  if (r.status === 401) return "The token is missing or malformed (401)";
+  if (r.status === 403) return "The token was refused (403)";
+  if (r.status === 404 && (isList || /ADMIN_TOKEN|admin endpoints/i.test(msg ?? "")))
+    return "Admin endpoints are off: set ADMIN_TOKEN on the server (404)";
+  return `${msg || "Request failed"} (${r.status})`;
+}
+
+const authHeaders = () => ({ Authorization: `Bearer ${token}` });
+
+function syncButtons() {
+  $("#retry-all").disabled = !token || busy.has("all");
+  for (const b of document.querySelectorAll("#failed-orders tbody button")) {
+    b.disabled = busy.has(b.dataset.orderId);
+  }
+}
+
+function formatWhen(s) {
+  if (!s) return "—";
+  const d = new Date(s);
+  return Number.isNaN(d.getTime()) ? String(s) : d.toLocaleString();
+}
+
+function renderOrders(orders, more) {
+  const sig = JSON.stringify(orders) + more;
+  if (sig === lastSignature) return;          // unchanged: keep the DOM (and hover state) as is
+  lastSignature = sig;
+  const rows = orders.map((o) => {
+    const id = int(o?.id), state = String(o?.state ?? "?"), err = String(o?.last_error ?? "");
+    return el("tr", { "data-order-id": id },
+      el("td", { class: "id", text: id }),
+      el("td", {}, el("span", { class: `pill ${state}`, text: state })),
+      el("td", { class: "n", text: int(o?.attempts) }),
+      el("td", { class: "err", title: err, text: err || "—" }),
+      el("td", { text: formatWhen(o?.next_attempt_at) }),
+      el("td", {},
+        el("button", { class: "retry-button", "data-order-id": id, text: "Retry" }),
+        el("button", { class: "discard-button", "data-order-id": id, text: "Discard" })));
+  });
+  $("#failed-orders tbody").replaceChildren(...rows);
+  $("#failed-orders").classList.toggle("hidden", !orders.length);
+  $("#failed-empty").classList.toggle("hidden", orders.length > 0);
+  $("#failed-more").classList.toggle("hidden", !more);
+  $("#failed-count").textContent = orders.length ? `(${orders.length}${more ? "+" : ""})` : "";
+  syncButtons();
+}
+
+// Shows the hint and clears the table (no token, or the token failed).
+function clearOrders(showHint) {
+  lastSignature = "";
+  $("#failed-orders tbody").replaceChildren();
+  for (const id of ["#failed-orders", "#failed-empty", "#failed-more"]) $(id).classList.add("hidden");
+  $("#admin-hint").classList.toggle("hidden", !showHint);
+  $("#failed-count").textContent = "";
+  syncButtons();
+}
+
+async function loadAdmin() {
+  if (!token) { clearOrders(true); return; }
+  $("#admin-hint").classList.add("hidden");
+  try {
+    const r = await request("/admin/orders", { headers: authHeaders() });
+    if (!r.ok) { clearOrders(false); showMessage(adminError(r, true), "error", true); return; }
+    if (messageFromList) showMessage("", "");
+    const orders = Array.isArray(r.body?.orders) ? r.body.orders : [];
+    renderOrders(orders, r.body?.next_cursor != null);
+  } catch (_) {
+    // the status line already reports network trouble; keep the last table
+  }
+}
+
+// Runs one admin action, reports its result and refreshes straight away.
+async function act(key, method, path, describe) {
+  if (busy.has(key)) return;
+  busy.add(key); syncButtons();
+  try {
+    const r = await request(path, { method, headers: authHeaders() });
+    if (r.ok) showMessage(describe(r.body ?? {}), "ok");
+    else showMessage(adminError(r, false), "error");
+  } catch (e) {
+    showMessage(`Cannot reach the service: ${e?.message ?? e}`, "error");
+  } finally {
+    busy.delete(key); syncButtons();
+    refresh();
+  }
+}
+
+$("#failed-orders tbody").addEventListener("click", (ev) => {
+  const btn = ev.target.closest("button[data-order-id]");
+  if (!btn || btn.disabled) return;
+  const id = btn.dataset.orderId;
+  if (btn.classList.contains("retry-button")) {
+    act(id, "POST", `/admin/orders/${encodeURIComponent(id)}/retry`, () => `Order ${id} queued for retry`);
+  } else if (btn.classList.contains("discard-button")) {
+    if (!confirm(`Discard order ${id}? It will not be synced again.`)) return;
+    act(id, "DELETE", `/admin/orders/${encodeURIComponent(id)}`, () => `Order ${id} discarded`);
+  }
+});
+
+$("#retry-all").addEventListener("click", () => act("all", "POST", "/admin/orders/retry-all", (b) => {
+  const n = num(b.retried);
+  return n === 0 ? "No dead orders to retry" : `${n} dead order${n === 1 ? "" : "s"} queued for retry`;
+}));
+
+function saveToken() {
+  token = $("#admin-token").value.trim();
+  try { token ? sessionStorage.setItem(TOKEN_KEY, token) : sessionStorage.removeItem(TOKEN_KEY); } catch (_) { /* ignore */ }
+  showMessage(token ? "" : "Token cleared", "");
+  lastSignature = "";
+  refresh();
+}
+$("#save-token").addEventListener("click", saveToken);
+$("#admin-token").addEventListener("keydown", (ev) => { if (ev.key === "Enter") saveToken(); });
+
+// ---- refresh loop: one refresh at a time, every 2 s ------------------------
+let timer = null, running = false, again = false;
+
+async function refresh() {
+  if (running) { again = true; return; }   // run once more right after the current one
+  clearTimeout(timer);
+  running = true;
+  try {
+    await loadMetrics();
+    await loadAdmin();
+  } finally {
+    running = false;
+    if (again) { again = false; refresh(); } else timer = setTimeout(refresh, 2000);
+  }
+}
+
+syncButtons();
+loadHealth();
+refresh();
