@@ -215,6 +215,9 @@ impl Dispatcher {
         let mut last_reclaim = Instant::now();
         let shutdown = self.shutdown.clone();
         while !shutdown.is_cancelled() {
+            // Whether a read succeeded since the last error: the backoff grows only while Redis
+            // keeps failing, not with every error in the process's life.
+            let mut progressed = false;
             let step = async {
                 self.ensure_groups().await?;
                 if !recovered {
@@ -228,6 +231,7 @@ impl Dispatcher {
                         last_reclaim = Instant::now();
                     }
                     self.read_new().await?;
+                    progressed = true;
                 }
             };
             let result: redis::RedisResult<()> = tokio::select! {
@@ -235,6 +239,9 @@ impl Dispatcher {
                 _ = shutdown.cancelled() => break,
             };
             if let Err(error) = result {
+                if progressed {
+                    backoff = Duration::from_millis(100);
+                }
                 tracing::warn!(error = %error, retry_in_ms = backoff.as_millis() as u64, "reading the backlog failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
