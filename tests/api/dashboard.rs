@@ -72,7 +72,9 @@ impl ChromeDriver {
             "goog:chromeOptions".into(),
             json!({"binary": "/usr/bin/chromium", "args": args}),
         );
-        ClientBuilder::native()
+        // chromedriver speaks plain HTTP on loopback: no TLS stack (and no OpenSSL) needed.
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        ClientBuilder::new(connector)
             .capabilities(capabilities)
             .connect(&format!("http://127.0.0.1:{}", self.port))
             .await
