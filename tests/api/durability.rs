@@ -14,7 +14,9 @@ use sqlx::PgPool;
 
 use crate::external::{Call, ExternalApi, TOKEN};
 use crate::helpers::{order_body, wait_for};
-use crate::process::{log_path, service_env, OwnDatabase, ServiceProcess};
+use crate::process::{
+    create_order_at, log_path, patch_amount_at, service_env, OwnDatabase, ServiceProcess,
+};
 
 /// What the API acknowledged (2xx) for one order.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -89,31 +91,13 @@ async fn drive_load(
 }
 
 async fn create(http: &reqwest::Client, base: &str) -> Option<(i64, Acked)> {
-    let response = http
-        .post(format!("{base}/orders"))
-        .json(&order_body())
-        .send()
-        .await
-        .ok()?;
-    if response.status() != 201 {
-        return None;
-    }
-    let order: Value = response.json().await.ok()?;
+    let order = create_order_at(http, base).await?;
     Some((order["id"].as_i64()?, Acked::Live(1)))
 }
 
 async fn update(http: &reqwest::Client, base: &str, id: i64, amount: i64) -> Option<(i64, Acked)> {
-    let response = http
-        .patch(format!("{base}/orders/{id}"))
-        .json(&json!({"amount": amount}))
-        .send()
-        .await
-        .ok()?;
-    if response.status() != 200 {
-        return None;
-    }
-    let order: Value = response.json().await.ok()?;
-    Some((id, Acked::Live(order["version"].as_i64()?)))
+    let version = patch_amount_at(http, base, id, amount).await?;
+    Some((id, Acked::Live(version)))
 }
 
 async fn delete(http: &reqwest::Client, base: &str, id: i64) -> Option<(i64, Acked)> {

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{order_body, spawn_api_only};
-use crate::process::{log_path, service_env, OwnDatabase, ServiceProcess};
+use crate::process::{get_json_at, log_path, service_env, OwnDatabase, ServiceProcess};
 
 /// How much a bomb inflates to (a gzip bomb a little less: deflate cannot beat about 1:1000, and
 /// the compressed body must fit in `MAX_BODY_BYTES` to reach the inflater at all).
@@ -84,14 +84,7 @@ async fn gzip_brotli_and_zstd_bombs_are_refused_unread_without_growing_memory_or
         .await
         .expect("order JSON");
     let id = created["id"].as_i64().expect("id");
-    let before: Value = http
-        .get(service.url("/orders"))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("page JSON");
+    let before: Value = get_json_at(&http, &service.url("/orders")).await;
 
     let order = order_body();
     let write_back = json!({"order": {"status": "canceled"}});
@@ -117,20 +110,29 @@ async fn gzip_brotli_and_zstd_bombs_are_refused_unread_without_growing_memory_or
         ),
     ];
     eprintln!("bombs built in {:?}", started.elapsed());
+    // Each bomb on a connection of its own, as an attacker's would be: a pooled connection left
+    // idle while the bombs were built (seconds on a loaded machine) may have been closed by the
+    // server's keep-alive timeout, and reusing it would fail the request, not the service.
+    let bomber = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("a client");
 
     for (coding, inflated, create_bomb, write_back_bomb) in bombs {
         assert!(create_bomb.len() < 65_536 && write_back_bomb.len() < 65_536);
         let peak_before = peak_rss_kib(service.pid());
         let started = Instant::now();
         let creates = (0..BOMBS_AT_ONCE).map(|_| {
-            http.post(service.url("/orders"))
+            bomber
+                .post(service.url("/orders"))
                 .header("content-type", "application/json")
                 .header("content-encoding", coding)
                 .body(create_bomb.clone())
                 .send()
         });
         let write_backs = (0..BOMBS_AT_ONCE).map(|_| {
-            http.put(service.url(&format!("/inbound/{id}")))
+            bomber
+                .put(service.url(&format!("/inbound/{id}")))
                 .header("content-type", "application/json")
                 .header("content-encoding", coding)
                 .body(write_back_bomb.clone())
@@ -158,14 +160,7 @@ async fn gzip_brotli_and_zstd_bombs_are_refused_unread_without_growing_memory_or
         );
     }
 
-    let after: Value = http
-        .get(service.url("/orders"))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("page JSON");
+    let after: Value = get_json_at(&http, &service.url("/orders")).await;
     assert_eq!(after, before, "a refused bomb wrote something");
 }
 

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::external::{ExternalApi, TOKEN};
 use crate::helpers::{order_body, wait_for};
-use crate::process::{log_path, service_env, OwnDatabase, ServiceProcess};
+use crate::process::{get_json_at, log_path, service_env, OwnDatabase, ServiceProcess};
 
 async fn start_service(
     api: &ExternalApi,
@@ -64,23 +64,9 @@ async fn an_engine_task_that_ends_is_started_again_and_syncing_goes_on() {
     })
     .await;
     assert_eq!(api.recorder.calls_for(id).len(), 1);
-    let health: Value = http
-        .get(service.url("/health"))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("JSON");
+    let health: Value = get_json_at(&http, &service.url("/health")).await;
     assert_eq!(health["engine"], "ok", "{health}");
-    let metrics: Value = http
-        .get(service.url("/metrics/actors"))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("JSON");
+    let metrics: Value = get_json_at(&http, &service.url("/metrics/actors")).await;
     assert_eq!(metrics["engine"]["task_restarts"], 1, "{metrics}");
     let logged = std::fs::read_to_string(&log).expect("the service's log");
     assert!(

@@ -82,6 +82,21 @@ pub async fn spawn_api_only() -> TestApp {
     spawn_app_with(&[("SYNC_ENGINE", "false")]).await
 }
 
+/// An app that syncs to the external API at `url` with the tests' token, and `extra` settings.
+pub async fn spawn_app_syncing_to(url: &str, extra: &[(&str, &str)]) -> TestApp {
+    let mut vars = vec![
+        ("EXTERNAL_API_URL", url),
+        ("EXTERNAL_API_TOKEN", crate::external::TOKEN),
+    ];
+    vars.extend_from_slice(extra);
+    spawn_app_with(&vars).await
+}
+
+/// An order's id, from its JSON.
+pub fn id_of(order: &Value) -> i64 {
+    order["id"].as_i64().expect("order id")
+}
+
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     sweep_stale_databases_once().await;
     let redis_prefix = format!("test-{}", uuid::Uuid::new_v4().simple());

@@ -6,21 +6,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::external::{ExternalApi, TOKEN};
-use crate::helpers::{spawn_app_with, wait_for, TestApp};
+use crate::helpers::{id_of, spawn_app_syncing_to, spawn_app_with, wait_for, TestApp};
 use crate::process::OwnRedis;
 
-fn id_of(order: &Value) -> i64 {
-    order["id"].as_i64().expect("order id")
-}
-
 async fn app_with(api: &ExternalApi, extra: &[(&str, &str)]) -> TestApp {
-    let url = api.url();
-    let mut vars = vec![
-        ("EXTERNAL_API_URL", url.as_str()),
-        ("EXTERNAL_API_TOKEN", TOKEN),
-    ];
-    vars.extend_from_slice(extra);
-    spawn_app_with(&vars).await
+    spawn_app_syncing_to(&api.url(), extra).await
 }
 
 /// Each order's last call carries its current version.

@@ -6,28 +6,19 @@
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use serde_json::{json, Value};
+use serde_json::json;
 use wiremock::matchers::{body_string_contains, method};
 use wiremock::Mock;
 
-use crate::external::{ExternalApi, TOKEN};
-use crate::helpers::{order_body, spawn_app_with, wait_for, TestApp};
+use crate::external::ExternalApi;
+use crate::helpers::{id_of, order_body, spawn_app_syncing_to, wait_for, TestApp};
 
 const ADMIN: &str = "admin_s3cret";
 
-fn id_of(order: &Value) -> i64 {
-    order["id"].as_i64().expect("order id")
-}
-
 async fn app_with(api: &ExternalApi, extra: &[(&str, &str)]) -> TestApp {
-    let url = api.url();
-    let mut vars = vec![
-        ("EXTERNAL_API_URL", url.as_str()),
-        ("EXTERNAL_API_TOKEN", TOKEN),
-        ("ADMIN_TOKEN", ADMIN),
-    ];
+    let mut vars = vec![("ADMIN_TOKEN", ADMIN)];
     vars.extend_from_slice(extra);
-    spawn_app_with(&vars).await
+    spawn_app_syncing_to(&api.url(), &vars).await
 }
 
 /// Answers calls whose body contains `marker` with `status` after `delay` (before the 200 stubs).
@@ -37,6 +28,18 @@ async fn reject_bodies_with(api: &ExternalApi, marker: &str, status: u16, delay:
         .with_priority(1)
         .mount(&api.server)
         .await;
+}
+
+/// An operator discards the order through the admin endpoint.
+async fn discard(app: &TestApp, id: i64) {
+    let discarded = app
+        .http
+        .delete(app.url(&format!("/admin/orders/{id}")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("sent");
+    assert!(discarded.status().is_success(), "{}", discarded.status());
 }
 
 /// Waits until the external API has received `count` calls for the order.
@@ -166,14 +169,7 @@ async fn an_operators_discard_during_a_failing_call_is_not_overwritten() {
     let skipped_before = app.actor_metrics().await["events"]["skipped"]
         .as_u64()
         .expect("skipped count");
-    let discarded = app
-        .http
-        .delete(app.url(&format!("/admin/orders/{id}")))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .expect("sent");
-    assert!(discarded.status().is_success(), "{}", discarded.status());
+    discard(&app, id).await;
     // The retry's failure arrives after the discard, and is left alone.
     wait_for(
         "the failed retry's outcome",
@@ -213,14 +209,7 @@ async fn a_discarded_order_never_created_remotely_is_created_by_its_next_change(
         (app.get_order(id).await["sync"]["state"] == "dead").then_some(())
     })
     .await;
-    let discarded = app
-        .http
-        .delete(app.url(&format!("/admin/orders/{id}")))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .expect("sent");
-    assert!(discarded.status().is_success());
+    discard(&app, id).await;
     let order = app.get_order(id).await;
     assert_eq!(order["sync"]["state"], "synced");
     assert_eq!(order["sync"]["synced_version"], 0, "never created remotely");

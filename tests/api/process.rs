@@ -260,3 +260,53 @@ impl Drop for OwnRedis {
         self.stop();
     }
 }
+
+/// Sends a request to a service process and reads its JSON answer when it has `status`; `None`
+/// otherwise (the load drivers count those as failed writes: a kill can cut any request off).
+pub async fn answer_with(
+    request: reqwest::RequestBuilder,
+    status: u16,
+) -> Option<serde_json::Value> {
+    let response = request.send().await.ok()?;
+    if response.status() != status {
+        return None;
+    }
+    response.json().await.ok()
+}
+
+/// `POST {base}/orders` with a valid order: the created order, or `None`.
+pub async fn create_order_at(http: &reqwest::Client, base: &str) -> Option<serde_json::Value> {
+    answer_with(
+        http.post(format!("{base}/orders"))
+            .json(&crate::helpers::order_body()),
+        201,
+    )
+    .await
+}
+
+/// `PATCH {base}/orders/{id}` with a new amount: the new version, or `None`.
+pub async fn patch_amount_at(
+    http: &reqwest::Client,
+    base: &str,
+    id: i64,
+    amount: i64,
+) -> Option<i64> {
+    let order = answer_with(
+        http.patch(format!("{base}/orders/{id}"))
+            .json(&serde_json::json!({"amount": amount})),
+        200,
+    )
+    .await?;
+    order["version"].as_i64()
+}
+
+/// `GET url`, answered with JSON.
+pub async fn get_json_at(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    http.get(url)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("a JSON answer")
+}

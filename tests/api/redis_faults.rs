@@ -37,12 +37,13 @@ use rand::{Rng, SeedableRng};
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamInfoGroupsReply, StreamPendingReply, StreamRangeReply};
 use redis::AsyncCommands;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::external::{ExternalApi, TOKEN};
-use crate::helpers::order_body;
-use crate::process::{log_path, service_env, OwnDatabase, OwnRedis, ServiceProcess};
+use crate::process::{
+    create_order_at, log_path, patch_amount_at, service_env, OwnDatabase, OwnRedis, ServiceProcess,
+};
 
 /// How long every acknowledged order may take to be synced, and the streams to drain, once the
 /// load stops. It covers entries left pending by a fault, which are reclaimed only once pending
@@ -500,31 +501,12 @@ async fn drive(
 }
 
 async fn create(http: &reqwest::Client, base: &str) -> Option<(i64, i64)> {
-    let response = http
-        .post(format!("{base}/orders"))
-        .json(&order_body())
-        .send()
-        .await
-        .ok()?;
-    if response.status() != 201 {
-        return None;
-    }
-    let order: Value = response.json().await.ok()?;
+    let order = create_order_at(http, base).await?;
     Some((order["id"].as_i64()?, order["version"].as_i64()?))
 }
 
 async fn patch(http: &reqwest::Client, base: &str, id: i64, amount: i64) -> Option<(i64, i64)> {
-    let response = http
-        .patch(format!("{base}/orders/{id}"))
-        .json(&json!({"amount": amount}))
-        .send()
-        .await
-        .ok()?;
-    if response.status() != 200 {
-        return None;
-    }
-    let order: Value = response.json().await.ok()?;
-    Some((id, order["version"].as_i64()?))
+    Some((id, patch_amount_at(http, base, id, amount).await?))
 }
 
 #[actix_web::test]

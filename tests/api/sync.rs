@@ -6,23 +6,17 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::external::{ExternalApi, TOKEN};
-use crate::helpers::{order_body, spawn_app_with, wait_for, TestApp};
+use crate::helpers::{id_of, order_body, spawn_app_syncing_to, spawn_app_with, wait_for, TestApp};
 
 /// An app whose external API is `api`, with quick settings for tests.
+/// An unthrottled app (the rate is the throttle tests' business).
 async fn app_with(api: &ExternalApi, extra: &[(&str, &str)]) -> TestApp {
-    let url = api.url();
     let mut vars = vec![
-        ("EXTERNAL_API_URL", url.as_str()),
-        ("EXTERNAL_API_TOKEN", TOKEN),
         ("RATE_LIMIT_PER_SEC", "10000"),
         ("RATE_LIMIT_BURST", "1000"),
     ];
     vars.extend_from_slice(extra);
-    spawn_app_with(&vars).await
-}
-
-fn id_of(order: &Value) -> i64 {
-    order["id"].as_i64().expect("order id")
+    spawn_app_syncing_to(&api.url(), &vars).await
 }
 
 #[actix_web::test]

@@ -7,29 +7,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use wiremock::matchers::{body_string_contains, method};
 use wiremock::{Match, Mock, Request, Respond, ResponseTemplate};
 
-use crate::external::{ExternalApi, Recording, TOKEN};
-use crate::helpers::{order_body, spawn_app_with, wait_for, TestApp};
+use crate::external::{ExternalApi, Recording};
+use crate::helpers::{id_of, order_body, spawn_app_syncing_to, wait_for, TestApp};
 
 /// An app whose external API is at `url`, with a rate limit that stays out of the way.
+/// An unthrottled app syncing to `url`.
 async fn app_with(url: &str, extra: &[(&str, &str)]) -> TestApp {
     let mut vars = vec![
-        ("EXTERNAL_API_URL", url),
-        ("EXTERNAL_API_TOKEN", TOKEN),
         ("RATE_LIMIT_PER_SEC", "10000"),
         ("RATE_LIMIT_BURST", "1000"),
     ];
     vars.extend_from_slice(extra);
-    spawn_app_with(&vars).await
-}
-
-fn id_of(order: &Value) -> i64 {
-    order["id"].as_i64().expect("order id")
+    spawn_app_syncing_to(url, &vars).await
 }
 
 /// No order actor failed and was replaced: the hostile answers were handled, not survived.
