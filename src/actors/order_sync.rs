@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use tokio_retry::strategy::{jitter, ExponentialBackoff};
 use tokio_retry::RetryIf;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::supervisor::{OrderActorIdle, SupervisorActor};
 use super::throttle::{CallPermit, Throttle};
@@ -191,8 +192,16 @@ impl Handler<HandleEvent> for OrderSyncActor {
         }
         let deps = self.deps.clone();
         let HandleEvent { event, done } = msg;
+        // Every line logged while handling the event (database retries included) carries it.
+        let span = tracing::info_span!(
+            "sync_event",
+            order_id = event.order_id,
+            version = event.version,
+            kind = event.kind.as_str()
+        );
         AtomicResponse::new(Box::pin(
             async move { sync_order(&deps, event).await }
+                .instrument(span)
                 .into_actor(self)
                 .map(move |outcome, act, ctx| {
                     act.handled += 1;

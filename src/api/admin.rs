@@ -141,11 +141,11 @@ fn answer(
     }
 }
 
+/// The same rule as the orders routes (`db::is_unavailable`): an outage is 503, not 500.
 fn store_error(err: sqlx::Error) -> ApiError {
-    match err {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
-            ApiError::Unavailable("the database is unavailable; try again shortly".into())
-        }
-        other => ApiError::Unexpected(anyhow::Error::new(other).context("admin query failed")),
+    if matches!(err, sqlx::Error::PoolClosed) || crate::db::is_transient(&err) {
+        ApiError::Unavailable("the database is unavailable; try again shortly".into())
+    } else {
+        ApiError::Unexpected(anyhow::Error::new(err).context("admin query failed"))
     }
 }

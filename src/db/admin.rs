@@ -62,10 +62,10 @@ pub async fn retry_order(pool: &PgPool, id: i64) -> Result<AdminChange, sqlx::Er
             .bind(id)
             .fetch_optional(&mut *txn)
             .await?;
-    match state.as_deref() {
+    match state.as_deref().map(str::parse::<SyncState>) {
         None => return Ok(AdminChange::NotFound),
-        Some("dead" | "retrying") => {}
-        Some(other) => return Ok(AdminChange::NotFailed(other.to_string())),
+        Some(Ok(SyncState::Dead | SyncState::Retrying)) => {}
+        Some(_) => return Ok(AdminChange::NotFailed(state.unwrap_or_default())),
     }
     sqlx::query(
         "WITH revived AS (
@@ -109,7 +109,12 @@ pub async fn discard_order(pool: &PgPool, id: i64) -> Result<AdminChange, sqlx::
     .await?;
     match found {
         None => return Ok(AdminChange::NotFound),
-        Some((state, _)) if state != "dead" && state != "retrying" => {
+        Some((state, _))
+            if !matches!(
+                state.parse::<SyncState>(),
+                Ok(SyncState::Dead | SyncState::Retrying)
+            ) =>
+        {
             return Ok(AdminChange::NotFailed(state))
         }
         Some((_, true)) => {
