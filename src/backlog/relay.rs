@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::keys::{shard_of, Keys};
 use super::{EventKind, SyncEvent};
+use crate::db::ChangeAction;
 
 /// Rows published per transaction.
 const BATCH: i64 = 1_000;
@@ -100,7 +101,7 @@ impl OutboxRelay {
                 order_id: *order_id,
                 version: *version,
                 // An operator's retry must reach a parked order; a change waits behind it.
-                kind: if action == "retry" {
+                kind: if ChangeAction::parse(action) == Some(ChangeAction::Retry) {
                     EventKind::Retry { attempt: None }
                 } else {
                     EventKind::Change

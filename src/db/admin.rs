@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+use super::ChangeAction;
 use crate::domain::SyncState;
 
 /// An order that needs an operator's eye.
@@ -71,9 +72,10 @@ pub async fn retry_order(pool: &PgPool, id: i64) -> Result<AdminChange, sqlx::Er
         "WITH revived AS (
              UPDATE orders SET sync_state = 'pending', sync_attempts = 0, sync_next_attempt_at = NULL
              WHERE id = $1 RETURNING id, version)
-         INSERT INTO outbox (order_id, version, action) SELECT id, version, 'retry' FROM revived",
+         INSERT INTO outbox (order_id, version, action) SELECT id, version, $2 FROM revived",
     )
     .bind(id)
+    .bind(ChangeAction::Retry.as_str())
     .execute(&mut *txn)
     .await?;
     txn.commit().await?;
@@ -86,8 +88,9 @@ pub async fn retry_all_dead(pool: &PgPool) -> Result<u64, sqlx::Error> {
         "WITH revived AS (
              UPDATE orders SET sync_state = 'pending', sync_attempts = 0, sync_next_attempt_at = NULL
              WHERE sync_state = 'dead' RETURNING id, version)
-         INSERT INTO outbox (order_id, version, action) SELECT id, version, 'retry' FROM revived",
+         INSERT INTO outbox (order_id, version, action) SELECT id, version, $1 FROM revived",
     )
+    .bind(ChangeAction::Retry.as_str())
     .execute(pool)
     .await?;
     Ok(done.rows_affected())

@@ -9,7 +9,8 @@ pub mod sync;
 
 pub use orders::{
     create_order, delete_order, get_order, list_orders, patch_order, replace_order,
-    update_from_inbound, InboundOutcome, OrderFilter, OrderPage, PageRequest, StoreError,
+    update_from_inbound, ChangeAction, InboundOutcome, OrderFilter, OrderPage, PageRequest,
+    StoreError,
 };
 
 use std::time::Duration;

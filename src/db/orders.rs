@@ -40,21 +40,35 @@ impl From<DbErr> for StoreError {
     }
 }
 
-/// What a change did to an order, as recorded in the outbox.
+/// Why an outbox row was written: a change to the order, or an operator's retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeAction {
     Create,
     Update,
     Delete,
+    /// An operator retried a dead or parked order (`db::admin`): its event must reach the order
+    /// even while it is parked, where a change would wait.
+    Retry,
 }
 
 impl ChangeAction {
+    pub const ALL: [ChangeAction; 4] = [Self::Create, Self::Update, Self::Delete, Self::Retry];
+
+    /// The `outbox.action` column's value.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Create => "create",
             Self::Update => "update",
             Self::Delete => "delete",
+            Self::Retry => "retry",
         }
+    }
+
+    /// Reads the column's value; `None` for a value this service never writes.
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|action| action.as_str() == value)
     }
 }
 
