@@ -322,6 +322,7 @@ async fn json_logs_have_one_line_per_request_and_per_call_attempt_with_their_fie
         .find(|l| l["message"] == "request" && l["method"] == "POST" && l["path"] == "/orders")
         .expect("a line for the POST request");
     assert_eq!(post["status"], 201);
+    assert_eq!(post["route"], "/orders");
     assert!(
         post["request_id"].is_string() && post["duration_ms"].is_string(),
         "{post}"
