@@ -317,8 +317,8 @@ async fn shutdown_signal() -> &'static str {
 async fn connect_redis(url: &str) -> anyhow::Result<ConnectionManager> {
     let client = redis::Client::open(url).context("not a valid Redis URL")?;
     let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Duration::from_secs(5))
-        .set_response_timeout(Duration::from_secs(5))
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
         .set_number_of_retries(2);
     let mut manager = tokio::time::timeout(
         Duration::from_secs(10),

@@ -240,7 +240,7 @@ impl Scheduler {
                 None => "0-0".to_string(),
             },
             // No stream: nothing is queued.
-            Err(e) if e.kind() == redis::ErrorKind::ResponseError => return Ok(true),
+            Err(e) if matches!(e.kind(), redis::ErrorKind::Server(_)) => return Ok(true),
             Err(e) => return Err(e),
         };
         let undelivered: StreamRangeReply = self

@@ -28,11 +28,11 @@ pub async fn shard_stats(
     let replies: Vec<redis::Value> = pipe.query_async(redis).await?;
     let mut stats = Vec::new();
     for (shard, pair) in (0..SHARDS).zip(replies.chunks(2)) {
-        let length = redis::from_redis_value::<u64>(&pair[0]).unwrap_or(0);
+        let length = redis::from_redis_value_ref::<u64>(&pair[0]).unwrap_or(0);
         let pending = match &pair[1] {
             redis::Value::Array(summary) => summary
                 .first()
-                .and_then(|c| redis::from_redis_value::<u64>(c).ok())
+                .and_then(|c| redis::from_redis_value_ref::<u64>(c).ok())
                 .unwrap_or(0),
             _ => 0,
         };

@@ -101,9 +101,12 @@ impl Rig {
 
     /// A connection of the test's own to its redis-server, with no response timeout (a `DEBUG
     /// SLEEP` answers only when it is over).
+    /// A connection of the test's own, without a response timeout: it waits out the stalls it
+    /// makes.
     async fn redis(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
         redis::Client::open(self.redis.url())?
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
     }
 
