@@ -8,15 +8,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, PgPool};
+use sqlx::PgPool;
 
 pub fn database_server() -> String {
     std::env::var("BENCH_DATABASE_SERVER")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+        .unwrap_or_else(|_| test_support::DEFAULT_DATABASE_SERVER.into())
 }
 
 pub fn redis_url() -> String {
-    std::env::var("BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    std::env::var("BENCH_REDIS_URL").unwrap_or_else(|_| test_support::DEFAULT_REDIS_URL.into())
 }
 
 /// The release binaries next to this one (`cargo build --release --workspace --bins`).
@@ -38,21 +38,12 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return Ok(value);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Ok(test_support::try_wait_for(what, timeout, Duration::from_millis(50), check).await?)
 }
 
 /// A fresh database with the service's schema, dropped when this value is.
@@ -87,15 +78,7 @@ impl BenchDb {
 
     pub async fn drop_now(self) {
         self.pool.close().await;
-        let admin = format!("{}/postgres", database_server());
-        if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-            let _ = sqlx::query(&format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.name
-            ))
-            .execute(&mut conn)
-            .await;
-        }
+        test_support::drop_database_on(&database_server(), &self.name).await;
     }
 }
 

@@ -22,3 +22,26 @@ impl MigratorTrait for Migrator {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names are the `seaql_migrations` rows of every existing database: a changed name would
+    /// run that migration again there.
+    #[test]
+    fn migration_names_are_those_already_recorded() {
+        let names: Vec<String> = Migrator::migrations()
+            .iter()
+            .map(|m| m.name().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "m20261126_000001_create_orders",
+                "m20261126_000002_create_outbox",
+                "m20261127_000003_create_inbound_webhooks",
+            ]
+        );
+    }
+}

@@ -4,13 +4,9 @@
 
 use sea_orm_migration::prelude::*;
 
+/// Named after this file (`DeriveMigrationName`), as the `seaql_migrations` rows already are.
+#[derive(DeriveMigrationName)]
 pub struct Migration;
-
-impl MigrationName for Migration {
-    fn name(&self) -> &str {
-        "m20261126_000001_create_orders"
-    }
-}
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {

@@ -6,13 +6,9 @@
 
 use sea_orm_migration::prelude::*;
 
+/// Named after this file (`DeriveMigrationName`), as the `seaql_migrations` rows already are.
+#[derive(DeriveMigrationName)]
 pub struct Migration;
-
-impl MigrationName for Migration {
-    fn name(&self) -> &str {
-        "m20261127_000003_create_inbound_webhooks"
-    }
-}
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {

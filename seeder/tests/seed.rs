@@ -4,11 +4,6 @@ use std::process::{Command, Output};
 
 use sqlx::{Connection, PgConnection};
 
-fn server() -> String {
-    std::env::var("TEST_DATABASE_SERVER")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
-
 /// A database of this test's own, dropped at the end (the seeder creates it on first use).
 struct TestDatabase {
     name: String,
@@ -16,20 +11,13 @@ struct TestDatabase {
 
 impl TestDatabase {
     fn new() -> Self {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
         Self {
-            name: format!(
-                "order_sync_test_{secs}_seed{}",
-                std::process::id() ^ rand_suffix()
-            ),
+            name: test_support::unique_db_name(),
         }
     }
 
     fn url(&self) -> String {
-        format!("{}/{}", server(), self.name)
+        format!("{}/{}", test_support::database_server(), self.name)
     }
 
     fn seed(&self, vars: &[(&str, &str)]) -> Output {
@@ -49,34 +37,9 @@ impl TestDatabase {
     }
 }
 
-fn rand_suffix() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0)
-}
-
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        let url = format!("{}/postgres", server());
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            if let Ok(runtime) = runtime {
-                runtime.block_on(async {
-                    if let Ok(mut conn) = PgConnection::connect(&url).await {
-                        let _ = sqlx::query(&format!(
-                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                        ))
-                        .execute(&mut conn)
-                        .await;
-                    }
-                });
-            }
-        })
-        .join();
+        test_support::drop_database_blocking(&self.name);
     }
 }
 

@@ -7,16 +7,42 @@ use std::net::TcpListener;
 use std::process::ExitCode;
 
 use order_sync::external::fake::{FakeConfig, FakeExternalApi};
+use serde::Deserialize;
+
+/// Where to listen, read with envy (field names are the variables, lower-cased). Unlike the
+/// knobs, an empty value is not unset: `FAKE_API_PORT=` is refused, as a typo should be.
+#[derive(Deserialize)]
+struct Listen {
+    #[serde(default = "default_port", deserialize_with = "port")]
+    fake_api_port: u16,
+    #[serde(default = "default_host")]
+    fake_api_host: String,
+}
+
+fn default_port() -> u16 {
+    9090
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+
+/// Hand-written only for its message, which says what a valid value is.
+fn port<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
+    let raw = String::deserialize(deserializer)?;
+    raw.parse().map_err(|_| {
+        serde::de::Error::custom(format!("FAKE_API_PORT must be a port number, not {raw:?}"))
+    })
+}
 
 #[actix_web::main]
 async fn main() -> ExitCode {
     let result = async {
         let config = FakeConfig::from_env().map_err(anyhow::Error::msg)?;
-        let port = std::env::var("FAKE_API_PORT").unwrap_or_else(|_| "9090".into());
-        let port: u16 = port
-            .parse()
-            .map_err(|_| anyhow::anyhow!("FAKE_API_PORT must be a port number, not {port:?}"))?;
-        let host = std::env::var("FAKE_API_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+        let Listen {
+            fake_api_port: port,
+            fake_api_host: host,
+        } = envy::from_env().map_err(anyhow::Error::new)?;
         let listener = TcpListener::bind((host.as_str(), port)).map_err(|e| {
             anyhow::anyhow!("cannot listen on {host}:{port} (FAKE_API_HOST, FAKE_API_PORT): {e}")
         })?;

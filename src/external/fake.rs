@@ -32,30 +32,47 @@ pub struct FakeConfig {
 }
 
 impl FakeConfig {
-    /// Reads `FAKE_API_LATENCY_MS` and `FAKE_API_FAILURE_RATE`; the error names the variable.
+    /// Reads `FAKE_API_LATENCY_MS` and `FAKE_API_FAILURE_RATE` (empty counts as unset); the error
+    /// names the variable.
     pub fn from_env() -> Result<Self, String> {
-        let read = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let latency_ms = match read("FAKE_API_LATENCY_MS") {
-            Some(raw) => raw.parse().map_err(|_| {
-                format!("FAKE_API_LATENCY_MS must be a whole number of milliseconds, not {raw:?}")
-            })?,
-            None => 0,
-        };
-        let failure_rate = match read("FAKE_API_FAILURE_RATE") {
-            Some(raw) => raw
-                .parse::<f64>()
-                .ok()
-                .filter(|r| (0.0..=1.0).contains(r))
-                .ok_or_else(|| {
-                    format!("FAKE_API_FAILURE_RATE must be a number from 0 to 1, not {raw:?}")
-                })?,
-            None => 0.0,
-        };
+        let vars = std::env::vars().filter(|(_, value)| !value.is_empty());
+        let env: FakeEnv = envy::from_iter(vars).map_err(|e| e.to_string())?;
         Ok(Self {
-            latency_ms,
-            failure_rate,
+            latency_ms: env.fake_api_latency_ms,
+            failure_rate: env.fake_api_failure_rate,
         })
     }
+}
+
+/// The fake's knobs as environment variables (field names are the variables, lower-cased). The
+/// parsers are hand-written only for their messages, which say what a valid value is.
+#[derive(Deserialize)]
+struct FakeEnv {
+    #[serde(default, deserialize_with = "latency_ms")]
+    fake_api_latency_ms: u64,
+    #[serde(default, deserialize_with = "failure_rate")]
+    fake_api_failure_rate: f64,
+}
+
+fn latency_ms<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let raw = String::deserialize(deserializer)?;
+    raw.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "FAKE_API_LATENCY_MS must be a whole number of milliseconds, not {raw:?}"
+        ))
+    })
+}
+
+fn failure_rate<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    let raw = String::deserialize(deserializer)?;
+    raw.parse::<f64>()
+        .ok()
+        .filter(|r| (0.0..=1.0).contains(r))
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "FAKE_API_FAILURE_RATE must be a number from 0 to 1, not {raw:?}"
+            ))
+        })
 }
 
 #[derive(Default)]

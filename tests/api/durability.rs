@@ -330,7 +330,7 @@ async fn sigkill_at_random_moments_under_load_loses_nothing_and_keeps_each_order
     for _ in 0..5 {
         // Let the load run for a random while (this is the load's duration, not a wait for anything).
         tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1200))).await;
-        service.signal(libc::SIGKILL);
+        service.signal("KILL");
         kills.push(Instant::now());
         service.kill();
         service = rig.start_service().await;
@@ -427,7 +427,7 @@ async fn sigterm_under_load_exits_0_within_the_timeout_and_loses_nothing() {
     .await;
 
     let signalled = Instant::now();
-    service.signal(libc::SIGTERM);
+    service.signal("TERM");
     let code = service.wait_exit(Duration::from_secs(15)).await;
     let took = signalled.elapsed();
     let ledger = load.stop().await;
@@ -516,7 +516,7 @@ async fn tokens_never_appear_in_logs_errors_or_metrics() {
             .await
             .unwrap(),
     );
-    service.signal(libc::SIGTERM);
+    service.signal("TERM");
     service.wait_exit(Duration::from_secs(15)).await;
 
     let logs = std::fs::read_to_string(&log).unwrap();

@@ -2,28 +2,16 @@
 //! PostgreSQL database and its own Redis prefix, so tests run in parallel and leave nothing
 //! behind. The database is dropped when the `TestApp` is.
 
-use std::sync::Once;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use order_sync::config::Settings;
 use order_sync::startup::Application;
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, PgPool};
-
-/// The server the tests use; override with `TEST_DATABASE_SERVER`.
-pub fn database_server() -> String {
-    std::env::var("TEST_DATABASE_SERVER")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
-
-pub fn redis_url() -> String {
-    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// Test databases are named `order_sync_test_<unix seconds>_<random>`, so a sweep can tell
-/// stale ones (left by a killed run) from those of tests running now.
-const TEST_DB_PREFIX: &str = "order_sync_test_";
+use sqlx::PgPool;
+// The database, Redis and waiting helpers are shared with the seeder's tests and the benchmark.
+pub use test_support::{database_server, drop_database, redis_url, unique_db_name, wait_for};
+use test_support::{drop_database_blocking, sweep_stale_databases_once, unique_redis_prefix};
 
 pub struct TestApp {
     pub address: String,
@@ -63,15 +51,6 @@ pub fn test_settings(db_name: &str, redis_prefix: &str, overrides: &[(&str, &str
     Settings::from_vars(vars).expect("test settings are valid")
 }
 
-pub fn unique_db_name() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let tag = uuid::Uuid::new_v4().simple().to_string();
-    format!("{TEST_DB_PREFIX}{secs}_{}", &tag[..12])
-}
-
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }
@@ -99,7 +78,7 @@ pub fn id_of(order: &Value) -> i64 {
 
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     sweep_stale_databases_once().await;
-    let redis_prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let redis_prefix = unique_redis_prefix();
     let settings = test_settings(&unique_db_name(), &redis_prefix, overrides);
     // A DATABASE_URL override (a second instance on another's database) names the database.
     let db_name = settings
@@ -131,61 +110,7 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        let name = self.db_name.clone();
-        // Drop runs inside the test's runtime, which cannot block on itself: use a thread with
-        // its own small runtime. FORCE ends the server's pooled connections.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            if let Ok(runtime) = runtime {
-                runtime.block_on(drop_database(&name));
-            }
-        })
-        .join();
-    }
-}
-
-pub async fn drop_database(name: &str) {
-    let url = format!("{}/postgres", database_server());
-    if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-            .execute(&mut conn)
-            .await;
-    }
-}
-
-/// Drops test databases older than an hour: the leftovers of runs that were killed.
-async fn sweep_stale_databases_once() {
-    static SWEEP: Once = Once::new();
-    let mut first = false;
-    SWEEP.call_once(|| first = true);
-    if !first {
-        return;
-    }
-    let url = format!("{}/postgres", database_server());
-    let Ok(mut conn) = sqlx::PgConnection::connect(&url).await else {
-        return;
-    };
-    let names: Vec<String> =
-        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE $1")
-            .bind(format!("{TEST_DB_PREFIX}%"))
-            .fetch_all(&mut conn)
-            .await
-            .unwrap_or_default();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    for name in names {
-        let created = name
-            .trim_start_matches(TEST_DB_PREFIX)
-            .split('_')
-            .next()
-            .and_then(|secs| secs.parse::<u64>().ok());
-        if created.is_some_and(|secs| secs + 3600 < now) {
-            drop_database(&name).await;
-        }
+        drop_database_blocking(&self.db_name);
     }
 }
 
@@ -311,21 +236,5 @@ impl TestApp {
             .await
             .expect("read outbox");
         (orders, outbox)
-    }
-}
-
-/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

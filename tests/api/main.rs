@@ -1,6 +1,10 @@
 //! Integration tests: each starts a real service instance against real PostgreSQL and Redis
 //! (see `helpers::spawn_app`).
 
+// The workspace denies `unwrap_used` for the service's code; a test's helpers may unwrap, since a
+// failing unwrap fails the test, which is what it is for.
+#![allow(clippy::unwrap_used)]
+
 mod admin;
 mod bad_input;
 mod dashboard;

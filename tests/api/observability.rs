@@ -307,7 +307,7 @@ async fn json_logs_have_one_line_per_request_and_per_call_attempt_with_their_fie
         },
     )
     .await;
-    service.signal(libc::SIGTERM);
+    service.signal("TERM");
     service.wait_exit(Duration::from_secs(15)).await;
 
     let lines: Vec<Value> = std::fs::read_to_string(&log)
