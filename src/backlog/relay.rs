@@ -83,7 +83,7 @@ impl OutboxRelay {
     /// Publishes up to `BATCH` rows; returns how many.
     pub async fn publish_batch(&mut self) -> anyhow::Result<usize> {
         let mut txn = self.pool.begin().await.context("begin")?;
-        let rows: Vec<(i64, i64, i64, String, i64)> = sqlx::query_as(
+        let rows: Vec<(i64, i64, i64, ChangeAction, i64)> = sqlx::query_as(
             "SELECT id, order_id, version, action, (extract(epoch FROM created_at) * 1000)::bigint
              FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
@@ -101,7 +101,7 @@ impl OutboxRelay {
                 order_id: *order_id,
                 version: *version,
                 // An operator's retry must reach a parked order; a change waits behind it.
-                kind: if ChangeAction::parse(action) == Some(ChangeAction::Retry) {
+                kind: if *action == ChangeAction::Retry {
                     EventKind::Retry { attempt: None }
                 } else {
                     EventKind::Change

@@ -8,9 +8,9 @@ mod orders;
 pub mod sync;
 
 pub use orders::{
-    create_order, delete_order, get_order, list_orders, patch_order, replace_order,
-    update_from_inbound, ChangeAction, InboundOutcome, OrderFilter, OrderPage, PageRequest,
-    StoreError,
+    count_by_sync_state, create_order, delete_order, get_order, list_orders, patch_order,
+    replace_order, update_from_inbound, ChangeAction, InboundOutcome, OrderFilter, OrderPage,
+    PageRequest, StoreError,
 };
 
 use std::time::Duration;
