@@ -44,10 +44,7 @@ async fn gather(state: &AppState) -> Gathered {
             Vec::new()
         });
     let pool = state.db.get_postgres_connection_pool();
-    let outbox_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(pool)
-        .await
-        .unwrap_or(-1);
+    let outbox_rows = db::outbox::count(pool).await.unwrap_or(-1);
     let states = counted_states();
     let counts = db::count_by_sync_state(pool, &states)
         .await

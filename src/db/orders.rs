@@ -2,18 +2,18 @@
 //! `(order_id, version, action)` in the same transaction: either both are committed or neither.
 
 use chrono::Utc;
-use sea_orm::sea_query::Query;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
-    DbBackend, DbErr, DeriveActiveEnum, EntityTrait, EnumIter, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, Statement, TransactionTrait,
+    DbBackend, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    Statement, TransactionTrait,
 };
 
-use super::entity::{orders, outbox};
+use super::entity::orders;
 use super::is_unavailable;
+use super::outbox::{self, ChangeAction};
 use crate::domain::{
-    text_column, AddressLine, FieldErrors, InboundUpdate, Money, OrderFields, OrderPatch,
-    OrderStatus, Pincode, SyncState,
+    AddressLine, FieldErrors, InboundUpdate, Money, OrderFields, OrderPatch, OrderStatus, Pincode,
+    SyncState,
 };
 
 /// Why a query on orders failed, in terms the API can answer with.
@@ -39,46 +39,6 @@ impl From<DbErr> for StoreError {
         }
     }
 }
-
-/// Why an outbox row was written: a change to the order, or an operator's retry. Stored as its
-/// lowercase name in `outbox.action`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
-#[sea_orm(rs_type = "String", db_type = "Text", rename_all = "lowercase")]
-pub enum ChangeAction {
-    Create,
-    Update,
-    Delete,
-    /// An operator retried a dead or parked order (`db::admin`): its event must reach the order
-    /// even while it is parked, where a change would wait.
-    Retry,
-}
-
-impl ChangeAction {
-    pub const ALL: [ChangeAction; 4] = [Self::Create, Self::Update, Self::Delete, Self::Retry];
-
-    /// The `outbox.action` column's value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Create => "create",
-            Self::Update => "update",
-            Self::Delete => "delete",
-            Self::Retry => "retry",
-        }
-    }
-}
-
-impl std::str::FromStr for ChangeAction {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|action| action.as_str() == s)
-            .ok_or_else(|| format!("{s:?} is not an outbox action"))
-    }
-}
-
-text_column!(ChangeAction);
 
 /// Inserts a new order (version 1) and its `create` outbox row in one statement: a single
 /// statement is atomic, and one round trip instead of four (BEGIN, two INSERTs, COMMIT) is what
@@ -147,7 +107,7 @@ pub async fn delete_order(db: &DatabaseConnection, id: i64) -> Result<(), StoreE
     row.updated_at = Set(Utc::now());
     set_sync_state_after_change(&mut row, current.sync_state);
     row.update(&txn).await?;
-    write_outbox(&txn, id, version, ChangeAction::Delete).await?;
+    outbox::insert(&txn, id, version, ChangeAction::Delete).await?;
     txn.commit().await?;
     Ok(())
 }
@@ -203,7 +163,7 @@ pub async fn update_from_inbound(
     }
     let order = row.update(&txn).await?;
     if owes_a_call {
-        write_outbox(&txn, id, version, ChangeAction::Update).await?;
+        outbox::insert(&txn, id, version, ChangeAction::Update).await?;
     }
     txn.commit().await?;
     Ok(InboundOutcome::Applied(Box::new(order)))
@@ -326,7 +286,7 @@ async fn change_order(
     row.version = Set(version);
     set_sync_state_after_change(&mut row, sync_state);
     let order = row.update(&txn).await?;
-    write_outbox(&txn, id, version, ChangeAction::Update).await?;
+    outbox::insert(&txn, id, version, ChangeAction::Update).await?;
     txn.commit().await?;
     Ok(order)
 }
@@ -354,26 +314,6 @@ async fn lock_live_order(txn: &DatabaseTransaction, id: i64) -> Result<orders::M
         .one(txn)
         .await?
         .ok_or(StoreError::NotFound(id))
-}
-
-async fn write_outbox(
-    txn: &DatabaseTransaction,
-    order_id: i64,
-    version: i64,
-    action: ChangeAction,
-) -> Result<(), DbErr> {
-    let insert = Query::insert()
-        .into_table(outbox::Entity)
-        .columns([
-            outbox::Column::OrderId,
-            outbox::Column::Version,
-            outbox::Column::Action,
-        ])
-        .values_panic([order_id.into(), version.into(), action.into()])
-        .to_owned();
-    txn.execute(txn.get_database_backend().build(&insert))
-        .await?;
-    Ok(())
 }
 
 fn set_fields(row: &mut orders::ActiveModel, fields: &OrderFields) {

@@ -5,8 +5,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::domain::{OrderStatus, SyncState};
-use crate::external::payload::OrderSnapshot;
+use crate::domain::{OrderSnapshot, OrderStatus, SyncState};
 
 /// An order as the sync engine sees it, tombstones included.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -42,11 +41,14 @@ impl SyncRow {
         }
     }
 
+    /// The fields a create or update call carries. A copy: the row's fields cannot be lent as an
+    /// `OrderSnapshot` without nesting one in `SyncRow`, which changes `SyncRow`'s fields that
+    /// `bench/` reads.
     pub fn snapshot(&self) -> OrderSnapshot {
         OrderSnapshot {
             id: self.id,
             version: self.version,
-            status: self.status.to_string(),
+            status: self.status,
             placed_at: self.placed_at,
             delivered_at: self.delivered_at,
             amount: self.amount,

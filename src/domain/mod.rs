@@ -54,8 +54,10 @@ macro_rules! text_column {
 pub(crate) use text_column;
 
 mod order;
+mod snapshot;
 
 pub use order::{
     AddressLine, FieldErrors, InboundUpdate, Money, OrderFields, OrderPatch, OrderStatus, Pincode,
     SyncState,
 };
+pub use snapshot::OrderSnapshot;
