@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actors::order_sync::{RetryPolicy, SyncDeps};
 use crate::actors::throttle::Throttle;
-use crate::api::{self, edge, AppState};
+use crate::api::{self, edge, ApiError, AppState};
 use crate::backlog::dispatcher::InFlight;
 use crate::backlog::keys::Keys;
 use crate::config::{redact_url, Settings};
@@ -344,15 +344,7 @@ fn json_error_body<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandler
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
     }
     let status = res.status();
-    let code = match status.as_u16() {
-        408 => "request_timeout",
-        413 => "payload_too_large",
-        415 => "unsupported_media_type",
-        404 => "not_found",
-        405 => "method_not_allowed",
-        s if s >= 500 => "internal_error",
-        _ => "bad_request",
-    };
+    let code = ApiError::from_status(status).code();
     let body = serde_json::json!({"error": {
         "code": code,
         "message": status.canonical_reason().unwrap_or("error").to_lowercase(),

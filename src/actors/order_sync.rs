@@ -243,23 +243,23 @@ fn decide(row: Option<&SyncRow>, kind: EventKind) -> Decision {
     let Some(row) = row else {
         return Decision::Skip("gone");
     };
-    match (row.sync_state(), kind) {
+    match (row.sync_state, kind) {
         // Nothing is owed: every change sets `pending`, and only a recorded success (or an
         // operator's discard) sets `synced`.
-        (Some(SyncState::Synced), _) => return Decision::Skip("already synced"),
+        (SyncState::Synced, _) => return Decision::Skip("already synced"),
         // A parked order's changes wait for its delayed retry, which syncs the latest state.
-        (Some(SyncState::Retrying), EventKind::Change) => return Decision::Skip("parked"),
+        (SyncState::Retrying, EventKind::Change) => return Decision::Skip("parked"),
         // A duplicate of a delayed retry whose attempt was already made: the order waits for
         // its next one, on schedule.
         (
-            Some(SyncState::Retrying),
+            SyncState::Retrying,
             EventKind::Retry {
                 attempt: Some(attempt),
             },
         ) if attempt != row.sync_attempts => return Decision::Skip("retry already made"),
         // A change or an operator's retry revives a dead order in the same transaction as it
         // writes its event, so an event that finds it dead is stale.
-        (Some(SyncState::Dead), _) => return Decision::Skip("dead"),
+        (SyncState::Dead, _) => return Decision::Skip("dead"),
         _ => {}
     }
     if row.version <= row.synced_version {
@@ -654,6 +654,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::OrderStatus;
 
     fn row(
         version: i64,
@@ -664,7 +665,7 @@ mod tests {
     ) -> SyncRow {
         SyncRow {
             id: 1,
-            status: "pending".into(),
+            status: OrderStatus::Pending,
             placed_at: Utc::now(),
             delivered_at: None,
             amount: 1,
@@ -676,7 +677,7 @@ mod tests {
             pincode: "123".into(),
             version,
             deleted,
-            sync_state: state.into(),
+            sync_state: state.parse().unwrap(),
             synced_version,
             sync_attempts: 0,
             create_sent,

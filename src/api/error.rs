@@ -65,7 +65,25 @@ pub struct ErrorDetail {
 }
 
 impl ApiError {
-    fn code(&self) -> &'static str {
+    /// The error an answer that actix-web produced itself (an unknown route, an oversized body)
+    /// stands for, so that `startup::json_error_body` gives it this type's code: one table of
+    /// codes. Only the variant matters; its text is not used.
+    pub(crate) fn from_status(status: StatusCode) -> Self {
+        match status {
+            StatusCode::NOT_FOUND => Self::NotFound(String::new()),
+            StatusCode::METHOD_NOT_ALLOWED => Self::MethodNotAllowed,
+            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge { limit: 0 },
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType(String::new()),
+            StatusCode::REQUEST_TIMEOUT => Self::RequestTimeout,
+            status if status.is_server_error() => {
+                Self::Unexpected(anyhow::anyhow!("{status} from the framework"))
+            }
+            _ => Self::BadRequest(String::new()),
+        }
+    }
+
+    /// The stable, machine-readable code of the one error shape.
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Self::MalformedJson(_) => "malformed_json",
             Self::BadRequest(_) => "bad_request",

@@ -9,6 +9,17 @@ use super::AppState;
 use crate::actors::supervisor::{GetMailboxStats, MailboxStats};
 use crate::actors::throttle::ThrottleState;
 use crate::backlog::stats::{shard_stats, ShardStats};
+use crate::db;
+use crate::domain::SyncState;
+
+/// The sync states whose orders are counted: every state but `synced`, which holds nearly every
+/// order (counting it would scan the table at each scrape) and owes nothing.
+fn counted_states() -> Vec<SyncState> {
+    SyncState::ALL
+        .into_iter()
+        .filter(|state| *state != SyncState::Synced)
+        .collect()
+}
 
 /// What is gathered at scrape time.
 struct Gathered {
@@ -17,7 +28,7 @@ struct Gathered {
     shards: Vec<ShardStats>,
     outbox_rows: i64,
     /// Orders by sync state: pending, retrying, dead.
-    orders: [(&'static str, i64); 3],
+    orders: Vec<(SyncState, i64)>,
 }
 
 async fn gather(state: &AppState) -> Gathered {
@@ -33,21 +44,15 @@ async fn gather(state: &AppState) -> Gathered {
             Vec::new()
         });
     let pool = state.db.get_postgres_connection_pool();
-    let outbox_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(pool)
+    let outbox_rows = db::outbox::count(pool).await.unwrap_or(-1);
+    let states = counted_states();
+    let counts = db::count_by_sync_state(pool, &states)
         .await
-        .unwrap_or(-1);
-    let counts: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT sync_state, count(*) FROM orders
-         WHERE sync_state IN ('pending', 'retrying', 'dead') GROUP BY sync_state",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap_or_default();
-    let count = |name: &str| {
+        .unwrap_or_default();
+    let count = |state: SyncState| {
         counts
             .iter()
-            .find(|(s, _)| s == name)
+            .find(|(s, _)| *s == state)
             .map_or(0, |(_, n)| *n)
     };
     let gathered = Gathered {
@@ -55,11 +60,7 @@ async fn gather(state: &AppState) -> Gathered {
         mailbox,
         shards,
         outbox_rows,
-        orders: [
-            ("pending", count("pending")),
-            ("retrying", count("retrying")),
-            ("dead", count("dead")),
-        ],
+        orders: states.iter().map(|state| (*state, count(*state))).collect(),
     };
     record(state, &gathered);
     gathered
@@ -90,8 +91,8 @@ fn record(state: &AppState, g: &Gathered) {
             .set(shard.pending as i64);
     }
     m.outbox_rows.set(g.outbox_rows);
-    for (name, count) in g.orders {
-        m.orders.with_label_values(&[name]).set(count);
+    for &(state, count) in &g.orders {
+        m.orders.with_label_values(&[state.as_str()]).set(count);
     }
 }
 
@@ -138,7 +139,7 @@ pub async fn actor_metrics(state: web::Data<AppState>) -> HttpResponse {
             "outbox_rows": g.outbox_rows,
             "shards": g.shards,
         },
-        "orders": g.orders.iter().map(|(name, count)| (name.to_string(), json!(count))).collect::<serde_json::Map<_, _>>(),
+        "orders": g.orders.iter().map(|(state, count)| (state.to_string(), json!(count))).collect::<serde_json::Map<_, _>>(),
         "lag_ms": m.lag_summary(),
         "uptime_secs": state.started_at.elapsed().as_secs(),
     }))

@@ -45,7 +45,7 @@ impl From<orders::Model> for OrderOut {
     fn from(row: orders::Model) -> Self {
         Self {
             id: row.id,
-            status: row.status,
+            status: row.status.to_string(),
             placed_at: row.placed_at,
             delivered_at: row.delivered_at,
             amount: row.amount,
@@ -59,7 +59,7 @@ impl From<orders::Model> for OrderOut {
             created_at: row.created_at,
             updated_at: row.updated_at,
             sync: SyncOut {
-                state: row.sync_state,
+                state: row.sync_state.to_string(),
                 synced_version: row.synced_version,
                 attempts: row.sync_attempts,
                 last_error: row.sync_last_error,

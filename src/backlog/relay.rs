@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::keys::{shard_of, Keys};
 use super::{EventKind, SyncEvent};
-use crate::db::ChangeAction;
+use crate::db::outbox::{self, ChangeAction};
 
 /// Rows published per transaction.
 const BATCH: i64 = 1_000;
@@ -83,41 +83,38 @@ impl OutboxRelay {
     /// Publishes up to `BATCH` rows; returns how many.
     pub async fn publish_batch(&mut self) -> anyhow::Result<usize> {
         let mut txn = self.pool.begin().await.context("begin")?;
-        let rows: Vec<(i64, i64, i64, String, i64)> = sqlx::query_as(
-            "SELECT id, order_id, version, action, (extract(epoch FROM created_at) * 1000)::bigint
-             FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(BATCH)
-        .fetch_all(&mut *txn)
-        .await
-        .context("read outbox")?;
+        let rows = outbox::lock_oldest(&mut txn, BATCH)
+            .await
+            .context("read outbox")?;
         if rows.is_empty() {
             return Ok(0);
         }
         crate::crash::point("before_publish");
         let mut pipe = redis::pipe();
-        for (_, order_id, version, action, committed_at_ms) in &rows {
+        for row in &rows {
             let event = SyncEvent {
-                order_id: *order_id,
-                version: *version,
+                order_id: row.order_id,
+                version: row.version,
                 // An operator's retry must reach a parked order; a change waits behind it.
-                kind: if ChangeAction::parse(action) == Some(ChangeAction::Retry) {
+                kind: if row.action == ChangeAction::Retry {
                     EventKind::Retry { attempt: None }
                 } else {
                     EventKind::Change
                 },
-                committed_at_ms: *committed_at_ms,
+                committed_at_ms: row.committed_at_ms,
             };
-            pipe.xadd(self.keys.stream(shard_of(*order_id)), "*", &event.fields())
-                .ignore();
+            pipe.xadd(
+                self.keys.stream(shard_of(row.order_id)),
+                "*",
+                &event.fields(),
+            )
+            .ignore();
         }
         pipe.query_async::<()>(&mut self.redis)
             .await
             .context("publish to Redis")?;
-        let ids: Vec<i64> = rows.iter().map(|row| row.0).collect();
-        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-            .bind(&ids)
-            .execute(&mut *txn)
+        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+        outbox::delete(&mut txn, &ids)
             .await
             .context("delete published outbox rows")?;
         // If this commit fails the rows are published again later: a duplicate event, which

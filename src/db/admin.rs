@@ -14,7 +14,7 @@ pub struct FailedOrder {
     pub id: i64,
     pub version: i64,
     pub synced_version: i64,
-    pub state: String,
+    pub state: SyncState,
     pub attempts: i32,
     pub last_error: Option<String>,
     pub next_attempt_at: Option<DateTime<Utc>>,
@@ -29,7 +29,6 @@ pub async fn list_failed(
     cursor: Option<i64>,
     limit: i64,
 ) -> Result<Vec<FailedOrder>, sqlx::Error> {
-    let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
     sqlx::query_as(
         "SELECT id, version, synced_version, sync_state AS state, sync_attempts AS attempts,
                 sync_last_error AS last_error, sync_next_attempt_at AS next_attempt_at, updated_at,
@@ -38,7 +37,7 @@ pub async fn list_failed(
          WHERE sync_state = ANY($1) AND ($2::bigint IS NULL OR id < $2)
          ORDER BY id DESC LIMIT $3",
     )
-    .bind(&states)
+    .bind(states)
     .bind(cursor)
     .bind(limit)
     .fetch_all(pool)
@@ -51,31 +50,32 @@ pub enum AdminChange {
     Done,
     NotFound,
     /// The order is neither dead nor retrying: there is nothing to retry or discard.
-    NotFailed(String),
+    NotFailed(SyncState),
 }
 
 /// Makes a dead or retrying order pending again (attempts reset) and queues a `retry` event,
 /// which syncs its latest state.
 pub async fn retry_order(pool: &PgPool, id: i64) -> Result<AdminChange, sqlx::Error> {
     let mut txn = pool.begin().await?;
-    let state: Option<String> =
+    let state: Option<SyncState> =
         sqlx::query_scalar("SELECT sync_state FROM orders WHERE id = $1 FOR UPDATE")
             .bind(id)
             .fetch_optional(&mut *txn)
             .await?;
-    match state.as_deref().map(str::parse::<SyncState>) {
+    match state {
         None => return Ok(AdminChange::NotFound),
-        Some(Ok(SyncState::Dead | SyncState::Retrying)) => {}
-        Some(_) => return Ok(AdminChange::NotFailed(state.unwrap_or_default())),
+        Some(SyncState::Dead | SyncState::Retrying) => {}
+        Some(state) => return Ok(AdminChange::NotFailed(state)),
     }
     sqlx::query(
         "WITH revived AS (
-             UPDATE orders SET sync_state = 'pending', sync_attempts = 0, sync_next_attempt_at = NULL
+             UPDATE orders SET sync_state = $3, sync_attempts = 0, sync_next_attempt_at = NULL
              WHERE id = $1 RETURNING id, version)
          INSERT INTO outbox (order_id, version, action) SELECT id, version, $2 FROM revived",
     )
     .bind(id)
-    .bind(ChangeAction::Retry.as_str())
+    .bind(ChangeAction::Retry)
+    .bind(SyncState::Pending)
     .execute(&mut *txn)
     .await?;
     txn.commit().await?;
@@ -86,11 +86,13 @@ pub async fn retry_order(pool: &PgPool, id: i64) -> Result<AdminChange, sqlx::Er
 pub async fn retry_all_dead(pool: &PgPool) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "WITH revived AS (
-             UPDATE orders SET sync_state = 'pending', sync_attempts = 0, sync_next_attempt_at = NULL
-             WHERE sync_state = 'dead' RETURNING id, version)
+             UPDATE orders SET sync_state = $2, sync_attempts = 0, sync_next_attempt_at = NULL
+             WHERE sync_state = $3 RETURNING id, version)
          INSERT INTO outbox (order_id, version, action) SELECT id, version, $1 FROM revived",
     )
-    .bind(ChangeAction::Retry.as_str())
+    .bind(ChangeAction::Retry)
+    .bind(SyncState::Pending)
+    .bind(SyncState::Dead)
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
@@ -104,7 +106,7 @@ pub async fn retry_all_dead(pool: &PgPool) -> Result<u64, sqlx::Error> {
 /// only if the order's sync state is still the one it started from.
 pub async fn discard_order(pool: &PgPool, id: i64) -> Result<AdminChange, sqlx::Error> {
     let mut txn = pool.begin().await?;
-    let found: Option<(String, bool)> = sqlx::query_as(
+    let found: Option<(SyncState, bool)> = sqlx::query_as(
         "SELECT sync_state, deleted_at IS NOT NULL FROM orders WHERE id = $1 FOR UPDATE",
     )
     .bind(id)
@@ -112,12 +114,7 @@ pub async fn discard_order(pool: &PgPool, id: i64) -> Result<AdminChange, sqlx::
     .await?;
     match found {
         None => return Ok(AdminChange::NotFound),
-        Some((state, _))
-            if !matches!(
-                state.parse::<SyncState>(),
-                Ok(SyncState::Dead | SyncState::Retrying)
-            ) =>
-        {
+        Some((state, _)) if !matches!(state, SyncState::Dead | SyncState::Retrying) => {
             return Ok(AdminChange::NotFailed(state))
         }
         Some((_, true)) => {
@@ -128,13 +125,14 @@ pub async fn discard_order(pool: &PgPool, id: i64) -> Result<AdminChange, sqlx::
         }
         Some((_, false)) => {
             sqlx::query(
-                "UPDATE orders SET sync_state = 'synced', sync_attempts = 0,
+                "UPDATE orders SET sync_state = $2, sync_attempts = 0,
                         synced_version = CASE WHEN synced_version = 0 THEN 0 ELSE version END,
                         sync_next_attempt_at = NULL,
                         sync_last_error = 'discarded by an operator; last error: ' || coalesce(sync_last_error, 'none')
                  WHERE id = $1",
             )
             .bind(id)
+            .bind(SyncState::Synced)
             .execute(&mut *txn)
             .await?;
         }

@@ -1,17 +1,20 @@
 //! PostgreSQL, the source of truth: the connection, the schema's entities, the queries that
-//! change orders (every change writes its outbox row in the same transaction), and the sync
-//! engine's queries ([`sync`]).
+//! change orders (every change writes its outbox row in the same transaction), the outbox's
+//! ([`outbox`]), the sync engine's ([`sync`]) and the operator's ([`admin`]). Every SQL statement
+//! of the service is in this module.
 
 pub mod admin;
 pub mod entity;
 mod orders;
+pub mod outbox;
 pub mod sync;
 
 pub use orders::{
-    create_order, delete_order, get_order, list_orders, patch_order, replace_order,
-    update_from_inbound, ChangeAction, InboundOutcome, OrderFilter, OrderPage, PageRequest,
+    count_by_sync_state, create_order, delete_order, get_order, list_orders, patch_order,
+    replace_order, update_from_inbound, InboundOutcome, OrderFilter, OrderPage, PageRequest,
     StoreError,
 };
+pub use outbox::ChangeAction;
 
 use std::time::Duration;
 

@@ -2,15 +2,15 @@
 //! `(order_id, version, action)` in the same transaction: either both are committed or neither.
 
 use chrono::Utc;
-use sea_orm::sea_query::Query;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
     DbBackend, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
     Statement, TransactionTrait,
 };
 
-use super::entity::{orders, outbox};
+use super::entity::orders;
 use super::is_unavailable;
+use super::outbox::{self, ChangeAction};
 use crate::domain::{
     AddressLine, FieldErrors, InboundUpdate, Money, OrderFields, OrderPatch, OrderStatus, Pincode,
     SyncState,
@@ -40,38 +40,6 @@ impl From<DbErr> for StoreError {
     }
 }
 
-/// Why an outbox row was written: a change to the order, or an operator's retry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChangeAction {
-    Create,
-    Update,
-    Delete,
-    /// An operator retried a dead or parked order (`db::admin`): its event must reach the order
-    /// even while it is parked, where a change would wait.
-    Retry,
-}
-
-impl ChangeAction {
-    pub const ALL: [ChangeAction; 4] = [Self::Create, Self::Update, Self::Delete, Self::Retry];
-
-    /// The `outbox.action` column's value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Create => "create",
-            Self::Update => "update",
-            Self::Delete => "delete",
-            Self::Retry => "retry",
-        }
-    }
-
-    /// Reads the column's value; `None` for a value this service never writes.
-    pub fn parse(value: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|action| action.as_str() == value)
-    }
-}
-
 /// Inserts a new order (version 1) and its `create` outbox row in one statement: a single
 /// statement is atomic, and one round trip instead of four (BEGIN, two INSERTs, COMMIT) is what
 /// lets the API keep up with a plain loop of the same two inserts (BENCHMARKS.md, figure 7).
@@ -90,7 +58,7 @@ pub async fn create_order(
             SELECT id, version, $11 FROM created)
         SELECT * FROM created"#;
     let values: [sea_orm::Value; 11] = [
-        fields.status.as_str().into(),
+        fields.status.into(),
         fields.placed_at.into(),
         fields.delivered_at.into(),
         fields.amount.minor_units().into(),
@@ -100,7 +68,7 @@ pub async fn create_order(
         fields.state.as_str().into(),
         fields.country.as_str().into(),
         fields.pincode.as_str().into(),
-        ChangeAction::Create.as_str().into(),
+        ChangeAction::Create.into(),
     ];
     let statement = Statement::from_sql_and_values(DbBackend::Postgres, INSERT_WITH_OUTBOX, values);
     orders::Entity::find()
@@ -137,9 +105,9 @@ pub async fn delete_order(db: &DatabaseConnection, id: i64) -> Result<(), StoreE
     row.version = Set(version);
     row.deleted_at = Set(Some(Utc::now()));
     row.updated_at = Set(Utc::now());
-    set_sync_state_after_change(&mut row, &current.sync_state);
+    set_sync_state_after_change(&mut row, current.sync_state);
     row.update(&txn).await?;
-    write_outbox(&txn, id, version, ChangeAction::Delete).await?;
+    outbox::insert(&txn, id, version, ChangeAction::Delete).await?;
     txn.commit().await?;
     Ok(())
 }
@@ -186,10 +154,7 @@ pub async fn update_from_inbound(
         .with_inbound(update)
         .map_err(StoreError::Invalid)?;
     let owes_a_call = current.synced_version < current.version
-        && matches!(
-            current.sync_state.parse::<SyncState>(),
-            Ok(SyncState::Pending | SyncState::Retrying)
-        );
+        && matches!(current.sync_state, SyncState::Pending | SyncState::Retrying);
     let version = current.version + 1;
     let mut row: orders::ActiveModel = current.into();
     set_fields(&mut row, &fields);
@@ -198,7 +163,7 @@ pub async fn update_from_inbound(
     }
     let order = row.update(&txn).await?;
     if owes_a_call {
-        write_outbox(&txn, id, version, ChangeAction::Update).await?;
+        outbox::insert(&txn, id, version, ChangeAction::Update).await?;
     }
     txn.commit().await?;
     Ok(InboundOutcome::Applied(Box::new(order)))
@@ -219,6 +184,19 @@ pub async fn get_order(db: &DatabaseConnection, id: i64) -> Result<orders::Model
         .one(db)
         .await?
         .ok_or(StoreError::NotFound(id))
+}
+
+/// How many orders are in each of `states` (a state with none is left out), for the metrics.
+pub async fn count_by_sync_state(
+    pool: &sqlx::PgPool,
+    states: &[SyncState],
+) -> Result<Vec<(SyncState, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT sync_state, count(*) FROM orders WHERE sync_state = ANY($1) GROUP BY sync_state",
+    )
+    .bind(states)
+    .fetch_all(pool)
+    .await
 }
 
 /// Which orders `GET /orders` lists.
@@ -256,10 +234,10 @@ pub async fn list_orders(
         .filter(orders::Column::DeletedAt.is_null())
         .order_by_desc(orders::Column::Id);
     if let Some(status) = filter.status {
-        query = query.filter(orders::Column::Status.eq(status.as_str()));
+        query = query.filter(orders::Column::Status.eq(status));
     }
     if let Some(state) = filter.sync_state {
-        query = query.filter(orders::Column::SyncState.eq(state.as_str()));
+        query = query.filter(orders::Column::SyncState.eq(state));
     }
     let (per_page, total, query) = match page {
         PageRequest::Numbered { page, per_page } => {
@@ -302,13 +280,13 @@ async fn change_order(
     let current = lock_live_order(&txn, id).await?;
     let fields = change(stored_fields(&current)?).map_err(StoreError::Invalid)?;
     let version = current.version + 1;
-    let sync_state = current.sync_state.clone();
+    let sync_state = current.sync_state;
     let mut row: orders::ActiveModel = current.into();
     set_fields(&mut row, &fields);
     row.version = Set(version);
-    set_sync_state_after_change(&mut row, &sync_state);
+    set_sync_state_after_change(&mut row, sync_state);
     let order = row.update(&txn).await?;
-    write_outbox(&txn, id, version, ChangeAction::Update).await?;
+    outbox::insert(&txn, id, version, ChangeAction::Update).await?;
     txn.commit().await?;
     Ok(order)
 }
@@ -317,15 +295,15 @@ async fn change_order(
 /// may be the fix for what killed it), with its attempts reset: a revived order gets its full
 /// retry schedule again. A parked (`retrying`) order stays parked: the change waits behind it
 /// and is coalesced into its next attempt.
-fn set_sync_state_after_change(row: &mut orders::ActiveModel, current: &str) {
-    match current.parse::<SyncState>() {
-        Ok(SyncState::Retrying) => {}
-        Ok(SyncState::Dead) => {
-            row.sync_state = Set(SyncState::Pending.as_str().into());
+fn set_sync_state_after_change(row: &mut orders::ActiveModel, current: SyncState) {
+    match current {
+        SyncState::Retrying => {}
+        SyncState::Dead => {
+            row.sync_state = Set(SyncState::Pending);
             row.sync_attempts = Set(0);
             row.sync_next_attempt_at = Set(None);
         }
-        _ => row.sync_state = Set(SyncState::Pending.as_str().into()),
+        _ => row.sync_state = Set(SyncState::Pending),
     }
 }
 
@@ -338,28 +316,8 @@ async fn lock_live_order(txn: &DatabaseTransaction, id: i64) -> Result<orders::M
         .ok_or(StoreError::NotFound(id))
 }
 
-async fn write_outbox(
-    txn: &DatabaseTransaction,
-    order_id: i64,
-    version: i64,
-    action: ChangeAction,
-) -> Result<(), DbErr> {
-    let insert = Query::insert()
-        .into_table(outbox::Entity)
-        .columns([
-            outbox::Column::OrderId,
-            outbox::Column::Version,
-            outbox::Column::Action,
-        ])
-        .values_panic([order_id.into(), version.into(), action.as_str().into()])
-        .to_owned();
-    txn.execute(txn.get_database_backend().build(&insert))
-        .await?;
-    Ok(())
-}
-
 fn set_fields(row: &mut orders::ActiveModel, fields: &OrderFields) {
-    row.status = Set(fields.status.as_str().into());
+    row.status = Set(fields.status);
     row.placed_at = Set(fields.placed_at);
     row.delivered_at = Set(fields.delivered_at);
     row.amount = Set(fields.amount.minor_units());
@@ -381,7 +339,7 @@ fn stored_fields(row: &orders::Model) -> Result<OrderFields, StoreError> {
     let line =
         |field: &str, value: &str| AddressLine::new(value).map_err(|why| corrupt(field, why));
     Ok(OrderFields {
-        status: row.status.parse().map_err(|why| corrupt("status", why))?,
+        status: row.status,
         placed_at: row.placed_at,
         delivered_at: row.delivered_at,
         amount: Money::new(row.amount).map_err(|why| corrupt("amount", why))?,

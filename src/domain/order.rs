@@ -3,13 +3,16 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
+use sea_orm::{DeriveActiveEnum, EnumIter};
 use serde_json::{Map, Value};
 
 /// Field name -> what is wrong with it. A `BTreeMap` so answers list fields in a stable order.
 pub type FieldErrors = BTreeMap<String, String>;
 
-/// Where an order stands in its life, as the reference service named it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Where an order stands in its life, as the reference service named it. Stored as its
+/// lowercase name in `orders.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "Text", rename_all = "lowercase")]
 pub enum OrderStatus {
     Pending,
     Delivered,
@@ -47,7 +50,9 @@ impl fmt::Display for OrderStatus {
 
 /// How far an order's external copy is behind: `pending` (a change waits to be synced),
 /// `synced`, `retrying` (parked on the delayed schedule) or `dead` (given up until retried).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Stored as its lowercase name in `orders.sync_state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "Text", rename_all = "lowercase")]
 pub enum SyncState {
     Pending,
     Synced,
@@ -76,6 +81,15 @@ impl FromStr for SyncState {
             .into_iter()
             .find(|state| state.as_str() == s)
             .ok_or_else(|| "must be one of pending, synced, retrying, dead".to_string())
+    }
+}
+
+text_column!(OrderStatus);
+text_column!(SyncState);
+
+impl fmt::Display for SyncState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -452,6 +466,19 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn the_entity_stores_states_under_the_names_sqlx_and_json_use() {
+        use sea_orm::ActiveEnum;
+        for status in OrderStatus::ALL {
+            assert_eq!(status.to_value(), status.as_str());
+            assert_eq!(OrderStatus::try_from_value(&status.to_value()), Ok(status));
+        }
+        for state in SyncState::ALL {
+            assert_eq!(state.to_value(), state.as_str());
+            assert_eq!(serde_json::to_value(state).unwrap(), json!(state.as_str()));
+        }
+    }
 
     fn valid() -> Value {
         json!({

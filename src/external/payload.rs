@@ -1,8 +1,9 @@
 //! The body of `POST`/`PUT /v1/orders`: the reference service's `Transform#external_payload`,
 //! plus `id` and `version` so the external side can order and deduplicate what it receives.
 
-use chrono::{DateTime, Utc};
 use serde::Serialize;
+
+use crate::domain::OrderSnapshot;
 
 /// What the external API receives for one order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -18,23 +19,6 @@ pub struct ExternalOrder {
     pub cost: i64,
     /// Street, city, state, pincode and country joined by `,`, blanks left out.
     pub address: String,
-}
-
-/// The order fields the payload is made from.
-#[derive(Debug, Clone)]
-pub struct OrderSnapshot {
-    pub id: i64,
-    pub version: i64,
-    pub status: String,
-    pub placed_at: DateTime<Utc>,
-    pub delivered_at: Option<DateTime<Utc>>,
-    pub amount: i64,
-    pub tax: i64,
-    pub street_address: String,
-    pub city: String,
-    pub state: String,
-    pub country: String,
-    pub pincode: String,
 }
 
 impl From<&OrderSnapshot> for ExternalOrder {
@@ -54,7 +38,7 @@ impl From<&OrderSnapshot> for ExternalOrder {
         Self {
             id: order.id,
             version: order.version,
-            status: order.status.clone(),
+            status: order.status.to_string(),
             purchased_date: order.placed_at.format("%d/%m/%Y").to_string(),
             delivery_date: order.delivered_at.map_or_else(
                 || serde_json::Value::from(""),
@@ -68,9 +52,11 @@ impl From<&OrderSnapshot> for ExternalOrder {
 
 #[cfg(test)]
 mod tests {
+    use chrono::{DateTime, Utc};
     use serde_json::json;
 
     use super::*;
+    use crate::domain::OrderStatus;
 
     #[test]
     fn the_payload_follows_the_reference_transform() {
@@ -78,7 +64,7 @@ mod tests {
         let order = OrderSnapshot {
             id: 7,
             version: 3,
-            status: "delivered".into(),
+            status: OrderStatus::Delivered,
             placed_at: at("2025-06-03T23:30:00Z"),
             delivered_at: Some(at("2025-06-05T00:00:00Z")),
             amount: 1000,

@@ -2,12 +2,14 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::domain::{OrderStatus, SyncState};
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "orders")]
 pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i64,
-    pub status: String,
+    pub status: OrderStatus,
     pub placed_at: DateTimeUtc,
     pub delivered_at: Option<DateTimeUtc>,
     pub amount: i64,
@@ -23,7 +25,7 @@ pub struct Model {
     pub updated_at: DateTimeUtc,
     /// Set by `DELETE`: the row stays as a tombstone until the delete has been synced.
     pub deleted_at: Option<DateTimeUtc>,
-    pub sync_state: String,
+    pub sync_state: SyncState,
     pub synced_version: i64,
     pub sync_attempts: i32,
     pub sync_last_error: Option<String>,

@@ -2,6 +2,8 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::db::ChangeAction;
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "outbox")]
 pub struct Model {
@@ -9,9 +11,9 @@ pub struct Model {
     pub id: i64,
     pub order_id: i64,
     pub version: i64,
-    /// `create`, `update`, `delete`, or `retry` (an operator's retry): for logs and metrics. The sync
-    /// itself always reads the order's current row.
-    pub action: String,
+    /// Why the row was written (an operator's retry, or a change): the relay publishes a retry
+    /// so that it reaches a parked order. The sync itself always reads the order's current row.
+    pub action: ChangeAction,
     pub created_at: DateTimeUtc,
 }
 
