@@ -29,8 +29,8 @@ use sqlx::PgPool;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::actors::order_sync::SyncDeps;
 use crate::actors::supervisor::SupervisorActor;
+use crate::actors::SyncDeps;
 use crate::backlog::dispatcher::{Dispatcher, InFlight};
 use crate::backlog::keys::Keys;
 use crate::backlog::relay::OutboxRelay;

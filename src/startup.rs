@@ -20,8 +20,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::actors::order_sync::{RetryPolicy, SyncDeps};
 use crate::actors::throttle::Throttle;
+use crate::actors::RetryPolicy;
+use crate::actors::SyncDeps;
 use crate::api::{self, edge, ApiError, AppState};
 use crate::backlog::dispatcher::InFlight;
 use crate::backlog::keys::Keys;

@@ -1,6 +1,6 @@
 //! Logging with `tracing`: human-readable on a terminal, JSON when `LOG_FORMAT=json`, level from
 //! `RUST_LOG` (default `info`). Every HTTP request is one line (with a request id, also sent back
-//! as `X-Request-Id`), every external call attempt is one line (`crate::actors::order_sync`),
+//! as `X-Request-Id`), every external call attempt is one line (`crate::actors::calls`),
 //! and while there is work a one-line summary comes every few seconds.
 
 use std::sync::Arc;

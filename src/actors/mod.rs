@@ -2,11 +2,24 @@
 //!
 //! - [`supervisor`] — spawns or reuses one `OrderSyncActor` per order id, forgets idle ones and
 //!   replaces failed ones.
-//! - [`order_sync`] — one per order: handles that order's events one at a time, making the one
-//!   call that brings the external API to the order's current state.
+//! - [`order_sync`] — one per order: handles that order's events one at a time
+//!   ([`event_path`]: read, [`decision`], call with retries ([`calls`]), record ([`db_step`])).
+//! - [`messages`] — what the actors (and the dispatcher) send each other.
+//! - [`deps`] — what every order actor shares, and the retry policy.
+//!
+//! No module here imports one that imports it back: `messages` and `deps` import no actor,
+//! `event_path` uses `decision`, `calls` and `db_step`, and `order_sync` uses `event_path`.
 //! - [`throttle`] — the one global budget: a token bucket, a cap on calls in flight, and a pause
 //!   for everyone after a 429.
 
+mod calls;
+mod db_step;
+mod decision;
+pub mod deps;
+mod event_path;
+pub mod messages;
 pub mod order_sync;
 pub mod supervisor;
 pub mod throttle;
+
+pub use deps::{RetryPolicy, SyncDeps};

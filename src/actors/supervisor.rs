@@ -16,17 +16,10 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::order_sync::{HandleEvent, OrderSyncActor, StopIdle, SyncDeps};
+use super::deps::SyncDeps;
+use super::messages::{GetMailboxStats, HandleEvent, MailboxStats, OrderActorIdle, StopIdle};
+use super::order_sync::OrderSyncActor;
 use crate::metrics::SyncMetrics;
-
-/// An idle actor offers to stop (`handled` events so far).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct OrderActorIdle {
-    pub order_id: i64,
-    pub child_id: u64,
-    pub handled: u64,
-}
 
 struct Child {
     addr: Addr<OrderSyncActor>,
@@ -35,17 +28,6 @@ struct Child {
     sent: u64,
     /// Events forwarded and not yet handled (the actor takes them off).
     mailbox_depth: Rc<Cell<u64>>,
-}
-
-/// The deepest and the summed mailbox of the live order actors.
-#[derive(Message)]
-#[rtype(result = "MailboxStats")]
-pub struct GetMailboxStats;
-
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct MailboxStats {
-    pub depth_sum: u64,
-    pub depth_max: u64,
 }
 
 pub struct SupervisorActor {
@@ -76,7 +58,7 @@ impl SupervisorActor {
             order_id,
             child_id,
             self.deps.clone(),
-            ctx.address(),
+            ctx.address().recipient(),
             self.idle_after,
             mailbox_depth.clone(),
         );

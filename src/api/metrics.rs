@@ -6,7 +6,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::AppState;
-use crate::actors::supervisor::{GetMailboxStats, MailboxStats};
+use crate::actors::messages::{GetMailboxStats, MailboxStats};
 use crate::actors::throttle::ThrottleState;
 use crate::backlog::stats::{shard_stats, ShardStats};
 use crate::db;

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::keys::{Keys, CONSUMER, GROUP, SHARDS};
 use super::SyncEvent;
-use crate::actors::order_sync::{HandleEvent, Outcome};
+use crate::actors::messages::{HandleEvent, Outcome};
 use crate::actors::supervisor::SupervisorActor;
 use crate::metrics::SyncMetrics;
 

@@ -53,9 +53,11 @@ macro_rules! text_column {
 }
 pub(crate) use text_column;
 
+mod event;
 mod order;
 mod snapshot;
 
+pub use event::{EventKind, SyncEvent};
 pub use order::{
     AddressLine, FieldErrors, InboundUpdate, Money, OrderFields, OrderPatch, OrderStatus, Pincode,
     SyncState,

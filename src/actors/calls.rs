@@ -1,0 +1,113 @@
+//! External calls and their retries: quick retries in process (exponential backoff with jitter,
+//! tokio-retry), each attempt with its own slot and token from the throttle, and the delayed
+//! retry schedule (Sidekiq's) for when the quick ones are used up.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use tokio_retry::strategy::{jitter, ExponentialBackoff};
+use tokio_retry::RetryIf;
+
+use super::deps::SyncDeps;
+use super::throttle::CallPermit;
+use crate::external::{CallError, ExternalCall};
+
+/// Makes the call, retrying quickly (exponential backoff with jitter) what may pass on a retry.
+/// Every attempt takes its own slot and token from the throttle; the first uses `first_permit`.
+pub(crate) async fn call_with_retries(
+    deps: &SyncDeps,
+    call: &ExternalCall,
+    first_permit: CallPermit,
+) -> Result<(), CallError> {
+    let backoff = ExponentialBackoff::from_millis(2)
+        .factor(25)
+        .max_delay(Duration::from_secs(2))
+        .map(jitter)
+        .take(deps.retry.quick_attempts.saturating_sub(1) as usize);
+    let first_permit = Cell::new(Some(first_permit));
+    let attempt = || {
+        let permit = first_permit.take();
+        async move {
+            let permit = match permit {
+                Some(permit) => permit,
+                None => {
+                    // A retry is a new call: none starts once shutdown has begun.
+                    if deps.shutdown.is_cancelled() {
+                        return Err(CallError::Abandoned);
+                    }
+                    deps.metrics.retried.inc();
+                    tokio::select! {
+                        permit = deps.throttle.acquire() => permit.ok_or(CallError::Abandoned)?,
+                        _ = deps.shutdown.cancelled() => return Err(CallError::Abandoned),
+                    }
+                }
+            };
+            // The token is taken last, so the rate holds where the external API sees it.
+            let token = tokio::select! {
+                token = permit.take_token() => token,
+                _ = deps.shutdown.cancelled() => false,
+            };
+            if !token {
+                return Err(CallError::Abandoned);
+            }
+            let started = Instant::now();
+            let result = deps.client.send(call).await;
+            let (id, version) = call.id_and_version();
+            let status = match &result {
+                Ok(()) => "ok".to_string(),
+                Err(CallError::Status { status, .. }) => status.to_string(),
+                Err(other) => other.to_string(),
+            };
+            tracing::info!(
+                order_id = id,
+                version,
+                verb = call.verb(),
+                status,
+                duration_ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
+                "external call"
+            );
+            if let Err(CallError::Status {
+                status: 429,
+                retry_after: Some(delay),
+                ..
+            }) = &result
+            {
+                deps.throttle.pause_for(*delay);
+            }
+            result
+        }
+    };
+    RetryIf::start(backoff, attempt, CallError::is_retryable).await
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::actors::deps::{RetryPolicy, MAX_DELAYED_RETRY};
+
+    #[test]
+    fn no_scale_or_count_overflows_the_delayed_schedule() {
+        let policy = RetryPolicy {
+            quick_attempts: 1,
+            delayed_limit: 25,
+            delayed_scale: 1e300,
+        };
+        assert_eq!(policy.delay(u32::MAX), MAX_DELAYED_RETRY);
+        assert_eq!(policy.delay(25), MAX_DELAYED_RETRY);
+    }
+
+    #[test]
+    fn the_delayed_schedule_is_sidekiqs() {
+        let policy = RetryPolicy {
+            quick_attempts: 4,
+            delayed_limit: 25,
+            delayed_scale: 1.0,
+        };
+        let first = policy.delay(1).as_secs_f64();
+        assert!((15.0..25.0).contains(&first), "{first}");
+        let fifth = policy.delay(5).as_secs_f64();
+        assert!(
+            (256.0 + 15.0..256.0 + 15.0 + 50.0).contains(&fifth),
+            "{fifth}"
+        );
+    }
+}

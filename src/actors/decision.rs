@@ -1,0 +1,179 @@
+//! The sync policy, as a pure function of the order's current row: which one call (create,
+//! update, delete) brings the external API to the order's state, or why none is owed.
+
+use crate::db::sync::SyncRow;
+use crate::domain::{EventKind, SyncState};
+use crate::external::payload::ExternalOrder;
+use crate::external::ExternalCall;
+
+/// What to do for an order, decided from its current row alone.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Decision {
+    Skip(&'static str),
+    /// A tombstone never created remotely: remove it, call nothing.
+    PurgeWithoutCall,
+    Call(Verb),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verb {
+    Create,
+    Update,
+    Delete,
+}
+
+pub(crate) fn decide(row: Option<&SyncRow>, kind: EventKind) -> Decision {
+    let Some(row) = row else {
+        return Decision::Skip("gone");
+    };
+    match (row.sync_state, kind) {
+        // Nothing is owed: every change sets `pending`, and only a recorded success (or an
+        // operator's discard) sets `synced`.
+        (SyncState::Synced, _) => return Decision::Skip("already synced"),
+        // A parked order's changes wait for its delayed retry, which syncs the latest state.
+        (SyncState::Retrying, EventKind::Change) => return Decision::Skip("parked"),
+        // A duplicate of a delayed retry whose attempt was already made: the order waits for
+        // its next one, on schedule.
+        (
+            SyncState::Retrying,
+            EventKind::Retry {
+                attempt: Some(attempt),
+            },
+        ) if attempt != row.sync_attempts => return Decision::Skip("retry already made"),
+        // A change or an operator's retry revives a dead order in the same transaction as it
+        // writes its event, so an event that finds it dead is stale.
+        (SyncState::Dead, _) => return Decision::Skip("dead"),
+        _ => {}
+    }
+    if row.version <= row.synced_version {
+        return Decision::Skip("already synced");
+    }
+    if row.deleted {
+        // Never created remotely, and no create was ever sent: nothing to delete.
+        if row.synced_version == 0 && !row.create_sent {
+            return Decision::PurgeWithoutCall;
+        }
+        return Decision::Call(Verb::Delete);
+    }
+    if row.synced_version == 0 {
+        Decision::Call(Verb::Create)
+    } else {
+        Decision::Call(Verb::Update)
+    }
+}
+
+pub(crate) fn build_call(row: &SyncRow, verb: Verb) -> ExternalCall {
+    match verb {
+        Verb::Create => ExternalCall::Create(ExternalOrder::from(&row.snapshot())),
+        Verb::Update => ExternalCall::Update(ExternalOrder::from(&row.snapshot())),
+        Verb::Delete => ExternalCall::Delete {
+            id: row.id,
+            version: row.version,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::OrderStatus;
+    use chrono::Utc;
+
+    fn row(
+        version: i64,
+        synced_version: i64,
+        state: &str,
+        deleted: bool,
+        create_sent: bool,
+    ) -> SyncRow {
+        SyncRow {
+            id: 1,
+            status: OrderStatus::Pending,
+            placed_at: Utc::now(),
+            delivered_at: None,
+            amount: 1,
+            tax: 0,
+            street_address: "a".into(),
+            city: "b".into(),
+            state: "c".into(),
+            country: "d".into(),
+            pincode: "123".into(),
+            version,
+            deleted,
+            sync_state: state.parse().unwrap(),
+            synced_version,
+            sync_attempts: 0,
+            create_sent,
+            marked_now: false,
+        }
+    }
+
+    #[test]
+    fn the_decision_follows_the_orders_state() {
+        use EventKind::Change;
+        let retry = EventKind::Retry { attempt: None };
+        assert_eq!(decide(None, Change), Decision::Skip("gone"));
+        assert_eq!(
+            decide(Some(&row(3, 3, "synced", false, true)), Change),
+            Decision::Skip("already synced")
+        );
+        assert_eq!(
+            decide(Some(&row(1, 0, "pending", false, false)), Change),
+            Decision::Call(Verb::Create)
+        );
+        assert_eq!(
+            decide(Some(&row(4, 2, "pending", false, true)), Change),
+            Decision::Call(Verb::Update)
+        );
+        assert_eq!(
+            decide(Some(&row(2, 1, "pending", true, true)), Change),
+            Decision::Call(Verb::Delete)
+        );
+        assert_eq!(
+            decide(Some(&row(2, 0, "pending", true, false)), Change),
+            Decision::PurgeWithoutCall
+        );
+        // A create may have arrived before a crash: the delete is still owed.
+        assert_eq!(
+            decide(Some(&row(2, 0, "pending", true, true)), Change),
+            Decision::Call(Verb::Delete)
+        );
+        assert_eq!(
+            decide(Some(&row(4, 2, "retrying", false, true)), Change),
+            Decision::Skip("parked")
+        );
+        assert_eq!(
+            decide(Some(&row(4, 2, "retrying", false, true)), retry),
+            Decision::Call(Verb::Update)
+        );
+        assert_eq!(
+            decide(Some(&row(4, 2, "dead", false, true)), Change),
+            Decision::Skip("dead")
+        );
+        assert_eq!(
+            decide(Some(&row(4, 2, "dead", false, true)), retry),
+            Decision::Skip("dead")
+        );
+        // An operator discarded an order never created remotely: synced, yet version 0.
+        assert_eq!(
+            decide(Some(&row(4, 0, "synced", false, true)), Change),
+            Decision::Skip("already synced")
+        );
+    }
+
+    #[test]
+    fn a_delayed_retry_runs_once_per_attempt() {
+        let mut parked = row(4, 2, "retrying", false, true);
+        parked.sync_attempts = 3;
+        let this_attempt = EventKind::Retry { attempt: Some(3) };
+        let earlier_attempt = EventKind::Retry { attempt: Some(2) };
+        assert_eq!(
+            decide(Some(&parked), this_attempt),
+            Decision::Call(Verb::Update)
+        );
+        assert_eq!(
+            decide(Some(&parked), earlier_attempt),
+            Decision::Skip("retry already made")
+        );
+    }
+}

@@ -1,0 +1,55 @@
+//! What every order actor shares, and the retry policy they follow: built once by
+//! `crate::startup` and handed to the supervisor, which hands it to each order's actor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use super::throttle::Throttle;
+use crate::external::ExternalClient;
+use crate::metrics::SyncMetrics;
+
+/// The longest wait for a delayed retry (Sidekiq's 25th retry comes after about 20 days).
+pub const MAX_DELAYED_RETRY: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How failed calls are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts per call in process (the first included), with exponential backoff and jitter.
+    pub quick_attempts: u32,
+    /// Delayed retries (Sidekiq's schedule) before the order is `dead`.
+    pub delayed_limit: u32,
+    /// Multiplies the delayed schedule; 1.0 is Sidekiq's own (`count^4 + 15 + jitter` seconds).
+    pub delayed_scale: f64,
+}
+
+impl RetryPolicy {
+    /// The delay before delayed retry number `attempt` (1-based): Sidekiq's
+    /// `count**4 + 15 + rand(10 * (count + 1))` seconds with `count = attempt - 1`.
+    /// Capped at [`MAX_DELAYED_RETRY`], so no scale or count can overflow a date.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let count = f64::from(attempt.saturating_sub(1));
+        let jitter = rand::thread_rng().gen_range(0.0..10.0 * (count + 1.0));
+        let secs = (count.powi(4) + 15.0 + jitter) * self.delayed_scale;
+        Duration::try_from_secs_f64(secs)
+            .unwrap_or(MAX_DELAYED_RETRY)
+            .min(MAX_DELAYED_RETRY)
+    }
+}
+
+/// What every order actor shares. Not `Send` (awc), so it lives on one arbiter.
+pub struct SyncDeps {
+    /// Reads, and the create mark, which must be durable before the `POST` goes out.
+    pub pool: PgPool,
+    /// Outcomes, committed without waiting for the disk (`crate::db::bookkeeping_pool`).
+    pub bookkeeping: PgPool,
+    pub client: ExternalClient,
+    pub throttle: Throttle,
+    pub retry: RetryPolicy,
+    pub metrics: Arc<SyncMetrics>,
+    /// Cancelled on SIGTERM: no new call starts; calls in flight finish.
+    pub shutdown: CancellationToken,
+}

@@ -1,0 +1,259 @@
+//! What handling one event means, in the order it happens: read the order's current row,
+//! [`decide`] the one call (or none), mark a create before it is sent, take a slot from the
+//! throttle (and read again after a long wait), make the call with its quick retries
+//! ([`call_with_retries`]), and record the outcome in PostgreSQL (a success, or a failure as a
+//! compare-and-set). Only then is the outcome reported, and only then does the dispatcher
+//! acknowledge the event (`crate::backlog::dispatcher`).
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use super::calls::call_with_retries;
+use super::db_step::{db_step, DbStepFailed};
+use super::decision::{build_call, decide, Decision, Verb};
+use super::deps::SyncDeps;
+use super::messages::Outcome;
+use crate::db::sync::{self as queries, FailedCallNext, FailureRecorded, SyncRow};
+use crate::domain::{EventKind, SyncEvent};
+use crate::external::{clean_error_text, CallError, ExternalCall};
+
+/// A wait for a slot longer than this makes the actor read the order again before calling.
+const RELOAD_AFTER: Duration = Duration::from_millis(20);
+
+/// The longest error text stored in `sync.last_error`.
+const MAX_ERROR_CHARS: usize = 500;
+
+/// Brings the external API to the order's current state and records the outcome. A database
+/// step that cannot be completed ends the event here, one way or the other: never by holding
+/// it (and its in-flight slot) for as long as the database misbehaves.
+pub(crate) async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
+    let id = event.order_id;
+    match sync_to_current_state(deps, &event).await {
+        Ok(outcome) => outcome,
+        Err(DbStepFailed::Unavailable { step }) => {
+            tracing::warn!(
+                order_id = id,
+                step,
+                "PostgreSQL stayed unreachable: the event is left for later"
+            );
+            Outcome::Deferred
+        }
+        Err(DbStepFailed::Rejected { step, code }) => {
+            // Retrying a statement PostgreSQL rejects cannot help. Record that in a form that
+            // cannot itself be rejected (plain ASCII, no outside text), and move on.
+            let message = format!(
+                "the sync engine could not {step}: PostgreSQL rejected it (SQLSTATE {})",
+                code.as_deref().unwrap_or("none")
+            );
+            tracing::error!(order_id = id, step, error = %message, "order is dead");
+            if let Err(error) =
+                queries::mark_dead_unrecordable(&deps.bookkeeping, id, &message).await
+            {
+                tracing::error!(order_id = id, error = %error, "could not mark the order dead either");
+            }
+            deps.metrics.dead.inc();
+            deps.metrics.failed.inc();
+            Outcome::Dead
+        }
+    }
+}
+
+async fn sync_to_current_state(
+    deps: &SyncDeps,
+    event: &SyncEvent,
+) -> Result<Outcome, DbStepFailed> {
+    let pool = &deps.pool;
+    let id = event.order_id;
+    let mut kind = event.kind;
+    loop {
+        if deps.shutdown.is_cancelled() {
+            return Ok(Outcome::Abandoned);
+        }
+        let row = db_step("load the order", id, || {
+            queries::load_marking_create(pool, id)
+        })
+        .await?;
+        let verb = match decide(row.as_ref(), kind) {
+            Decision::Skip(reason) => {
+                tracing::debug!(
+                    order_id = id,
+                    event_version = event.version,
+                    reason,
+                    "skipped"
+                );
+                deps.metrics.skipped.inc();
+                return Ok(Outcome::Skipped);
+            }
+            Decision::PurgeWithoutCall => return purge_without_call(deps, id).await,
+            Decision::Call(verb) => verb,
+        };
+        let Some(mut row) = row else { continue };
+        // Written before taking a slot, so the slot is held for the call (and the reload) alone.
+        let mut marked_here = row.marked_now;
+        if verb == Verb::Create && !row.create_sent {
+            marked_here = true;
+            db_step("mark the create as sent", id, || {
+                queries::mark_create_sent(pool, id)
+            })
+            .await?;
+            row.create_sent = true;
+        }
+        let asked = Instant::now();
+        let permit = tokio::select! {
+            permit = deps.throttle.acquire() => permit,
+            _ = deps.shutdown.cancelled() => None,
+        };
+        let Some(permit) = permit else {
+            return Ok(Outcome::Abandoned);
+        };
+        // While we waited for a slot the order may have changed again: after a long wait (the
+        // throttle is the bottleneck), decide on the freshest state (more coalescing, and no
+        // create for an order deleted meanwhile). After a short one a change is unlikely, and a
+        // read while holding a slot would cost every call (BENCHMARKS.md, figure 1).
+        if asked.elapsed() > RELOAD_AFTER {
+            let fresh = db_step("reload the order", id, || queries::load(pool, id)).await?;
+            let mut decision = decide(fresh.as_ref(), kind);
+            // The create mark is ours and nothing was sent: deleted meanwhile, it was never
+            // created remotely.
+            let never_sent = fresh.as_ref().is_some_and(|r| r.synced_version == 0);
+            if marked_here && never_sent && decision == Decision::Call(Verb::Delete) {
+                decision = Decision::PurgeWithoutCall;
+            }
+            match (decision, fresh) {
+                (Decision::Call(now), Some(fresh)) if now == verb => row = fresh,
+                (Decision::PurgeWithoutCall, _) => return purge_without_call(deps, id).await,
+                _ => {
+                    drop(permit);
+                    continue;
+                }
+            }
+        }
+        let call = build_call(&row, verb);
+        let started = Instant::now();
+        let result = call_with_retries(deps, &call, permit).await;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        if matches!(result, Err(CallError::Abandoned)) {
+            return Ok(Outcome::Abandoned);
+        }
+        deps.metrics.record_call(call.verb(), &result);
+        let error = match result {
+            Ok(()) => {
+                crate::crash::point("after_call");
+                tracing::debug!(
+                    order_id = id,
+                    version = row.version,
+                    verb = call.verb(),
+                    status = "ok",
+                    duration_ms = elapsed_ms,
+                    "synced"
+                );
+                deps.metrics.record_lag(event.committed_at_ms);
+                deps.metrics.synced.inc();
+                if verb == Verb::Delete {
+                    db_step("purge the tombstone", id, || {
+                        queries::purge_tombstone(&deps.bookkeeping, id)
+                    })
+                    .await?;
+                    return Ok(Outcome::Synced);
+                }
+                let current = db_step("record the success", id, || {
+                    queries::record_synced(&deps.bookkeeping, id, row.version)
+                })
+                .await?;
+                match current {
+                    // A change committed during the call: sync that too, now.
+                    Some(current) if current > row.version => {
+                        kind = EventKind::Change;
+                        continue;
+                    }
+                    _ => return Ok(Outcome::Synced),
+                }
+            }
+            Err(error) => error,
+        };
+        match record_failure(deps, &row, &call, &error, elapsed_ms).await? {
+            // A change committed during the failed call: its state is owed now, afresh.
+            FailureRecorded::Superseded => kind = EventKind::Change,
+            FailureRecorded::Applied if error.is_retryable() && !gives_up(deps, &row) => {
+                return Ok(Outcome::Parked)
+            }
+            FailureRecorded::Applied => return Ok(Outcome::Dead),
+            FailureRecorded::LeftAlone => return Ok(Outcome::Skipped),
+        }
+    }
+}
+
+/// Removes a tombstone that was never created remotely: no call is owed.
+async fn purge_without_call(deps: &SyncDeps, id: i64) -> Result<Outcome, DbStepFailed> {
+    db_step("purge the tombstone", id, || {
+        queries::purge_tombstone(&deps.bookkeeping, id)
+    })
+    .await?;
+    tracing::info!(order_id = id, "deleted before it was ever synced: no call");
+    deps.metrics.purged.inc();
+    Ok(Outcome::Purged)
+}
+
+/// Whether this failure uses up the order's last delayed retry.
+fn gives_up(deps: &SyncDeps, row: &SyncRow) -> bool {
+    let limit = i32::try_from(deps.retry.delayed_limit).unwrap_or(i32::MAX);
+    row.sync_attempts.saturating_add(1) > limit
+}
+
+/// Parks the order for its next delayed retry, or marks it dead, unless a change or an operator
+/// got there first (see [`queries::record_failed_call`]).
+async fn record_failure(
+    deps: &SyncDeps,
+    row: &SyncRow,
+    call: &ExternalCall,
+    error: &CallError,
+    elapsed_ms: u64,
+) -> Result<FailureRecorded, DbStepFailed> {
+    let attempts = row.sync_attempts.saturating_add(1);
+    // The answer's text came from outside: it was cleaned by the client, and is again here, so
+    // that no answer can make the record itself fail.
+    let message = clean_error_text(&error.to_string(), MAX_ERROR_CHARS);
+    let next = if !error.is_retryable() || gives_up(deps, row) {
+        FailedCallNext::Dead
+    } else {
+        let delay = deps.retry.delay(attempts as u32);
+        let at = chrono::Duration::from_std(delay)
+            .ok()
+            .and_then(|delay| Utc::now().checked_add_signed(delay))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        FailedCallNext::RetryAt(at)
+    };
+    let recorded = db_step("record the failure", row.id, || {
+        queries::record_failed_call(
+            &deps.bookkeeping,
+            row.id,
+            row.basis(),
+            attempts,
+            &message,
+            next,
+        )
+    })
+    .await?;
+    match (recorded, next) {
+        (FailureRecorded::Applied, FailedCallNext::Dead) => {
+            tracing::warn!(order_id = row.id, version = row.version, verb = call.verb(), error = %message, attempts, duration_ms = elapsed_ms, "sync failed for good: order is dead");
+            deps.metrics.dead.inc();
+            deps.metrics.failed.inc();
+        }
+        (FailureRecorded::Applied, FailedCallNext::RetryAt(at)) => {
+            let retry_in_ms = (at - Utc::now()).num_milliseconds().max(0);
+            tracing::warn!(order_id = row.id, version = row.version, verb = call.verb(), error = %message, attempts, retry_in_ms, duration_ms = elapsed_ms, "sync failed: parked for a delayed retry");
+            deps.metrics.parked.inc();
+            deps.metrics.failed.inc();
+        }
+        (FailureRecorded::Superseded, _) => {
+            tracing::info!(order_id = row.id, version = row.version, verb = call.verb(), error = %message, "call failed, but a newer change arrived meanwhile: syncing that instead");
+        }
+        (FailureRecorded::LeftAlone, _) => {
+            deps.metrics.skipped.inc();
+            tracing::info!(order_id = row.id, version = row.version, verb = call.verb(), error = %message, "call failed, but an operator retried or discarded the order meanwhile: left as they set it");
+        }
+    }
+    Ok(recorded)
+}
