@@ -264,6 +264,50 @@ mod defaults {
     }
 }
 
+/// What each component needs, in its own units: the one place a setting's number becomes a
+/// `Duration` or a policy.
+impl Settings {
+    /// How failed calls are retried (quick retries, then Sidekiq's delayed schedule).
+    pub fn retry_policy(&self) -> crate::actors::RetryPolicy {
+        crate::actors::RetryPolicy {
+            quick_attempts: self.retry_max_attempts,
+            delayed_limit: self.delayed_retry_limit,
+            delayed_scale: self.delayed_retry_scale,
+        }
+    }
+
+    /// The throttle's limits: `(rate per second, burst, calls in flight at most)`.
+    pub fn throttle_limits(&self) -> (u32, u32, u32) {
+        (
+            self.rate_limit_per_sec,
+            self.rate_limit_burst,
+            self.max_concurrent_calls,
+        )
+    }
+
+    /// The bound on one external call as a whole.
+    pub fn external_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.external_timeout_ms)
+    }
+
+    /// The longest pause a `Retry-After` may impose.
+    pub fn retry_after_max(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.retry_after_max_secs)
+    }
+
+    pub fn order_actor_idle(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.order_actor_idle_secs)
+    }
+
+    pub fn reconcile_quiet(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.reconcile_quiet_secs)
+    }
+
+    pub fn shutdown_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.shutdown_timeout_secs)
+    }
+}
+
 impl fmt::Debug for Settings {
     /// Every field, with the passwords in URLs and every token and key redacted.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -21,7 +21,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::actors::throttle::Throttle;
-use crate::actors::RetryPolicy;
 use crate::actors::SyncDeps;
 use crate::api::{self, edge, ApiError, AppState};
 use crate::backlog::dispatcher::InFlight;
@@ -107,11 +106,8 @@ impl Application {
         let metrics = Arc::new(SyncMetrics::default());
         let relay_wake_up = Arc::new(tokio::sync::Notify::new());
         let shutdown = CancellationToken::new();
-        let throttle = Throttle::start(
-            settings.rate_limit_per_sec,
-            settings.rate_limit_burst,
-            settings.max_concurrent_calls,
-        );
+        let (rate_per_sec, burst, max_concurrent) = settings.throttle_limits();
+        let throttle = Throttle::start(rate_per_sec, burst, max_concurrent);
         let pool = db.get_postgres_connection_pool().clone();
         let bookkeeping =
             db::bookkeeping_pool(&settings.database_url, settings.database_max_connections)
@@ -125,16 +121,12 @@ impl Application {
             client: ExternalClient::new(
                 &external_api_url,
                 settings.external_api_token.clone(),
-                Duration::from_millis(settings.external_timeout_ms),
-                Duration::from_secs(settings.retry_after_max_secs),
+                settings.external_timeout(),
+                settings.retry_after_max(),
                 tls,
             ),
             throttle: throttle.clone(),
-            retry: RetryPolicy {
-                quick_attempts: settings.retry_max_attempts,
-                delayed_limit: settings.delayed_retry_limit,
-                delayed_scale: settings.delayed_retry_scale,
-            },
+            retry: settings.retry_policy(),
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         });
@@ -150,8 +142,8 @@ impl Application {
                 relay_wake_up: relay_wake_up.clone(),
                 metrics: metrics.clone(),
                 max_in_flight_events: settings.max_in_flight_events as usize,
-                order_actor_idle: Duration::from_secs(settings.order_actor_idle_secs),
-                reconcile_quiet: Duration::from_secs(settings.reconcile_quiet_secs),
+                order_actor_idle: settings.order_actor_idle(),
+                reconcile_quiet: settings.reconcile_quiet(),
                 shutdown: shutdown.clone(),
             }))
         } else {
@@ -236,7 +228,7 @@ impl Application {
             shutdown,
             in_flight: engine.as_ref().map(SyncEngine::in_flight),
             engine: engine_state,
-            shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_secs),
+            shutdown_timeout: settings.shutdown_timeout(),
         })
     }
 

@@ -167,10 +167,10 @@ async fn raw_ceiling(db_url: &str, api_url: &str, orders: u64) -> anyhow::Result
                             continue;
                         };
                         client
-                            .send(&ExternalCall::Create(ExternalOrder::from(&row.snapshot())))
+                            .send(&ExternalCall::Create(ExternalOrder::from(&row.order)))
                             .await
                             .map_err(|e| anyhow::anyhow!("{e}"))?;
-                        queries::record_synced(&pool, id, row.version).await?;
+                        queries::record_synced(&pool, id, row.version()).await?;
                     }
                 }
             });

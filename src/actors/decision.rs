@@ -45,7 +45,7 @@ pub(crate) fn decide(row: Option<&SyncRow>, kind: EventKind) -> Decision {
         (SyncState::Dead, _) => return Decision::Skip("dead"),
         _ => {}
     }
-    if row.version <= row.synced_version {
+    if row.version() <= row.synced_version {
         return Decision::Skip("already synced");
     }
     if row.deleted {
@@ -64,11 +64,11 @@ pub(crate) fn decide(row: Option<&SyncRow>, kind: EventKind) -> Decision {
 
 pub(crate) fn build_call(row: &SyncRow, verb: Verb) -> ExternalCall {
     match verb {
-        Verb::Create => ExternalCall::Create(ExternalOrder::from(&row.snapshot())),
-        Verb::Update => ExternalCall::Update(ExternalOrder::from(&row.snapshot())),
+        Verb::Create => ExternalCall::Create(ExternalOrder::from(&row.order)),
+        Verb::Update => ExternalCall::Update(ExternalOrder::from(&row.order)),
         Verb::Delete => ExternalCall::Delete {
-            id: row.id,
-            version: row.version,
+            id: row.id(),
+            version: row.version(),
         },
     }
 }
@@ -87,18 +87,20 @@ mod tests {
         create_sent: bool,
     ) -> SyncRow {
         SyncRow {
-            id: 1,
-            status: OrderStatus::Pending,
-            placed_at: Utc::now(),
-            delivered_at: None,
-            amount: 1,
-            tax: 0,
-            street_address: "a".into(),
-            city: "b".into(),
-            state: "c".into(),
-            country: "d".into(),
-            pincode: "123".into(),
-            version,
+            order: crate::domain::OrderSnapshot {
+                id: 1,
+                version,
+                status: OrderStatus::Pending,
+                placed_at: Utc::now(),
+                delivered_at: None,
+                amount: 1,
+                tax: 0,
+                street_address: "a".into(),
+                city: "b".into(),
+                state: "c".into(),
+                country: "d".into(),
+                pincode: "123".into(),
+            },
             deleted,
             sync_state: state.parse().unwrap(),
             synced_version,

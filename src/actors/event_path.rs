@@ -142,7 +142,7 @@ async fn sync_to_current_state(
                 crate::crash::point("after_call");
                 tracing::debug!(
                     order_id = id,
-                    version = row.version,
+                    version = row.version(),
                     verb = call.verb(),
                     status = "ok",
                     duration_ms = elapsed_ms,
@@ -158,12 +158,12 @@ async fn sync_to_current_state(
                     return Ok(Outcome::Synced);
                 }
                 let current = db_step("record the success", id, || {
-                    queries::record_synced(&deps.bookkeeping, id, row.version)
+                    queries::record_synced(&deps.bookkeeping, id, row.version())
                 })
                 .await?;
                 match current {
                     // A change committed during the call: sync that too, now.
-                    Some(current) if current > row.version => {
+                    Some(current) if current > row.version() => {
                         kind = EventKind::Change;
                         continue;
                     }
@@ -224,10 +224,10 @@ async fn record_failure(
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
         FailedCallNext::RetryAt(at)
     };
-    let recorded = db_step("record the failure", row.id, || {
+    let recorded = db_step("record the failure", row.id(), || {
         queries::record_failed_call(
             &deps.bookkeeping,
-            row.id,
+            row.id(),
             row.basis(),
             attempts,
             &message,
@@ -237,22 +237,22 @@ async fn record_failure(
     .await?;
     match (recorded, next) {
         (FailureRecorded::Applied, FailedCallNext::Dead) => {
-            tracing::warn!(order_id = row.id, version = row.version, verb = call.verb(), error = %message, attempts, duration_ms = elapsed_ms, "sync failed for good: order is dead");
+            tracing::warn!(order_id = row.id(), version = row.version(), verb = call.verb(), error = %message, attempts, duration_ms = elapsed_ms, "sync failed for good: order is dead");
             deps.metrics.dead.inc();
             deps.metrics.failed.inc();
         }
         (FailureRecorded::Applied, FailedCallNext::RetryAt(at)) => {
             let retry_in_ms = (at - Utc::now()).num_milliseconds().max(0);
-            tracing::warn!(order_id = row.id, version = row.version, verb = call.verb(), error = %message, attempts, retry_in_ms, duration_ms = elapsed_ms, "sync failed: parked for a delayed retry");
+            tracing::warn!(order_id = row.id(), version = row.version(), verb = call.verb(), error = %message, attempts, retry_in_ms, duration_ms = elapsed_ms, "sync failed: parked for a delayed retry");
             deps.metrics.parked.inc();
             deps.metrics.failed.inc();
         }
         (FailureRecorded::Superseded, _) => {
-            tracing::info!(order_id = row.id, version = row.version, verb = call.verb(), error = %message, "call failed, but a newer change arrived meanwhile: syncing that instead");
+            tracing::info!(order_id = row.id(), version = row.version(), verb = call.verb(), error = %message, "call failed, but a newer change arrived meanwhile: syncing that instead");
         }
         (FailureRecorded::LeftAlone, _) => {
             deps.metrics.skipped.inc();
-            tracing::info!(order_id = row.id, version = row.version, verb = call.verb(), error = %message, "call failed, but an operator retried or discarded the order meanwhile: left as they set it");
+            tracing::info!(order_id = row.id(), version = row.version(), verb = call.verb(), error = %message, "call failed, but an operator retried or discarded the order meanwhile: left as they set it");
         }
     }
     Ok(recorded)

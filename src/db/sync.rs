@@ -5,23 +5,14 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::domain::{OrderSnapshot, OrderStatus, SyncState};
+use crate::domain::{OrderSnapshot, SyncState};
 
-/// An order as the sync engine sees it, tombstones included.
+/// An order as the sync engine sees it, tombstones included: its fields at this version (what a
+/// call carries) and its sync columns.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SyncRow {
-    pub id: i64,
-    pub status: OrderStatus,
-    pub placed_at: DateTime<Utc>,
-    pub delivered_at: Option<DateTime<Utc>>,
-    pub amount: i64,
-    pub tax: i64,
-    pub street_address: String,
-    pub city: String,
-    pub state: String,
-    pub country: String,
-    pub pincode: String,
-    pub version: i64,
+    #[sqlx(flatten)]
+    pub order: OrderSnapshot,
     pub deleted: bool,
     pub sync_state: SyncState,
     pub synced_version: i64,
@@ -32,32 +23,20 @@ pub struct SyncRow {
 }
 
 impl SyncRow {
+    pub fn id(&self) -> i64 {
+        self.order.id
+    }
+
+    pub fn version(&self) -> i64 {
+        self.order.version
+    }
+
     /// What a call decided from this row is based on (see [`record_failed_call`]).
     pub fn basis(&self) -> CallBasis {
         CallBasis {
-            version: self.version,
+            version: self.order.version,
             sync_state: self.sync_state,
             sync_attempts: self.sync_attempts,
-        }
-    }
-
-    /// The fields a create or update call carries. A copy: the row's fields cannot be lent as an
-    /// `OrderSnapshot` without nesting one in `SyncRow`, which changes `SyncRow`'s fields that
-    /// `bench/` reads.
-    pub fn snapshot(&self) -> OrderSnapshot {
-        OrderSnapshot {
-            id: self.id,
-            version: self.version,
-            status: self.status,
-            placed_at: self.placed_at,
-            delivered_at: self.delivered_at,
-            amount: self.amount,
-            tax: self.tax,
-            street_address: self.street_address.clone(),
-            city: self.city.clone(),
-            state: self.state.clone(),
-            country: self.country.clone(),
-            pincode: self.pincode.clone(),
         }
     }
 }

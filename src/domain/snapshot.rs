@@ -4,9 +4,9 @@ use chrono::{DateTime, Utc};
 
 use super::OrderStatus;
 
-/// The order fields the external payload is made from (`external::payload`), taken from the
-/// sync engine's row (`db::sync::SyncRow::snapshot`).
-#[derive(Debug, Clone)]
+/// The order fields the external payload is made from (`external::payload`), read as part of
+/// the sync engine's row (`db::sync::SyncRow`, which nests it).
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OrderSnapshot {
     pub id: i64,
     pub version: i64,
