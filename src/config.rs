@@ -268,8 +268,8 @@ mod defaults {
 /// `Duration` or a policy.
 impl Settings {
     /// How failed calls are retried (quick retries, then Sidekiq's delayed schedule).
-    pub fn retry_policy(&self) -> crate::actors::RetryPolicy {
-        crate::actors::RetryPolicy {
+    pub fn retry_policy(&self) -> crate::engine::actors::RetryPolicy {
+        crate::engine::actors::RetryPolicy {
             quick_attempts: self.retry_max_attempts,
             delayed_limit: self.delayed_retry_limit,
             delayed_scale: self.delayed_retry_scale,

@@ -4,9 +4,10 @@
 //! The modules follow the picture in DESIGN.md:
 //!
 //! - [`api`] — the actix-web HTTP API (orders, inbound write-back, health, metrics).
-//! - [`backlog`] — the Redis streams: the outbox relay, the dispatcher, the retry scheduler.
-//! - [`engine`] — the sync engine: owns and watches the backlog's tasks and the actors.
-//! - [`actors`] — the supervisor, one actor per order, and the global throttle.
+//! - [`engine`] — the sync engine: owns and watches its tasks, and holds its two halves:
+//!   - [`engine::backlog`] — the Redis streams: the outbox relay, the dispatcher, the scheduler;
+//!   - [`engine::actors`] — the supervisor, one actor per order (whose `event_path` reads as the
+//!     handling of one event), and the global throttle.
 //! - [`external`] — the external API: payload, awc client, and the built-in fake.
 //! - [`metrics`] — the engine's counters and the lag window.
 //! - [`domain`] — order fields as types that can only hold valid values.
@@ -16,9 +17,7 @@
 //! - [`startup`] — builds and runs an instance.
 //! - [`telemetry`] — logging.
 
-pub mod actors;
 pub mod api;
-pub mod backlog;
 pub mod config;
 pub mod crash;
 pub mod db;

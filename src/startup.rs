@@ -20,13 +20,13 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::actors::throttle::Throttle;
-use crate::actors::SyncDeps;
 use crate::api::{self, edge, ApiError, AppState};
-use crate::backlog::dispatcher::InFlight;
-use crate::backlog::keys::Keys;
 use crate::config::{redact_url, Settings};
 use crate::db;
+use crate::engine::actors::throttle::Throttle;
+use crate::engine::actors::SyncDeps;
+use crate::engine::backlog::dispatcher::InFlight;
+use crate::engine::backlog::keys::Keys;
 use crate::engine::{EngineParts, EngineState, SyncEngine};
 use crate::external::fake::{FakeConfig, FakeExternalApi};
 use crate::external::ExternalClient;

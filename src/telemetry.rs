@@ -1,6 +1,6 @@
 //! Logging with `tracing`: human-readable on a terminal, JSON when `LOG_FORMAT=json`, level from
 //! `RUST_LOG` (default `info`). Every HTTP request is one line (with a request id, also sent back
-//! as `X-Request-Id`), every external call attempt is one line (`crate::actors::calls`),
+//! as `X-Request-Id`), every external call attempt is one line (`crate::engine::actors::calls`),
 //! and while there is work a one-line summary comes every few seconds.
 
 use std::sync::Arc;
@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
 
-use crate::backlog::dispatcher::InFlight;
-use crate::backlog::keys::Keys;
-use crate::backlog::stats::shard_stats;
+use crate::engine::backlog::dispatcher::InFlight;
+use crate::engine::backlog::keys::Keys;
+use crate::engine::backlog::stats::shard_stats;
 use crate::metrics::SyncMetrics;
 
 /// Installs the global subscriber; call once, from `main`.

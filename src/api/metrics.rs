@@ -6,11 +6,11 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::AppState;
-use crate::actors::messages::{GetMailboxStats, MailboxStats};
-use crate::actors::throttle::ThrottleState;
-use crate::backlog::stats::{shard_stats, ShardStats};
 use crate::db;
 use crate::domain::SyncState;
+use crate::engine::actors::messages::{GetMailboxStats, MailboxStats};
+use crate::engine::actors::throttle::ThrottleState;
+use crate::engine::backlog::stats::{shard_stats, ShardStats};
 
 /// The sync states whose orders are counted: every state but `synced`, which holds nearly every
 /// order (counting it would scan the table at each scrape) and owes nothing.

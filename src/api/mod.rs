@@ -27,11 +27,11 @@ use tokio_util::sync::CancellationToken;
 
 use actix::Addr;
 
-use crate::actors::supervisor::SupervisorActor;
-use crate::actors::throttle::Throttle;
-use crate::backlog::dispatcher::InFlight;
-use crate::backlog::keys::Keys;
 use crate::config::{Secret, WebhookKey};
+use crate::engine::actors::supervisor::SupervisorActor;
+use crate::engine::actors::throttle::Throttle;
+use crate::engine::backlog::dispatcher::InFlight;
+use crate::engine::backlog::keys::Keys;
 use crate::metrics::SyncMetrics;
 
 /// What every handler can reach, shared through `web::Data`.

@@ -1,7 +1,7 @@
 //! A sync event: `(order_id, version, kind)` plus when the change was committed (for the lag
 //! figure). The event names the version that made it; the order's actor always syncs the
 //! order's current state, so an old event can only lead to a skip. How it is written to and read
-//! from a stream is `crate::backlog::event`'s business.
+//! from a stream is `crate::engine::backlog::event`'s business.
 
 /// Why the event was published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,5 @@
 //! Calls to the external API with awc. One call is one HTTP request; retries and the rate limit
-//! are the caller's (`crate::actors::calls`), so that every attempt takes its own token.
+//! are the caller's (`crate::engine::actors::calls`), so that every attempt takes its own token.
 //!
 //! awc's `Client` is not `Send`: one is built per arbiter and shared (it is an `Rc` inside).
 

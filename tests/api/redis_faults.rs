@@ -30,8 +30,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use order_sync::backlog::keys::{shard_of, Keys, GROUP};
-use order_sync::backlog::{EventKind, SyncEvent};
+use order_sync::engine::backlog::keys::{shard_of, Keys, GROUP};
+use order_sync::engine::backlog::{EventKind, SyncEvent};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::aio::MultiplexedConnection;

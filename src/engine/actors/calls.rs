@@ -82,7 +82,7 @@ pub(crate) async fn call_with_retries(
 
 #[cfg(test)]
 mod tests {
-    use crate::actors::deps::{RetryPolicy, MAX_DELAYED_RETRY};
+    use crate::engine::actors::deps::{RetryPolicy, MAX_DELAYED_RETRY};
 
     #[test]
     fn no_scale_or_count_overflows_the_delayed_schedule() {

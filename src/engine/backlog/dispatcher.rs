@@ -30,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::keys::{Keys, CONSUMER, GROUP, SHARDS};
 use super::SyncEvent;
-use crate::actors::messages::{HandleEvent, Outcome};
-use crate::actors::supervisor::SupervisorActor;
+use crate::engine::actors::messages::{HandleEvent, Outcome};
+use crate::engine::actors::supervisor::SupervisorActor;
 use crate::metrics::SyncMetrics;
 
 /// How long one read waits for new entries before looking again.

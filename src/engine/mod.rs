@@ -12,9 +12,23 @@
 //! (systemd, Kubernetes, `restart:` in compose), and restarting reclaims everything left
 //! pending.
 //!
+//! # The path of one event
+//!
+//! 1. `backlog::relay` publishes a committed outbox row to its shard's stream.
+//! 2. `backlog::dispatcher` reads it (`read_new`), takes an in-flight slot, and sends
+//!    `actors::messages::HandleEvent` to the supervisor.
+//! 3. `actors::supervisor` forwards it to the order's actor (one per order id).
+//! 4. `actors::event_path` handles it: read the row, `decision::decide`, mark a create, take a
+//!    throttle slot, `calls::call_with_retries`, record the outcome (`db::sync`).
+//! 5. The outcome goes back on the event's `done` channel; the dispatcher queues the
+//!    acknowledgement, and its acknowledger XACKs it in a batch, freeing the slot.
+//!
 //! Each task has a failpoint, `engine-task-<name>` (the `fail` crate, configured from the
 //! `FAILPOINTS` environment variable in the binary, e.g. `FAILPOINTS=engine-task-relay=1*panic`),
 //! that ends it with a panic when it (re)starts; the tests use it.
+
+pub mod actors;
+pub mod backlog;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -29,12 +43,12 @@ use sqlx::PgPool;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::actors::supervisor::SupervisorActor;
-use crate::actors::SyncDeps;
-use crate::backlog::dispatcher::{Dispatcher, InFlight};
-use crate::backlog::keys::Keys;
-use crate::backlog::relay::OutboxRelay;
-use crate::backlog::scheduler::Scheduler;
+use crate::engine::actors::supervisor::SupervisorActor;
+use crate::engine::actors::SyncDeps;
+use crate::engine::backlog::dispatcher::{Dispatcher, InFlight};
+use crate::engine::backlog::keys::Keys;
+use crate::engine::backlog::relay::OutboxRelay;
+use crate::engine::backlog::scheduler::Scheduler;
 use crate::metrics::SyncMetrics;
 
 /// Restarts allowed within `RESTART_WINDOW` before a task counts as impossible to keep running.

@@ -3,7 +3,7 @@
 //! throttle (and read again after a long wait), make the call with its quick retries
 //! ([`call_with_retries`]), and record the outcome in PostgreSQL (a success, or a failure as a
 //! compare-and-set). Only then is the outcome reported, and only then does the dispatcher
-//! acknowledge the event (`crate::backlog::dispatcher`).
+//! acknowledge the event (`crate::engine::backlog::dispatcher`).
 
 use std::time::{Duration, Instant};
 
