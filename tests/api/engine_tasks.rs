@@ -7,8 +7,10 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::external::{ExternalApi, TOKEN};
-use crate::helpers::{order_body, wait_for};
-use crate::process::{get_json_at, log_path, service_env, OwnDatabase, ServiceProcess};
+use crate::helpers::wait_for;
+use crate::process::{
+    create_order_at, get_json_at, log_path, service_env, OwnDatabase, ServiceProcess,
+};
 
 async fn start_service(
     api: &ExternalApi,
@@ -41,15 +43,9 @@ async fn an_engine_task_that_ends_is_started_again_and_syncing_goes_on() {
     let (service, log) =
         start_service(&api, &db, "engine-task-relay=1*panic", "relay-panics-once").await;
     let http = reqwest::Client::new();
-    let created: Value = http
-        .post(service.url("/orders"))
-        .json(&order_body())
-        .send()
+    let created = create_order_at(&http, &service.url(""))
         .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("order JSON");
+        .expect("an order created");
     let id = created["id"].as_i64().expect("id");
     wait_for("the order to sync", Duration::from_secs(20), || async {
         let order: Value = http

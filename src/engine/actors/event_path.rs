@@ -173,13 +173,9 @@ async fn sync_to_current_state(
             Err(error) => error,
         };
         match record_failure(deps, &row, &call, &error, elapsed_ms).await? {
+            Some(outcome) => return Ok(outcome),
             // A change committed during the failed call: its state is owed now, afresh.
-            FailureRecorded::Superseded => kind = EventKind::Change,
-            FailureRecorded::Applied if error.is_retryable() && !gives_up(deps, &row) => {
-                return Ok(Outcome::Parked)
-            }
-            FailureRecorded::Applied => return Ok(Outcome::Dead),
-            FailureRecorded::LeftAlone => return Ok(Outcome::Skipped),
+            None => kind = EventKind::Change,
         }
     }
 }
@@ -202,14 +198,15 @@ fn gives_up(deps: &SyncDeps, row: &SyncRow) -> bool {
 }
 
 /// Parks the order for its next delayed retry, or marks it dead, unless a change or an operator
-/// got there first (see [`queries::record_failed_call`]).
+/// got there first (see [`queries::record_failed_call`]). `None`: a change committed during the
+/// call superseded the failure, and the order's latest state is owed now.
 async fn record_failure(
     deps: &SyncDeps,
     row: &SyncRow,
     call: &ExternalCall,
     error: &CallError,
     elapsed_ms: u64,
-) -> Result<FailureRecorded, DbStepFailed> {
+) -> Result<Option<Outcome>, DbStepFailed> {
     let attempts = row.sync_attempts.saturating_add(1);
     // The answer's text came from outside: it was cleaned by the client, and is again here, so
     // that no answer can make the record itself fail.
@@ -235,25 +232,29 @@ async fn record_failure(
         )
     })
     .await?;
-    match (recorded, next) {
+    let outcome = match (recorded, next) {
         (FailureRecorded::Applied, FailedCallNext::Dead) => {
             tracing::warn!(order_id = row.id(), version = row.version(), verb = call.verb(), error = %message, attempts, duration_ms = elapsed_ms, "sync failed for good: order is dead");
             deps.metrics.dead.inc();
             deps.metrics.failed.inc();
+            Some(Outcome::Dead)
         }
         (FailureRecorded::Applied, FailedCallNext::RetryAt(at)) => {
             let retry_in_ms = (at - Utc::now()).num_milliseconds().max(0);
             tracing::warn!(order_id = row.id(), version = row.version(), verb = call.verb(), error = %message, attempts, retry_in_ms, duration_ms = elapsed_ms, "sync failed: parked for a delayed retry");
             deps.metrics.parked.inc();
             deps.metrics.failed.inc();
+            Some(Outcome::Parked)
         }
         (FailureRecorded::Superseded, _) => {
             tracing::info!(order_id = row.id(), version = row.version(), verb = call.verb(), error = %message, "call failed, but a newer change arrived meanwhile: syncing that instead");
+            None
         }
         (FailureRecorded::LeftAlone, _) => {
             deps.metrics.skipped.inc();
             tracing::info!(order_id = row.id(), version = row.version(), verb = call.verb(), error = %message, "call failed, but an operator retried or discarded the order meanwhile: left as they set it");
+            Some(Outcome::Skipped)
         }
-    }
-    Ok(recorded)
+    };
+    Ok(outcome)
 }

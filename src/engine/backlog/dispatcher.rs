@@ -64,8 +64,8 @@ pub struct Dispatcher {
     metrics: Arc<SyncMetrics>,
     shutdown: CancellationToken,
     /// To the acknowledging task ([`Dispatcher::acknowledge`]).
-    acks: mpsc::UnboundedSender<Ack>,
-    ack_queue: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Ack>>>,
+    acks: mpsc::UnboundedSender<InFlightEntry>,
+    ack_queue: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<InFlightEntry>>>,
 }
 
 /// The bound on unacknowledged events, shared with shutdown (which waits for it to drain) and
@@ -150,7 +150,8 @@ impl InFlight {
 }
 
 /// One entry in memory: it holds its in-flight slot and stays tracked until dropped (once it is
-/// acknowledged, or left pending for later).
+/// acknowledged, or left pending for later). Entries whose outcome is recorded travel to the
+/// acknowledger as these, so their slots stay held until the XACK was tried.
 struct InFlightEntry {
     stream: String,
     entry_id: String,
@@ -430,7 +431,7 @@ impl Dispatcher {
         let Some(event) = event else {
             // Not ours, or deleted before it was read: nothing to sync.
             tracing::warn!(stream, entry_id, "dropping an unreadable backlog entry");
-            let _ = acks.send(Ack { entry });
+            let _ = acks.send(entry);
             return;
         };
         self.metrics.events_received.inc();
@@ -463,7 +464,7 @@ impl Dispatcher {
             if outcome.is_ok_and(Outcome::leaves_entry_pending) {
                 return; // left pending in Redis, reclaimed later; the slot is freed
             }
-            let _ = acks.send(Ack { entry });
+            let _ = acks.send(entry);
         });
     }
 
@@ -475,12 +476,6 @@ impl Dispatcher {
     }
 }
 
-/// An entry whose outcome is recorded, waiting to be acknowledged; it holds its in-flight slot
-/// until then.
-struct Ack {
-    entry: InFlightEntry,
-}
-
 /// Most entries acknowledged in one round trip.
 const ACK_BATCH: usize = 512;
 
@@ -489,7 +484,10 @@ const ACK_BATCH: usize = 512;
 /// entries, and when idle an entry is acknowledged at once. A failed pipeline is tried again
 /// three times (0.1, 0.4, 1.6 s); if Redis is still away the entries stay pending, and the
 /// dispatcher reclaims them later, where their versions make them no-ops.
-async fn acknowledge_batches(redis: ConnectionManager, acks: &mut mpsc::UnboundedReceiver<Ack>) {
+async fn acknowledge_batches(
+    redis: ConnectionManager,
+    acks: &mut mpsc::UnboundedReceiver<InFlightEntry>,
+) {
     while let Some(first) = acks.recv().await {
         let mut batch = vec![first];
         while batch.len() < ACK_BATCH {
@@ -501,9 +499,9 @@ async fn acknowledge_batches(redis: ConnectionManager, acks: &mut mpsc::Unbounde
         let mut by_stream: HashMap<&str, Vec<&str>> = HashMap::new();
         for ack in &batch {
             by_stream
-                .entry(&ack.entry.stream)
+                .entry(&ack.stream)
                 .or_default()
-                .push(&ack.entry.entry_id);
+                .push(&ack.entry_id);
         }
         let mut pipe = redis::pipe();
         for (stream, ids) in &by_stream {

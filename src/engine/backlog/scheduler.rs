@@ -215,7 +215,8 @@ impl Scheduler {
         let mut caught_up = BTreeSet::new();
         let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
         loop {
-            for &shard in shards.difference(&caught_up.clone()) {
+            let waiting: Vec<u64> = shards.difference(&caught_up).copied().collect();
+            for shard in waiting {
                 if self.delivered_up_to(shard, until_ms).await? {
                     caught_up.insert(shard);
                 }
