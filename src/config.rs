@@ -5,6 +5,7 @@
 //! error naming the variable, never a silent fallback.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -125,7 +126,7 @@ pub struct Settings {
     pub database_url: String,
     /// Most connections the pool opens to PostgreSQL.
     #[serde(default = "defaults::database_max_connections")]
-    pub database_max_connections: u32,
+    pub database_max_connections: Bounded<1, 1_000>,
     #[serde(default = "defaults::redis_url")]
     pub redis_url: String,
     /// Namespace of every Redis key, so tests and instances can share one Redis.
@@ -137,31 +138,31 @@ pub struct Settings {
     #[serde(default = "defaults::external_api_token")]
     pub external_api_token: Secret,
     #[serde(default = "defaults::rate_limit_per_sec")]
-    pub rate_limit_per_sec: u32,
+    pub rate_limit_per_sec: Bounded<1, 1_000_000>,
     #[serde(default = "defaults::rate_limit_burst")]
-    pub rate_limit_burst: u32,
+    pub rate_limit_burst: Bounded<0, 1_000_000>,
     #[serde(default = "defaults::max_concurrent_calls")]
-    pub max_concurrent_calls: u32,
+    pub max_concurrent_calls: Bounded<1, 10_000>,
     #[serde(default = "defaults::max_in_flight_events")]
-    pub max_in_flight_events: u32,
+    pub max_in_flight_events: Bounded<1, 1_000_000>,
     #[serde(default = "defaults::order_actor_idle_secs")]
-    pub order_actor_idle_secs: u64,
+    pub order_actor_idle_secs: Bounded<1, 86_400>,
     #[serde(default = "defaults::retry_max_attempts")]
-    pub retry_max_attempts: u32,
+    pub retry_max_attempts: Bounded<1, 100>,
     /// Delayed retries (Sidekiq's schedule) after the quick ones, before an order is `dead`.
     #[serde(default = "defaults::delayed_retry_limit")]
-    pub delayed_retry_limit: u32,
+    pub delayed_retry_limit: Bounded<0, 100>,
     /// Multiplies the delayed schedule (1.0 = Sidekiq's `count^4 + 15 + jitter` seconds).
     #[serde(default = "defaults::delayed_retry_scale")]
-    pub delayed_retry_scale: f64,
+    pub delayed_retry_scale: RetryScale,
     /// Bounds each external call as a whole (connecting, sending, the answer and its body), in
     /// milliseconds.
     #[serde(default = "defaults::external_timeout_ms")]
-    pub external_timeout_ms: u64,
+    pub external_timeout_ms: Bounded<1, 600_000>,
     /// Longest pause a 429's `Retry-After` can impose on every call, in seconds: the external API
     /// is untrusted, and an unbounded value would stop syncing for as long as it says.
     #[serde(default = "defaults::retry_after_max_secs")]
-    pub retry_after_max_secs: u64,
+    pub retry_after_max_secs: Bounded<0, 86_400>,
     /// Unset: the admin endpoints are off (404), not open.
     #[serde(default)]
     pub admin_token: Option<Secret>,
@@ -173,22 +174,22 @@ pub struct Settings {
     #[serde(default, deserialize_with = "webhook_keys")]
     pub inbound_webhook_secret: Vec<WebhookKey>,
     #[serde(default = "defaults::shutdown_timeout_secs")]
-    pub shutdown_timeout_secs: u64,
+    pub shutdown_timeout_secs: Bounded<0, 3_600>,
     /// How long an order that is behind must have been quiet, with the backlog and the outbox
     /// empty, before the reconciler publishes it again (its event was lost with Redis).
     #[serde(default = "defaults::reconcile_quiet_secs")]
-    pub reconcile_quiet_secs: u64,
+    pub reconcile_quiet_secs: Bounded<1, 86_400>,
     /// `false`: serve the API only, and leave the relay, dispatcher and actors to another
     /// instance (as the reference ran `web` and `sidekiq` apart). Changes wait in the outbox.
     #[serde(default = "defaults::sync_engine")]
     pub sync_engine: bool,
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[serde(default = "defaults::max_body_bytes")]
-    pub max_body_bytes: usize,
+    pub max_body_bytes: Bounded<1_024, 67_108_864>,
 }
 
 mod defaults {
-    use super::Secret;
+    use super::{Bounded, RetryScale, Secret};
 
     pub fn port() -> u16 {
         8080
@@ -202,8 +203,8 @@ mod defaults {
     pub fn database_url() -> String {
         "postgres://postgres@127.0.0.1:5432/order_sync".into()
     }
-    pub fn database_max_connections() -> u32 {
-        20
+    pub fn database_max_connections() -> Bounded<1, 1_000> {
+        Bounded::in_range(20)
     }
     pub fn redis_url() -> String {
         "redis://127.0.0.1:6379".into()
@@ -215,52 +216,52 @@ mod defaults {
         Secret::new("dev-token")
     }
     /// The reference throttles at 1,000 calls per 10 s.
-    pub fn rate_limit_per_sec() -> u32 {
-        100
+    pub fn rate_limit_per_sec() -> Bounded<1, 1_000_000> {
+        Bounded::in_range(100)
     }
-    pub fn rate_limit_burst() -> u32 {
-        100
+    pub fn rate_limit_burst() -> Bounded<0, 1_000_000> {
+        Bounded::in_range(100)
     }
-    pub fn max_concurrent_calls() -> u32 {
-        25
+    pub fn max_concurrent_calls() -> Bounded<1, 10_000> {
+        Bounded::in_range(25)
     }
-    pub fn max_in_flight_events() -> u32 {
-        1000
+    pub fn max_in_flight_events() -> Bounded<1, 1_000_000> {
+        Bounded::in_range(1_000)
     }
-    pub fn order_actor_idle_secs() -> u64 {
-        30
+    pub fn order_actor_idle_secs() -> Bounded<1, 86_400> {
+        Bounded::in_range(30)
     }
     /// Faraday's retry middleware in the reference: 3 retries.
-    pub fn retry_max_attempts() -> u32 {
-        4
+    pub fn retry_max_attempts() -> Bounded<1, 100> {
+        Bounded::in_range(4)
     }
     /// Sidekiq's default retry count.
-    pub fn delayed_retry_limit() -> u32 {
-        25
+    pub fn delayed_retry_limit() -> Bounded<0, 100> {
+        Bounded::in_range(25)
     }
-    pub fn delayed_retry_scale() -> f64 {
-        1.0
+    pub fn delayed_retry_scale() -> RetryScale {
+        RetryScale(1.0)
     }
     /// The reference's Faraday timeouts: 5 s to connect, 5 s for the request.
-    pub fn external_timeout_ms() -> u64 {
-        5_000
+    pub fn external_timeout_ms() -> Bounded<1, 600_000> {
+        Bounded::in_range(5_000)
     }
     /// Five minutes: longer than any sensible rate-limit window, short enough to notice.
-    pub fn retry_after_max_secs() -> u64 {
-        300
+    pub fn retry_after_max_secs() -> Bounded<0, 86_400> {
+        Bounded::in_range(300)
     }
     /// Sidekiq waits 25 s for jobs in flight on TERM.
-    pub fn shutdown_timeout_secs() -> u64 {
-        25
+    pub fn shutdown_timeout_secs() -> Bounded<0, 3_600> {
+        Bounded::in_range(25)
     }
-    pub fn reconcile_quiet_secs() -> u64 {
-        10
+    pub fn reconcile_quiet_secs() -> Bounded<1, 86_400> {
+        Bounded::in_range(10)
     }
     pub fn sync_engine() -> bool {
         true
     }
-    pub fn max_body_bytes() -> usize {
-        64 * 1024
+    pub fn max_body_bytes() -> Bounded<1_024, 67_108_864> {
+        Bounded::in_range(64 * 1024)
     }
 }
 
@@ -270,41 +271,53 @@ impl Settings {
     /// How failed calls are retried (quick retries, then Sidekiq's delayed schedule).
     pub fn retry_policy(&self) -> crate::engine::actors::RetryPolicy {
         crate::engine::actors::RetryPolicy {
-            quick_attempts: self.retry_max_attempts,
-            delayed_limit: self.delayed_retry_limit,
-            delayed_scale: self.delayed_retry_scale,
+            quick_attempts: self.retry_max_attempts.get_u32(),
+            delayed_limit: self.delayed_retry_limit.get_u32(),
+            delayed_scale: self.delayed_retry_scale.get(),
         }
     }
 
     /// The throttle's limits: `(rate per second, burst, calls in flight at most)`.
     pub fn throttle_limits(&self) -> (u32, u32, u32) {
         (
-            self.rate_limit_per_sec,
-            self.rate_limit_burst,
-            self.max_concurrent_calls,
+            self.rate_limit_per_sec.get_u32(),
+            self.rate_limit_burst.get_u32(),
+            self.max_concurrent_calls.get_u32(),
         )
     }
 
+    pub fn database_max_connections(&self) -> u32 {
+        self.database_max_connections.get_u32()
+    }
+
+    pub fn max_in_flight_events(&self) -> usize {
+        self.max_in_flight_events.get_usize()
+    }
+
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes.get_usize()
+    }
+
     /// The bound on one external call as a whole.
-    pub fn external_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.external_timeout_ms)
+    pub fn external_timeout(&self) -> Duration {
+        Duration::from_millis(self.external_timeout_ms.get())
     }
 
     /// The longest pause a `Retry-After` may impose.
-    pub fn retry_after_max(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.retry_after_max_secs)
+    pub fn retry_after_max(&self) -> Duration {
+        Duration::from_secs(self.retry_after_max_secs.get())
     }
 
-    pub fn order_actor_idle(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.order_actor_idle_secs)
+    pub fn order_actor_idle(&self) -> Duration {
+        Duration::from_secs(self.order_actor_idle_secs.get())
     }
 
-    pub fn reconcile_quiet(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.reconcile_quiet_secs)
+    pub fn reconcile_quiet(&self) -> Duration {
+        Duration::from_secs(self.reconcile_quiet_secs.get())
     }
 
-    pub fn shutdown_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.shutdown_timeout_secs)
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs.get())
     }
 }
 
@@ -379,18 +392,16 @@ impl Settings {
     ) -> Result<Self, ConfigError> {
         // Empty values count as unset, as in most shells' `VAR= cargo run`.
         let vars = vars.into_iter().filter(|(_, v)| !v.is_empty());
-        let settings: Settings = envy::from_iter(vars).map_err(|e| ConfigError(e.to_string()))?;
+        let vars: Vec<(String, String)> = vars.collect();
+        let settings: Settings =
+            envy::from_iter(vars.clone()).map_err(|e| name_the_variable(&vars, e))?;
         settings.check()?;
         Ok(settings)
     }
 
-    /// Rejects values the service cannot run with. Every numeric setting has a range, so that a
-    /// typo fails at start-up with the variable's name instead of later as a panic (a huge
-    /// `DELAYED_RETRY_SCALE` overflows a date) or a stall (`MAX_CONCURRENT_CALLS=0`).
+    /// Rejects combinations the service cannot run with. Each number's range is in its type
+    /// ([`Bounded`]), so a typo such as `MAX_CONCURRENT_CALLS=0` already failed to parse.
     fn check(&self) -> Result<(), ConfigError> {
-        for (name, range) in self.numeric_ranges() {
-            range.check(name)?;
-        }
         if let Some(url) = &self.external_api_url {
             url::Url::parse(url)
                 .map_err(|e| ConfigError(format!("EXTERNAL_API_URL={}: {e}", redact_url(url))))?;
@@ -448,118 +459,96 @@ impl Settings {
         }
         Ok(())
     }
-
-    /// Every numeric setting with the range it must lie in: the one place these bounds live.
-    fn numeric_ranges(&self) -> [(&'static str, Range); 15] {
-        use Range::{Int, Real};
-        let int = |value: u64, min: u64, max: u64| Int { value, min, max };
-        let size = |value: usize| u64::try_from(value).unwrap_or(u64::MAX);
-        [
-            ("PORT", int(self.port.into(), 0, u16::MAX.into())),
-            (
-                "DATABASE_MAX_CONNECTIONS",
-                int(self.database_max_connections.into(), 1, 1_000),
-            ),
-            (
-                "RATE_LIMIT_PER_SEC",
-                int(self.rate_limit_per_sec.into(), 1, 1_000_000),
-            ),
-            (
-                "RATE_LIMIT_BURST",
-                int(self.rate_limit_burst.into(), 0, 1_000_000),
-            ),
-            (
-                "MAX_CONCURRENT_CALLS",
-                int(self.max_concurrent_calls.into(), 1, 10_000),
-            ),
-            (
-                "MAX_IN_FLIGHT_EVENTS",
-                int(self.max_in_flight_events.into(), 1, 1_000_000),
-            ),
-            (
-                "ORDER_ACTOR_IDLE_SECS",
-                int(self.order_actor_idle_secs, 1, 86_400),
-            ),
-            (
-                "RETRY_MAX_ATTEMPTS",
-                int(self.retry_max_attempts.into(), 1, 100),
-            ),
-            (
-                "DELAYED_RETRY_LIMIT",
-                int(self.delayed_retry_limit.into(), 0, 100),
-            ),
-            // 1000 times the schedule's longest delay (99^4 s, at DELAYED_RETRY_LIMIT=100) is 3,000
-            // years, which a timestamp still holds; a larger scale overflowed the date and panicked.
-            (
-                "DELAYED_RETRY_SCALE",
-                Real {
-                    value: self.delayed_retry_scale,
-                    min: 0.0,
-                    max: 1_000.0,
-                },
-            ),
-            (
-                "EXTERNAL_TIMEOUT_MS",
-                int(self.external_timeout_ms, 1, 600_000),
-            ),
-            (
-                "RETRY_AFTER_MAX_SECS",
-                int(self.retry_after_max_secs, 0, 86_400),
-            ),
-            (
-                "SHUTDOWN_TIMEOUT_SECS",
-                int(self.shutdown_timeout_secs, 0, 3_600),
-            ),
-            (
-                "RECONCILE_QUIET_SECS",
-                int(self.reconcile_quiet_secs, 1, 86_400),
-            ),
-            (
-                "MAX_BODY_BYTES",
-                int(size(self.max_body_bytes), 1024, 64 * 1024 * 1024),
-            ),
-        ]
-    }
 }
 
-/// A numeric setting's value and its allowed range, both ends included.
-#[derive(Debug, Clone, Copy)]
-enum Range {
-    Int {
-        value: u64,
-        min: u64,
-        max: u64,
-    },
-    /// NaN and the infinities lie in no range.
-    Real {
-        value: f64,
-        min: f64,
-        max: f64,
-    },
-}
-
-impl Range {
-    fn check(self, name: &str) -> Result<(), ConfigError> {
-        match self {
-            Self::Int { value, min, max } => within(name, value, min, max),
-            Self::Real { value, min, max } => within(name, value, min, max),
+/// When envy's error does not say which variable it came from (a value that parsed but lies out
+/// of its type's range), finds the variable by reading each one alone: every setting has a
+/// default, so only the bad one fails by itself.
+fn name_the_variable(vars: &[(String, String)], err: envy::Error) -> ConfigError {
+    let message = err.to_string();
+    let culprit = vars.iter().find(|(name, value)| {
+        envy::from_iter::<_, Settings>([(name.clone(), value.clone())]).is_err()
+    });
+    match culprit {
+        Some((name, _)) if !message.contains(name.as_str()) => {
+            ConfigError(format!("{name} {message}"))
         }
+        _ => ConfigError(message),
     }
 }
 
-/// `Ok` when `min <= value <= max`, else the one-line error naming the variable.
-fn within<T: PartialOrd + fmt::Display>(
-    name: &str,
-    value: T,
-    min: T,
-    max: T,
-) -> Result<(), ConfigError> {
-    if min <= value && value <= max {
-        return Ok(());
+/// A whole number that only parses within `MIN..=MAX`, both ends included: the range lives in
+/// the field's type, so no component can be handed `MAX_CONCURRENT_CALLS=0` (a stall) or a
+/// `RETRY_AFTER_MAX_SECS` that overflows a date (a panic). Out of range, parsing fails with
+/// "must be between MIN and MAX, not VALUE".
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Bounded<const MIN: u64, const MAX: u64>(u64);
+
+impl<const MIN: u64, const MAX: u64> Bounded<MIN, MAX> {
+    /// For defaults: a value outside the range is a bug, caught by the defaults' test.
+    const fn in_range(value: u64) -> Self {
+        assert!(MIN <= value && value <= MAX, "default out of its range");
+        Self(value)
     }
-    Err(ConfigError(format!(
-        "{name} must be between {min} and {max}, not {value}"
-    )))
+
+    pub fn new(value: u64) -> Option<Self> {
+        (MIN..=MAX).contains(&value).then_some(Self(value))
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    /// Every range used here ends below `u32::MAX`; saturating keeps that a type fact, not a cast.
+    pub fn get_u32(self) -> u32 {
+        u32::try_from(self.0).unwrap_or(u32::MAX)
+    }
+
+    pub fn get_usize(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Bounded<MIN, MAX> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = u64::deserialize(deserializer)?;
+        Self::new(value).ok_or_else(|| {
+            serde::de::Error::custom(format!("must be between {MIN} and {MAX}, not {value}"))
+        })
+    }
+}
+
+impl<const MIN: u64, const MAX: u64> fmt::Debug for Bounded<MIN, MAX> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// `DELAYED_RETRY_SCALE`: a finite number from 0 to 1000. 1000 times the schedule's longest
+/// delay (99^4 s, at `DELAYED_RETRY_LIMIT=100`) is 3,000 years, which a timestamp still holds; a
+/// larger scale overflowed the date and panicked. NaN and the infinities lie in no range.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RetryScale(f64);
+
+impl RetryScale {
+    pub const MAX: f64 = 1_000.0;
+
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for RetryScale {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = f64::deserialize(deserializer)?;
+        if (0.0..=Self::MAX).contains(&value) {
+            return Ok(Self(value));
+        }
+        Err(serde::de::Error::custom(format!(
+            "must be between 0 and {}, not {value}",
+            Self::MAX
+        )))
+    }
 }
 
 /// The URL with any password replaced, for error messages and logs.
@@ -593,7 +582,7 @@ mod tests {
         assert_eq!(s.redis_prefix, "order-sync");
         assert!(s.external_api_url.is_none());
         assert!(s.admin_token.is_none());
-        assert_eq!(s.retry_after_max_secs, 300);
+        assert_eq!(s.retry_after_max_secs.get(), 300);
     }
 
     #[test]

@@ -70,7 +70,7 @@ impl Application {
         db::ensure_database(&settings.database_url)
             .await
             .map_err(database_error)?;
-        let db = db::connect_and_migrate(&settings.database_url, settings.database_max_connections)
+        let db = db::connect_and_migrate(&settings.database_url, settings.database_max_connections())
             .await
             .map_err(database_error)?;
         let redis_error = |cause| StartupError::Redis {
@@ -110,7 +110,7 @@ impl Application {
         let throttle = Throttle::start(rate_per_sec, burst, max_concurrent);
         let pool = db.get_postgres_connection_pool().clone();
         let bookkeeping =
-            db::bookkeeping_pool(&settings.database_url, settings.database_max_connections)
+            db::bookkeeping_pool(&settings.database_url, settings.database_max_connections())
                 .await
                 .map_err(database_error)?;
         // The trusted roots are read here, once; every call's handshake shares them.
@@ -141,7 +141,7 @@ impl Application {
                 keys: keys.clone(),
                 relay_wake_up: relay_wake_up.clone(),
                 metrics: metrics.clone(),
-                max_in_flight_events: settings.max_in_flight_events as usize,
+                max_in_flight_events: settings.max_in_flight_events(),
                 order_actor_idle: settings.order_actor_idle(),
                 reconcile_quiet: settings.reconcile_quiet(),
                 shutdown: shutdown.clone(),
@@ -191,7 +191,7 @@ impl Application {
         if settings.inbound_webhook_secret.is_empty() {
             tracing::warn!("INBOUND_WEBHOOK_SECRET is unset: /inbound accepts unsigned write-backs from anyone who can reach the port");
         }
-        let max_body_bytes = settings.max_body_bytes;
+        let max_body_bytes = settings.max_body_bytes();
         let server = HttpServer::new(move || {
             // The last `wrap` is the outermost: a request meets the security headers, then the
             // log, then the refusal of compressed bodies and the body's deadline, then its route.
@@ -218,7 +218,7 @@ impl Application {
         .map_err(|cause| StartupError::Bind { addr, cause })?
         // Signals are ours (see `run_until_stopped`): the engine must drain before the server stops.
         .disable_signals()
-        .shutdown_timeout(settings.shutdown_timeout_secs)
+        .shutdown_timeout(settings.shutdown_timeout_secs.get())
         .run();
         tracing::info!(port, "order-sync listening");
         Ok(Self {

@@ -69,7 +69,7 @@ impl BenchDb {
         Ok(Self { name, url, pool })
     }
 
-    pub async fn count(&self, sql: &str) -> i64 {
+    pub async fn count(&self, sql: &'static str) -> i64 {
         sqlx::query_scalar(sql)
             .fetch_one(&self.pool)
             .await

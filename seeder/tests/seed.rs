@@ -28,7 +28,7 @@ impl TestDatabase {
             .expect("the seeder runs")
     }
 
-    async fn count(&self, query: &str) -> i64 {
+    async fn count(&self, query: &'static str) -> i64 {
         let mut conn = PgConnection::connect(&self.url()).await.expect("connect");
         sqlx::query_scalar(query)
             .fetch_one(&mut conn)

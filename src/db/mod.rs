@@ -45,7 +45,11 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
             .context("cannot list databases")?;
     if !exists {
         let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
-        match sqlx::query(&create).execute(&mut admin).await {
+        // Audited: `name` is quoted as an identifier (its `"` doubled) above.
+        match sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&mut admin)
+            .await
+        {
             Ok(_) => tracing::info!(database = %name, "created database"),
             // Another process created it between our check and our CREATE: fine.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
@@ -127,7 +131,7 @@ pub fn is_unavailable(err: &DbErr) -> bool {
     match err {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
         DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
-            matches!(e, sqlx::Error::PoolClosed) || is_transient(e)
+            matches!(**e, sqlx::Error::PoolClosed) || is_transient(e)
         }
         _ => false,
     }

@@ -139,7 +139,7 @@ pub async fn update_from_inbound(
         )
         .await?;
         let recorded = txn
-            .execute(Statement::from_sql_and_values(
+            .execute_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "INSERT INTO inbound_webhooks (webhook_id) VALUES ($1) ON CONFLICT DO NOTHING",
                 [webhook_id.into()],

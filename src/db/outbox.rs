@@ -76,8 +76,7 @@ pub(super) async fn insert(
         ])
         .values_panic([order_id.into(), version.into(), action.into()])
         .to_owned();
-    txn.execute(txn.get_database_backend().build(&insert))
-        .await?;
+    txn.execute(&insert).await?;
     Ok(())
 }
 

@@ -65,7 +65,9 @@ pub async fn drop_database(name: &str) {
 pub async fn drop_database_on(server: &str, name: &str) {
     let url = format!("{server}/postgres");
     if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        // Audited: test database names are generated, never typed by a user.
+        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+        let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
             .execute(&mut conn)
             .await;
     }
