@@ -183,6 +183,18 @@ pub struct Settings {
     /// instance (as the reference ran `web` and `sidekiq` apart). Changes wait in the outbox.
     #[serde(default = "defaults::sync_engine")]
     pub sync_engine: bool,
+    /// Streams the backlog is split into; the unit of work an instance holds a lease on. Every
+    /// instance of a deployment must use the same value (checked against Redis at start-up).
+    #[serde(default = "defaults::shards")]
+    pub shards: Bounded<1, 1_024>,
+    /// How long a shard's lease lasts unless renewed (renewed every fifth of it). At least twice
+    /// `EXTERNAL_TIMEOUT_MS` + 1 s, so calls never stop between renewals (docs/ARCHITECTURE.md).
+    #[serde(default = "defaults::shard_lease_ms")]
+    pub shard_lease_ms: Bounded<1_000, 3_600_000>,
+    /// This instance's name in logs, leases and the consumer group; a unique suffix is added.
+    /// Unset: the host name.
+    #[serde(default)]
+    pub instance_id: Option<String>,
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: Bounded<1_024, 67_108_864>,
@@ -257,6 +269,14 @@ mod defaults {
     pub fn reconcile_quiet_secs() -> Bounded<1, 86_400> {
         Bounded::in_range(10)
     }
+    pub fn shards() -> Bounded<1, 1_024> {
+        Bounded::in_range(8)
+    }
+    /// 15 s: the fence closes 9 s after a renewal (5 s calls + 1 s margin), renewals come every
+    /// 3 s, and a killed instance's shards are taken over within 18 s.
+    pub fn shard_lease_ms() -> Bounded<1_000, 3_600_000> {
+        Bounded::in_range(15_000)
+    }
     pub fn sync_engine() -> bool {
         true
     }
@@ -316,6 +336,14 @@ impl Settings {
         Duration::from_secs(self.reconcile_quiet_secs.get())
     }
 
+    /// The shard leases' timings: the lease itself, and the call it must outlast.
+    pub fn lease_times(&self) -> crate::engine::cluster::leases::LeaseTimes {
+        crate::engine::cluster::leases::LeaseTimes::new(
+            Duration::from_millis(self.shard_lease_ms.get()),
+            self.external_timeout(),
+        )
+    }
+
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs.get())
     }
@@ -352,6 +380,9 @@ impl fmt::Debug for Settings {
             .field("inbound_webhook_secret", &self.inbound_webhook_secret)
             .field("shutdown_timeout_secs", &self.shutdown_timeout_secs)
             .field("reconcile_quiet_secs", &self.reconcile_quiet_secs)
+            .field("shards", &self.shards)
+            .field("shard_lease_ms", &self.shard_lease_ms)
+            .field("instance_id", &self.instance_id)
             .field("sync_engine", &self.sync_engine)
             .field("max_body_bytes", &self.max_body_bytes)
             .finish()
@@ -405,6 +436,14 @@ impl Settings {
         if let Some(url) = &self.external_api_url {
             url::Url::parse(url)
                 .map_err(|e| ConfigError(format!("EXTERNAL_API_URL={}: {e}", redact_url(url))))?;
+        }
+        let call_budget_ms = self.external_timeout_ms.get() + 1_000;
+        if self.shard_lease_ms.get() < 2 * call_budget_ms {
+            return Err(ConfigError(format!(
+                "SHARD_LEASE_MS must be at least twice EXTERNAL_TIMEOUT_MS + 1000 ({}), not {}: a lease must outlast a call with time to renew it",
+                2 * call_budget_ms,
+                self.shard_lease_ms.get()
+            )));
         }
         if self.order_sync_env == Environment::Production {
             self.check_production()?;
@@ -617,6 +656,9 @@ mod tests {
             ("RECONCILE_QUIET_SECS", "86401"),
             ("MAX_BODY_BYTES", "1023"),
             ("MAX_BODY_BYTES", "67108865"),
+            ("SHARDS", "0"),
+            ("SHARDS", "1025"),
+            ("SHARD_LEASE_MS", "999"),
         ];
         for (name, value) in cases {
             let err = Settings::from_vars(vars(&[(name, value)]))
@@ -656,6 +698,8 @@ mod tests {
             ("SHUTDOWN_TIMEOUT_SECS", "0"),
             ("RECONCILE_QUIET_SECS", "1"),
             ("MAX_BODY_BYTES", "1024"),
+            ("SHARDS", "1"),
+            ("SHARD_LEASE_MS", "2002"),
         ];
         let highest = [
             ("PORT", "65535"),
@@ -673,12 +717,28 @@ mod tests {
             ("SHUTDOWN_TIMEOUT_SECS", "3600"),
             ("RECONCILE_QUIET_SECS", "86400"),
             ("MAX_BODY_BYTES", "67108864"),
+            ("SHARDS", "1024"),
+            ("SHARD_LEASE_MS", "3600000"),
         ];
         for ends in [lowest, highest] {
             if let Err(err) = Settings::from_vars(vars(&ends)) {
                 panic!("{ends:?}: {err}");
             }
         }
+    }
+
+    #[test]
+    fn a_lease_shorter_than_two_calls_is_refused() {
+        let err = Settings::from_vars(vars(&[
+            ("EXTERNAL_TIMEOUT_MS", "10000"),
+            ("SHARD_LEASE_MS", "15000"),
+        ]))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("SHARD_LEASE_MS must be at least twice EXTERNAL_TIMEOUT_MS + 1000 (22000), not 15000"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -15,8 +15,7 @@ use actix_web::dev::{Server, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
 use actix_web::{web, App, HttpServer};
-use anyhow::Context;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +26,9 @@ use crate::engine::actors::throttle::Throttle;
 use crate::engine::actors::SyncDeps;
 use crate::engine::backlog::dispatcher::InFlight;
 use crate::engine::backlog::keys::Keys;
+use crate::engine::cluster::leases::Leases;
+use crate::engine::cluster::rate_limit::ClusterRateLimit;
+use crate::engine::cluster::InstanceId;
 use crate::engine::{EngineParts, EngineState, SyncEngine};
 use crate::external::fake::{FakeConfig, FakeExternalApi};
 use crate::external::ExternalClient;
@@ -43,6 +45,8 @@ pub enum StartupError {
     Bind { addr: String, cause: std::io::Error },
     #[error("cannot start the built-in fake external API: {0}")]
     FakeApi(String),
+    #[error("cannot join the other instances: {0}")]
+    Cluster(String),
     #[error("cannot configure TLS for EXTERNAL_API_URL: {0}")]
     Tls(#[from] rustls::Error),
 }
@@ -56,6 +60,8 @@ pub struct Application {
     shutdown: CancellationToken,
     /// Events read but not yet acknowledged; shutdown waits for them (`None` without the engine).
     in_flight: Option<InFlight>,
+    /// Released once the events in flight are done, so other instances take over at once.
+    leases: Option<(Leases, ConnectionManager)>,
     /// The sync engine's state: a failed engine stops the process (see `crate::engine`).
     engine: watch::Receiver<EngineState>,
     shutdown_timeout: Duration,
@@ -70,20 +76,21 @@ impl Application {
         db::ensure_database(&settings.database_url)
             .await
             .map_err(database_error)?;
-        let db = db::connect_and_migrate(&settings.database_url, settings.database_max_connections())
-            .await
-            .map_err(database_error)?;
+        let db =
+            db::connect_and_migrate(&settings.database_url, settings.database_max_connections())
+                .await
+                .map_err(database_error)?;
         let redis_error = |cause| StartupError::Redis {
             url: redact_url(&settings.redis_url),
             cause,
         };
-        let redis = connect_redis(&settings.redis_url)
+        let redis = crate::engine::backlog::connect(&settings.redis_url)
             .await
             .map_err(redis_error)?;
-        // A connection of its own for the dispatcher's blocking reads.
-        let redis_reader = connect_redis(&settings.redis_url)
+        let keys = Keys::new(&settings.redis_prefix, settings.shards.get());
+        crate::engine::cluster::check_shard_count(&mut redis.clone(), &keys)
             .await
-            .map_err(redis_error)?;
+            .map_err(StartupError::Cluster)?;
 
         let external_api = if settings.external_api_url.is_some() {
             "configured"
@@ -107,7 +114,11 @@ impl Application {
         let relay_wake_up = Arc::new(tokio::sync::Notify::new());
         let shutdown = CancellationToken::new();
         let (rate_per_sec, burst, max_concurrent) = settings.throttle_limits();
-        let throttle = Throttle::start(rate_per_sec, burst, max_concurrent);
+        let rate_limit =
+            ClusterRateLimit::new(redis.clone(), keys.rate_limit(), rate_per_sec, burst);
+        let throttle = Throttle::start_cluster_wide(max_concurrent, rate_limit);
+        let instance = InstanceId::generate(settings.instance_id.as_deref());
+        let leases = Leases::new(instance.clone(), keys.clone(), settings.lease_times());
         let pool = db.get_postgres_connection_pool().clone();
         let bookkeeping =
             db::bookkeeping_pool(&settings.database_url, settings.database_max_connections())
@@ -126,19 +137,21 @@ impl Application {
                 tls,
             ),
             throttle: throttle.clone(),
+            leases: leases.clone(),
             retry: settings.retry_policy(),
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         });
-        let keys = Keys::new(&settings.redis_prefix);
         let engine = if settings.sync_engine {
+            tracing::info!(%instance, shards = keys.shards(), "sync engine starting; taking this instance's share of the shards");
             Some(SyncEngine::start(EngineParts {
                 deps,
                 pool,
                 bookkeeping,
                 redis: redis.clone(),
-                redis_reader,
+                redis_url: settings.redis_url.clone(),
                 keys: keys.clone(),
+                leases: leases.clone(),
                 relay_wake_up: relay_wake_up.clone(),
                 metrics: metrics.clone(),
                 max_in_flight_events: settings.max_in_flight_events(),
@@ -165,6 +178,7 @@ impl Application {
             .map(|a| a.port())
             .unwrap_or(settings.port);
 
+        let leases_to_release = engine.as_ref().map(|_| (leases.clone(), redis.clone()));
         let state = web::Data::new(AppState {
             db,
             redis,
@@ -181,6 +195,7 @@ impl Application {
             external_api,
             supervisor: engine.as_ref().map(SyncEngine::supervisor),
             in_flight: engine.as_ref().map(SyncEngine::in_flight),
+            leases: engine.as_ref().map(|_| leases.clone()),
             engine: engine_state.clone(),
             keys,
             started_at: std::time::Instant::now(),
@@ -227,6 +242,7 @@ impl Application {
             external_api_url,
             shutdown,
             in_flight: engine.as_ref().map(SyncEngine::in_flight),
+            leases: leases_to_release,
             engine: engine_state,
             shutdown_timeout: settings.shutdown_timeout(),
         })
@@ -281,6 +297,9 @@ impl Application {
                 ),
             }
         }
+        if let Some((leases, redis)) = &self.leases {
+            leases.release_all(redis.clone()).await;
+        }
         handle.stop(true).await;
         let _ = server.await;
         match failure {
@@ -304,27 +323,6 @@ async fn shutdown_signal() -> &'static str {
         _ = tokio::signal::ctrl_c() => "SIGINT",
         _ = terminate => "SIGTERM",
     }
-}
-
-/// Connects to Redis and checks it answers. The connection manager reconnects by itself later.
-async fn connect_redis(url: &str) -> anyhow::Result<ConnectionManager> {
-    let client = redis::Client::open(url).context("not a valid Redis URL")?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(Duration::from_secs(5)))
-        .set_number_of_retries(2);
-    let mut manager = tokio::time::timeout(
-        Duration::from_secs(10),
-        ConnectionManager::new_with_config(client, config),
-    )
-    .await
-    .context("timed out connecting")?
-    .context("cannot connect")?;
-    redis::cmd("PING")
-        .query_async::<String>(&mut manager)
-        .await
-        .context("PING failed")?;
-    Ok(manager)
 }
 
 /// Gives errors that actix-web produces itself (an oversized body, say) the one JSON error shape.

@@ -30,13 +30,18 @@ pub async fn check_health(state: web::Data<AppState>) -> HttpResponse {
     let engine_ok = !matches!(engine, EngineState::Failed { .. });
     let all_ok = postgres_ok && redis_ok && engine_ok;
     let word = |ok: bool| if ok { "ok" } else { "down" };
-    let body = json!({
+    let mut body = json!({
         "status": word(all_ok),
         "postgres": word(postgres_ok),
         "redis": word(redis_ok),
         "engine": engine.describe(),
         "external": state.external_api,
     });
+    if let Some(leases) = &state.leases {
+        // Which instance answered, and its share of the backlog (a rolling deploy's progress).
+        body["instance"] = json!(leases.instance().as_str());
+        body["shards"] = json!(leases.held_shards());
+    }
     if all_ok {
         HttpResponse::Ok().json(body)
     } else {

@@ -55,6 +55,8 @@ pub struct AppState {
     /// The engine's parts, for the metrics endpoints (`None` with `SYNC_ENGINE=false`).
     pub supervisor: Option<Addr<SupervisorActor>>,
     pub in_flight: Option<InFlight>,
+    /// This instance's id and the shards it holds, for `/health`.
+    pub leases: Option<crate::engine::cluster::leases::Leases>,
     /// The sync engine's state, for `/health`.
     pub engine: tokio::sync::watch::Receiver<crate::engine::EngineState>,
     pub keys: Keys,

@@ -14,12 +14,15 @@
 //!
 //! # The path of one event
 //!
+//! 0. `cluster::leases` holds this instance's share of the shards; only their streams are read.
 //! 1. `backlog::relay` publishes a committed outbox row to its shard's stream.
-//! 2. `backlog::dispatcher` reads it (`read_new`), takes an in-flight slot, and sends
-//!    `actors::messages::HandleEvent` to the supervisor.
+//! 2. `backlog::dispatcher` reads it (`ShardReader::read_new`), takes an in-flight slot, and
+//!    sends `actors::messages::HandleEvent` to the supervisor.
 //! 3. `actors::supervisor` forwards it to the order's actor (one per order id).
 //! 4. `actors::event_path` handles it: read the row, `decision::decide`, mark a create, take a
-//!    throttle slot, `calls::call_with_retries`, record the outcome (`db::sync`).
+//!    throttle slot, take the shard's fence (`cluster::leases::Fence`), `calls::call_with_retries`
+//!    (each attempt after a token from the cluster-wide `cluster::rate_limit`), record the
+//!    outcome (`db::sync`).
 //! 5. The outcome goes back on the event's `done` channel; the dispatcher queues the
 //!    acknowledgement, and its acknowledger XACKs it in a batch, freeing the slot.
 //!
@@ -29,6 +32,7 @@
 
 pub mod actors;
 pub mod backlog;
+pub mod cluster;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -49,6 +53,7 @@ use crate::engine::backlog::dispatcher::{Dispatcher, InFlight};
 use crate::engine::backlog::keys::Keys;
 use crate::engine::backlog::relay::OutboxRelay;
 use crate::engine::backlog::scheduler::Scheduler;
+use crate::engine::cluster::leases::Leases;
 use crate::metrics::SyncMetrics;
 
 /// Restarts allowed within `RESTART_WINDOW` before a task counts as impossible to keep running.
@@ -87,9 +92,11 @@ pub struct EngineParts {
     /// The asynchronous-commit pool, for the relay (`crate::db::bookkeeping_pool`).
     pub bookkeeping: PgPool,
     pub redis: ConnectionManager,
-    /// A connection of its own for the dispatcher's blocking reads.
-    pub redis_reader: ConnectionManager,
+    /// For the connections of the dispatcher's readers, one per held shard.
+    pub redis_url: String,
     pub keys: Keys,
+    /// The shard leases this instance takes, keeps and hands over.
+    pub leases: Leases,
     pub relay_wake_up: Arc<Notify>,
     pub metrics: Arc<SyncMetrics>,
     pub max_in_flight_events: usize,
@@ -114,9 +121,10 @@ impl SyncEngine {
     pub fn start(parts: EngineParts) -> Self {
         let supervisor = SupervisorActor::new(parts.deps, parts.order_actor_idle).start();
         let dispatcher = Dispatcher::new(
-            parts.redis_reader,
+            &parts.redis_url,
             parts.redis.clone(),
             parts.keys.clone(),
+            parts.leases.clone(),
             supervisor.clone(),
             parts.max_in_flight_events,
             parts.metrics.clone(),
@@ -127,6 +135,14 @@ impl SyncEngine {
         let report = Rc::new(report);
 
         let tasks: Vec<(&'static str, StartTask)> = vec![
+            ("leases", {
+                let (leases, redis, shutdown) = (
+                    parts.leases.clone(),
+                    parts.redis.clone(),
+                    parts.shutdown.clone(),
+                );
+                Box::new(move || Box::pin(leases.clone().keep(redis.clone(), shutdown.clone())))
+            }),
             ("relay", {
                 let relay = OutboxRelay::new(
                     parts.bookkeeping.clone(),
@@ -152,6 +168,7 @@ impl SyncEngine {
                     parts.keys.clone(),
                     parts.reconcile_quiet,
                     in_flight.clone(),
+                    parts.leases.clone(),
                     parts.metrics.clone(),
                     parts.shutdown.clone(),
                 );

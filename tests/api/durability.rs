@@ -26,12 +26,12 @@ enum Acked {
 }
 
 #[derive(Default)]
-struct Ledger {
+pub(crate) struct Ledger {
     acked: BTreeMap<i64, Acked>,
     /// Orders a DELETE was sent for, answered or not: a kill can cut off the answer to a delete
     /// that was committed.
     delete_sent: std::collections::HashSet<i64>,
-    errors: u64,
+    pub errors: u64,
 }
 
 impl Ledger {
@@ -110,7 +110,7 @@ async fn delete(http: &reqwest::Client, base: &str, id: i64) -> Option<(i64, Ack
 }
 
 /// Waits until every order is synced at its version, no tombstone and no outbox row is left.
-async fn wait_for_quiescence(pool: &PgPool, timeout: Duration) {
+pub(crate) async fn wait_for_quiescence(pool: &PgPool, timeout: Duration) {
     wait_for("every order to be synced", timeout, || async {
         let behind: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM orders
@@ -130,17 +130,22 @@ async fn wait_for_quiescence(pool: &PgPool, timeout: Duration) {
 
 /// The figures of one run's check.
 #[derive(Debug, Default)]
-struct Verdict {
-    orders: usize,
-    calls: usize,
-    duplicates: usize,
-    lost: usize,
+pub(crate) struct Verdict {
+    pub orders: usize,
+    pub calls: usize,
+    pub duplicates: usize,
+    pub lost: usize,
 }
 
 /// Checks the external API's final state against the database and the ledger, and that no order
 /// ever saw two calls at once (except across a kill, where the dead process's call was cut off)
 /// or an older version after a newer one, or anything after its delete.
-async fn verify(pool: &PgPool, calls: &[Call], kills: &[Instant], ledger: &Ledger) -> Verdict {
+pub(crate) async fn verify(
+    pool: &PgPool,
+    calls: &[Call],
+    kills: &[Instant],
+    ledger: &Ledger,
+) -> Verdict {
     let mut by_order: HashMap<i64, Vec<&Call>> = HashMap::new();
     for call in calls {
         by_order.entry(call.order_id).or_default().push(call);
@@ -248,20 +253,23 @@ fn engine_env<'a>(api: &'a ExternalApi, url: &'a str) -> Vec<(&'a str, &'a str)>
         ("RATE_LIMIT_BURST", "500"),
         ("RECONCILE_QUIET_SECS", "2"),
         ("SHUTDOWN_TIMEOUT_SECS", "5"),
+        // A killed instance's shards are free after the lease (4 s), not the default 15 s.
+        ("EXTERNAL_TIMEOUT_MS", "1000"),
+        ("SHARD_LEASE_MS", "4000"),
     ]
 }
 
 /// A recording external API, a database and the service's environment for one test.
-struct Rig {
-    api: ExternalApi,
-    db: OwnDatabase,
-    env: Vec<(String, String)>,
+pub(crate) struct Rig {
+    pub api: ExternalApi,
+    pub db: OwnDatabase,
+    pub env: Vec<(String, String)>,
     log: std::path::PathBuf,
 }
 
 impl Rig {
     /// `delay`: the external API's answer time; `name`: for the child's log file.
-    async fn new(delay: Duration, name: &str) -> Self {
+    pub async fn new(delay: Duration, name: &str) -> Self {
         let api = ExternalApi::start(delay).await;
         let url = api.url();
         let db = OwnDatabase::new();
@@ -271,7 +279,17 @@ impl Rig {
         Self { api, db, env, log }
     }
 
-    async fn start_service(&self) -> ServiceProcess {
+    /// One more instance beside any running: its own log file, named `instance`.
+    pub async fn start_instance(&self, instance: &str, extra: &[(&str, &str)]) -> ServiceProcess {
+        let mut env = self.env.clone();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let log = self.log.with_extension(format!("{instance}.log"));
+        let mut service = ServiceProcess::start(&env, &log);
+        service.wait_ready().await;
+        service
+    }
+
+    pub async fn start_service(&self) -> ServiceProcess {
         let mut service = ServiceProcess::start(&self.env, &self.log);
         service.wait_ready().await;
         service
@@ -279,15 +297,15 @@ impl Rig {
 }
 
 /// Four load workers against whichever service `port` names.
-struct Load {
-    port: Arc<AtomicU16>,
+pub(crate) struct Load {
+    pub port: Arc<AtomicU16>,
     stop: Arc<AtomicBool>,
     ledger: Arc<Mutex<Ledger>>,
     workers: Vec<actix_rt::task::JoinHandle<()>>,
 }
 
 impl Load {
-    fn start(seed: u64, port: u16) -> Self {
+    pub fn start(seed: u64, port: u16) -> Self {
         let port = Arc::new(AtomicU16::new(port));
         let stop = Arc::new(AtomicBool::new(false));
         let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -310,7 +328,7 @@ impl Load {
     }
 
     /// Stops the workers and returns what was acknowledged.
-    async fn stop(self) -> Ledger {
+    pub async fn stop(self) -> Ledger {
         self.stop.store(true, Ordering::Relaxed);
         for worker in self.workers {
             worker.await.unwrap();

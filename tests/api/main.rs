@@ -15,6 +15,7 @@ mod external;
 mod health;
 mod helpers;
 mod inbound;
+mod instances;
 mod observability;
 mod orders;
 mod outages;

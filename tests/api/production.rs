@@ -220,7 +220,7 @@ async fn inbound_write_backs_must_be_signed_and_a_replay_is_not_applied_twice() 
         ),
         (
             "from the future",
-            signed_headers("msg_f", now + 301, body).to_vec(),
+            signed_headers("msg_f", now + 360, body).to_vec(),
             body,
         ),
         ("another key", other_key.to_vec(), body),

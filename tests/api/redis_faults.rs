@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use order_sync::engine::backlog::keys::{shard_of, Keys, GROUP};
+use order_sync::engine::backlog::keys::{Keys, GROUP};
 use order_sync::engine::backlog::{EventKind, SyncEvent};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -91,7 +91,7 @@ impl Rig {
             service,
             api,
             redis,
-            keys: Keys::new(&prefix),
+            keys: Keys::new(&prefix, 8),
             pool,
             log,
             http: reqwest::Client::new(),
@@ -121,7 +121,11 @@ impl Rig {
             committed_at_ms: chrono::Utc::now().timestamp_millis(),
         };
         let mut pipe = redis::pipe();
-        pipe.xadd(self.keys.stream(shard_of(order_id)), "*", &repeat.fields());
+        pipe.xadd(
+            self.keys.stream(self.keys.shard_of(order_id)),
+            "*",
+            &repeat.fields(),
+        );
         pipe
     }
 

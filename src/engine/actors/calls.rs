@@ -10,14 +10,18 @@ use tokio_retry::RetryIf;
 
 use super::deps::SyncDeps;
 use super::throttle::CallPermit;
+use crate::engine::cluster::leases::Fence;
 use crate::external::{CallError, ExternalCall};
 
 /// Makes the call, retrying quickly (exponential backoff with jitter) what may pass on a retry.
 /// Every attempt takes its own slot and token from the throttle; the first uses `first_permit`.
+/// Every attempt starts only while `fence` says the shard's lease outlasts it; otherwise the call
+/// is abandoned, and the event stays pending for the shard's next owner.
 pub(crate) async fn call_with_retries(
     deps: &SyncDeps,
     call: &ExternalCall,
     first_permit: CallPermit,
+    fence: &Fence,
 ) -> Result<(), CallError> {
     let backoff = ExponentialBackoff::from_millis(2)
         .factor(25)
@@ -47,7 +51,7 @@ pub(crate) async fn call_with_retries(
                 token = permit.take_token() => token,
                 _ = deps.shutdown.cancelled() => false,
             };
-            if !token {
+            if !token || !fence.may_call() {
                 return Err(CallError::Abandoned);
             }
             let started = Instant::now();

@@ -9,6 +9,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::throttle::Throttle;
+use crate::engine::cluster::leases::Leases;
 use crate::external::ExternalClient;
 use crate::metrics::SyncMetrics;
 
@@ -48,6 +49,8 @@ pub struct SyncDeps {
     pub bookkeeping: PgPool,
     pub client: ExternalClient,
     pub throttle: Throttle,
+    /// No call is made for an order unless this instance holds its shard's lease.
+    pub leases: Leases,
     pub retry: RetryPolicy,
     pub metrics: Arc<SyncMetrics>,
     /// Cancelled on SIGTERM: no new call starts; calls in flight finish.

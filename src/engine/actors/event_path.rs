@@ -129,9 +129,17 @@ async fn sync_to_current_state(
                 }
             }
         }
+        // Held until the outcome is recorded: the shard is handed over only after that.
+        let Some(fence) = deps.leases.fence(id) else {
+            tracing::info!(
+                order_id = id,
+                "this instance no longer holds the order's shard: left for its new owner"
+            );
+            return Ok(Outcome::Abandoned);
+        };
         let call = build_call(&row, verb);
         let started = Instant::now();
-        let result = call_with_retries(deps, &call, permit).await;
+        let result = call_with_retries(deps, &call, permit, &fence).await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         if matches!(result, Err(CallError::Abandoned)) {
             return Ok(Outcome::Abandoned);

@@ -34,8 +34,9 @@ pub enum Outcome {
     Parked,
     /// The call cannot succeed (or every retry failed): the order is `dead`.
     Dead,
-    /// The service is shutting down: nothing was recorded, and the event must stay
-    /// unacknowledged so that the next start handles it.
+    /// The service is shutting down, or this instance no longer holds the order's shard:
+    /// nothing was recorded, and the event must stay unacknowledged so that the next start, or
+    /// the shard's next owner, handles it.
     Abandoned,
     /// PostgreSQL stayed unreachable for longer than the engine retries a step: nothing more
     /// was recorded, and the event stays unacknowledged; the dispatcher frees its slot and

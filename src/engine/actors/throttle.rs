@@ -8,15 +8,26 @@
 //!    [`CallPermit`], which holds the slot until dropped. The caller may still look at the
 //!    database (its freshest state) before deciding to call, or drop the permit and call nothing.
 //! 2. [`CallPermit::take_token`] waits for a token, right before the request is sent. Tokens
-//!    refill at `RATE_LIMIT_PER_SEC` up to `RATE_LIMIT_BURST`, so no one-second window sees more
-//!    than rate + burst calls, however long the caller's database steps took. A 429 with
-//!    `Retry-After` ([`Throttle::pause_for`]) stops handing out tokens, to everyone.
+//!    come at `RATE_LIMIT_PER_SEC` after a burst of `RATE_LIMIT_BURST`, so no one-second window
+//!    sees more than rate + burst calls, however long the caller's database steps took. With
+//!    Redis ([`Throttle::start_cluster_wide`]) the tokens are granted by
+//!    `crate::engine::cluster::rate_limit`, so that bound holds for all instances together;
+//!    without it (unit tests) by a local token bucket. A 429 with `Retry-After`
+//!    ([`Throttle::pause_for`]) stops handing out tokens, to everyone.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
+
+use crate::engine::cluster::rate_limit::{ClusterRateLimit, Grant};
+
+/// Most tokens asked of Redis in one round trip: every caller waiting at that moment, up to
+/// this many (BENCHMARKS.md measures what the batch buys).
+const MAX_GRANT: usize = 64;
+/// How long to wait before asking Redis again after it failed to answer.
+const REDIS_RETRY: Duration = Duration::from_millis(500);
 
 /// Asks for a slot; the permit arrives on `reply` when it is this caller's turn.
 #[derive(Message)]
@@ -91,9 +102,29 @@ pub struct Throttle {
 }
 
 impl Throttle {
+    /// A throttle whose rate is this process's alone (a local token bucket).
     pub fn start(rate_per_sec: u32, burst: u32, max_concurrent: u32) -> Self {
+        Self::start_with(rate_per_sec, burst, max_concurrent, None)
+    }
+
+    /// A throttle whose rate is shared by every instance of the deployment, through Redis.
+    pub fn start_cluster_wide(max_concurrent: u32, limit: ClusterRateLimit) -> Self {
+        let (rate_per_sec, burst) = limit.limits();
+        Self::start_with(rate_per_sec, burst, max_concurrent, Some(limit))
+    }
+
+    fn start_with(
+        rate_per_sec: u32,
+        burst: u32,
+        max_concurrent: u32,
+        cluster: Option<ClusterRateLimit>,
+    ) -> Self {
         let burst = f64::from(burst.max(1));
         let addr = ThrottleActor {
+            cluster,
+            asking: false,
+            ask_not_before: None,
+            redis_failing: false,
             rate_per_sec: f64::from(rate_per_sec),
             burst,
             max_concurrent,
@@ -130,6 +161,14 @@ impl Throttle {
 /// Callers reach it with `do_send` only, which no mailbox bound refuses: every caller depends
 /// on this actor, and the number of callers is bounded by the dispatcher's in-flight limit.
 pub struct ThrottleActor {
+    /// Where tokens come from when the rate is cluster-wide; `None`: the local bucket.
+    cluster: Option<ClusterRateLimit>,
+    /// A request for tokens is on its way to Redis.
+    asking: bool,
+    /// Redis said no token is due before then.
+    ask_not_before: Option<Instant>,
+    /// Redis failed the last request (logged once per outage).
+    redis_failing: bool,
     rate_per_sec: f64,
     burst: f64,
     max_concurrent: u32,
@@ -185,6 +224,10 @@ impl ThrottleActor {
             }
             self.paused_until = None;
         }
+        if let Some(cluster) = self.cluster.clone() {
+            self.ask_cluster(cluster, now, ctx);
+            return;
+        }
         while self.tokens >= 1.0 {
             let Some(waiter) = self.token_waiters.pop_front() else {
                 break;
@@ -203,6 +246,53 @@ impl ThrottleActor {
                 }),
             );
         }
+    }
+}
+
+impl ThrottleActor {
+    /// Asks Redis for as many tokens as callers wait for (up to `MAX_GRANT`), one request at a
+    /// time, and hands each granted token to the next waiter at once.
+    fn ask_cluster(&mut self, cluster: ClusterRateLimit, now: Instant, ctx: &mut Context<Self>) {
+        self.token_waiters.retain(|waiter| !waiter.is_closed());
+        if self.token_waiters.is_empty() || self.asking {
+            return;
+        }
+        if let Some(at) = self.ask_not_before.filter(|at| *at > now) {
+            self.wake_up = Some(ctx.run_later(at - now, |act, ctx| act.serve(ctx)));
+            return;
+        }
+        self.asking = true;
+        let want = self.token_waiters.len().min(MAX_GRANT) as u32;
+        let ask = async move { cluster.take(want).await };
+        ctx.spawn(ask.into_actor(self).map(|grant, act, ctx| {
+            act.asking = false;
+            match grant {
+                Ok(Grant::Calls(granted)) => {
+                    act.redis_failing = false;
+                    let mut granted = granted;
+                    while granted > 0 {
+                        let Some(waiter) = act.token_waiters.pop_front() else {
+                            break; // the rest is not used: never kept for later
+                        };
+                        if waiter.send(()).is_ok() {
+                            granted -= 1;
+                        }
+                    }
+                }
+                Ok(Grant::WaitFor(wait)) => {
+                    act.redis_failing = false;
+                    act.ask_not_before = Some(Instant::now() + wait);
+                }
+                Err(error) => {
+                    if !act.redis_failing {
+                        tracing::warn!(error = %error, "cannot take rate-limit tokens from Redis; calls wait");
+                    }
+                    act.redis_failing = true;
+                    act.ask_not_before = Some(Instant::now() + REDIS_RETRY);
+                }
+            }
+            act.serve(ctx);
+        }));
     }
 }
 
@@ -247,6 +337,18 @@ impl Handler<PauseCalls> for ThrottleActor {
                 "external API asked to slow down; pausing every call"
             );
             self.paused_until = Some(msg.until);
+            if let Some(cluster) = self.cluster.clone() {
+                // Every instance pauses: the 429 was for the deployment's calls, not this one's.
+                let delay = msg.until.saturating_duration_since(Instant::now());
+                ctx.spawn(
+                    async move {
+                        if let Err(error) = cluster.pause(delay).await {
+                            tracing::warn!(error = %error, "could not pause the other instances' calls");
+                        }
+                    }
+                    .into_actor(self),
+                );
+            }
         }
         self.serve(ctx);
     }

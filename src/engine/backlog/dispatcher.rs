@@ -1,17 +1,23 @@
-//! The dispatcher: reads the shard streams with a consumer group and hands each event to the
-//! supervisor. It holds at most `MAX_IN_FLIGHT_EVENTS` unacknowledged events: when that many are
-//! out it stops reading (backpressure), so a backlog of millions stays in Redis, not in memory.
+//! The dispatcher: reads the streams of the shards this instance holds a lease on
+//! (`crate::engine::cluster::leases`) and hands each event to the supervisor. It holds at most
+//! `MAX_IN_FLIGHT_EVENTS` unacknowledged events: when that many are out it stops reading
+//! (backpressure), so a backlog of millions stays in Redis, not in memory.
+//!
+//! Each held shard has a reader of its own, with its own connection for the blocking
+//! `XREADGROUP` (one stream per command, so it works on Redis Cluster too). It reads as this
+//! instance's consumer. When it starts (the lease was just taken), it claims every entry of the
+//! shard left pending by anyone (XAUTOCLAIM): the shard was free, so their readers are gone or
+//! fenced off. Those are handled first, in stream order, then new ones. When the lease is lost
+//! or handed over, the reader stops; events already read and not yet called are refused by the
+//! order's actor (no fence) and stay pending for the next owner.
 //!
 //! An entry is acknowledged (XACK, then XDEL to keep the stream short) only after the order's
 //! actor reported its outcome, which it does only after recording it in PostgreSQL. A failed
-//! acknowledgement is retried a few times. At start, entries that a previous run (of any
-//! consumer name) read but never acknowledged are claimed (XAUTOCLAIM) and handled first, in
-//! stream order. While running, every few seconds, entries pending for longer than
+//! acknowledgement is retried a few times. Every few seconds, entries pending for longer than
 //! `RECLAIM_IDLE` that no event in memory stands for are claimed and dispatched again: those
 //! whose `XREADGROUP` reply was lost (a response timeout, a dropped connection), whose
 //! acknowledgement failed, or whose handling was deferred (PostgreSQL unreachable). On shutdown
-//! it stops reading; events not yet started are abandoned unacknowledged and wait in Redis for
-//! the next start.
+//! it stops reading; events not yet started are abandoned unacknowledged and wait in Redis.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -20,18 +26,21 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use redis::aio::ConnectionManager;
 use redis::streams::{
-    StreamAutoClaimOptions, StreamAutoClaimReply, StreamReadOptions, StreamReadReply,
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamInfoConsumersReply, StreamReadOptions,
+    StreamReadReply,
 };
 use redis::AsyncCommands;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tokio_retry::strategy::ExponentialBackoff;
 use tokio_retry::Retry;
 use tokio_util::sync::CancellationToken;
 
-use super::keys::{Keys, CONSUMER, GROUP, SHARDS};
+use super::keys::{Keys, GROUP};
 use super::SyncEvent;
 use crate::engine::actors::messages::{HandleEvent, Outcome};
 use crate::engine::actors::supervisor::SupervisorActor;
+use crate::engine::cluster::leases::Leases;
 use crate::metrics::SyncMetrics;
 
 /// How long one read waits for new entries before looking again.
@@ -45,6 +54,9 @@ const RECLAIM_EVERY: Duration = Duration::from_secs(5);
 /// only delays recovery; it is longer than a lost `XREADGROUP` reply takes to show up as an
 /// error (the 5 s response timeout).
 pub const RECLAIM_IDLE: Duration = Duration::from_secs(15);
+/// Consumers (instances of earlier runs) with nothing pending, idle for this long, are removed
+/// from the group, so restarts do not pile up names.
+const FORGET_CONSUMER_IDLE_MS: usize = 600_000;
 /// Times an event is forwarded to its order's actor when the actor fails holding it. After
 /// that, the entry is left pending and reclaimed later.
 const MAX_FORWARDS: u32 = 5;
@@ -54,11 +66,13 @@ const MAX_FORWARDS: u32 = 5;
 /// acknowledgement queue.
 #[derive(Clone)]
 pub struct Dispatcher {
-    /// A connection of its own: a blocking XREADGROUP holds it while it waits.
-    reader: ConnectionManager,
+    /// For each reader's own connection: a blocking XREADGROUP holds it while it waits.
+    redis_url: Arc<str>,
     acker: ConnectionManager,
     keys: Keys,
+    /// This instance's consumer name: its instance id.
     consumer: String,
+    leases: Leases,
     supervisor: Addr<SupervisorActor>,
     in_flight: InFlight,
     metrics: Arc<SyncMetrics>,
@@ -93,9 +107,10 @@ impl InFlight {
         }
     }
 
-    /// Events read but not yet acknowledged (or left pending).
+    /// Events read but not yet acknowledged (or left pending). Not the slots taken: a reader
+    /// holds its share of them while it waits for entries.
     pub fn count(&self) -> usize {
-        self.capacity - self.slots.available_permits()
+        self.lock().entries.len()
     }
 
     /// Resolves when no event is in flight.
@@ -116,15 +131,29 @@ impl InFlight {
             .contains(&(stream.to_string(), entry_id.to_string()))
     }
 
-    /// Takes a slot for an entry and tracks it until the returned guard is dropped; `None` when
-    /// no slot is free.
+    /// Waits until at least one slot is free, then takes up to `most`.
+    async fn reserve(&self, most: usize) -> Vec<OwnedSemaphorePermit> {
+        let Ok(first) = self.slots.clone().acquire_owned().await else {
+            return Vec::new(); // never closed
+        };
+        let mut slots = vec![first];
+        while slots.len() < most {
+            match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => slots.push(slot),
+                Err(_) => break,
+            }
+        }
+        slots
+    }
+
+    /// Tracks an entry, holding `slot`, until the returned guard is dropped.
     fn track(
         &self,
         stream: &str,
         entry_id: String,
         order_id: Option<i64>,
-    ) -> Option<InFlightEntry> {
-        let slot = self.slots.clone().try_acquire_owned().ok()?;
+        slot: OwnedSemaphorePermit,
+    ) -> InFlightEntry {
         let mut tracked = self.lock();
         tracked
             .entries
@@ -132,13 +161,13 @@ impl InFlight {
         if let Some(order_id) = order_id {
             *tracked.orders.entry(order_id).or_default() += 1;
         }
-        Some(InFlightEntry {
+        InFlightEntry {
             stream: stream.to_string(),
             entry_id,
             order_id,
             tracked: self.tracked.clone(),
             _slot: slot,
-        })
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tracked> {
@@ -179,10 +208,12 @@ impl Drop for InFlightEntry {
 }
 
 impl Dispatcher {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        reader: ConnectionManager,
+        redis_url: &str,
         acker: ConnectionManager,
         keys: Keys,
+        leases: Leases,
         supervisor: Addr<SupervisorActor>,
         max_in_flight: usize,
         metrics: Arc<SyncMetrics>,
@@ -191,12 +222,13 @@ impl Dispatcher {
         // Unbounded, yet bounded: every queued ack holds one of the in-flight slots.
         let (acks, queued) = mpsc::unbounded_channel();
         Self {
-            reader,
+            redis_url: redis_url.into(),
             acker,
             keys,
-            consumer: CONSUMER.to_string(),
+            consumer: leases.instance().to_string(),
+            leases,
             supervisor,
-            in_flight: InFlight::new(max_in_flight.max(SHARDS as usize)),
+            in_flight: InFlight::new(max_in_flight.max(1)),
             acks,
             ack_queue: Arc::new(tokio::sync::Mutex::new(queued)),
             metrics,
@@ -208,225 +240,75 @@ impl Dispatcher {
         self.in_flight.clone()
     }
 
-    /// Reads and dispatches until shutdown. Redis errors are retried with backoff; a lost
-    /// consumer group (Redis restarted without its data) is created again.
-    pub async fn run(mut self) {
-        let mut backoff = Duration::from_millis(100);
-        let mut recovered = false;
-        let mut last_reclaim = Instant::now();
-        let shutdown = self.shutdown.clone();
-        while !shutdown.is_cancelled() {
-            // Whether a read succeeded since the last error: the backoff grows only while Redis
-            // keeps failing, not with every error in the process's life.
-            let mut progressed = false;
-            let step = async {
-                self.ensure_groups().await?;
-                if !recovered {
-                    self.claim_abandoned().await?;
-                    self.read_history().await?;
-                    recovered = true;
-                }
-                loop {
-                    if last_reclaim.elapsed() >= RECLAIM_EVERY {
-                        self.reclaim_stalled().await?;
-                        last_reclaim = Instant::now();
-                    }
-                    self.read_new().await?;
-                    progressed = true;
-                }
-            };
-            let result: redis::RedisResult<()> = tokio::select! {
-                result = step => result,
-                _ = shutdown.cancelled() => break,
-            };
-            if let Err(error) = result {
-                if progressed {
-                    backoff = Duration::from_millis(100);
-                }
-                tracing::warn!(error = %error, retry_in_ms = backoff.as_millis() as u64, "reading the backlog failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.cancelled() => break,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            } else {
-                backoff = Duration::from_millis(100);
-            }
-        }
-    }
-
-    /// Creates the consumer group on every shard stream (and the stream), if missing.
-    async fn ensure_groups(&mut self) -> redis::RedisResult<()> {
-        for stream in self.keys.streams() {
-            let created: redis::RedisResult<()> =
-                self.acker.xgroup_create_mkstream(&stream, GROUP, "0").await;
-            match created {
-                Ok(()) => {}
-                Err(e) if e.code() == Some("BUSYGROUP") => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// Takes over every entry that was delivered but never acknowledged, whoever read it (a
-    /// crashed run, perhaps under another consumer name), so `read_history` sees them all.
-    /// This instance holds every shard, so every pending entry is its own to finish.
-    async fn claim_abandoned(&mut self) -> redis::RedisResult<()> {
-        for stream in self.keys.streams() {
-            let mut cursor = "0-0".to_string();
-            loop {
-                let reply: StreamAutoClaimReply = self
-                    .acker
-                    .xautoclaim_options(
-                        &stream,
-                        GROUP,
-                        &self.consumer,
-                        0,
-                        &cursor,
-                        StreamAutoClaimOptions::default().count(1000).with_justid(),
-                    )
-                    .await?;
-                if reply.next_stream_id == "0-0" {
-                    break;
-                }
-                cursor = reply.next_stream_id;
-            }
-        }
-        Ok(())
-    }
-
-    /// Reads this consumer's entries that were delivered but never acknowledged (a previous run
-    /// died) until none are left, skipping those already in memory.
-    async fn read_history(&mut self) -> redis::RedisResult<()> {
-        let streams = self.keys.streams();
-        let mut positions: Vec<String> = vec!["0".into(); streams.len()];
+    /// Runs one reader per shard this instance may read, starting and stopping them as leases
+    /// come and go, until shutdown. A reader that panics takes this task with it, so the engine
+    /// restarts the dispatcher.
+    pub async fn run(self) {
+        let mut readable = self.leases.readable();
+        // shard -> (the reader's run number, its stop token)
+        let mut readers: HashMap<u64, (u64, CancellationToken)> = HashMap::new();
+        let mut running: JoinSet<(u64, u64)> = JoinSet::new();
+        let mut runs = 0u64;
         loop {
-            let reply = self.read(&streams, &positions, None).await?;
-            let mut read = 0;
-            for stream in reply.keys {
-                let position = streams.iter().position(|s| *s == stream.key);
-                for entry in stream.ids {
-                    read += 1;
-                    if let Some(i) = position {
-                        positions[i] = entry.id.clone();
+            let wanted = readable.borrow_and_update().clone();
+            readers.retain(|shard, (_, stop)| {
+                let keep = wanted.contains(shard);
+                if !keep {
+                    stop.cancel();
+                }
+                keep
+            });
+            for shard in wanted {
+                if readers.contains_key(&shard) {
+                    continue;
+                }
+                runs += 1;
+                let stop = self.shutdown.child_token();
+                readers.insert(shard, (runs, stop.clone()));
+                let reader = ShardReader::new(self.clone(), shard, stop);
+                let run = runs;
+                running.spawn_local(async move {
+                    reader.run().await;
+                    (shard, run)
+                });
+            }
+            tokio::select! {
+                changed = readable.changed() => if changed.is_err() { break },
+                Some(ended) = running.join_next() => match ended {
+                    // Ended by its stop token; forget it unless a newer reader replaced it.
+                    Ok((shard, run)) => {
+                        if readers.get(&shard).is_some_and(|(current, _)| *current == run) {
+                            readers.remove(&shard);
+                        }
                     }
-                    self.dispatch(&stream.key, entry.id, SyncEvent::from_fields(&entry.map));
-                }
+                    Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                    Err(_) => {}
+                },
+                _ = self.shutdown.cancelled() => break,
             }
-            if read == 0 {
-                return Ok(());
-            }
+        }
+        for (_, stop) in readers.values() {
+            stop.cancel();
         }
     }
 
-    /// Reads new entries once (waiting up to `BLOCK_MS` for some) and dispatches them.
-    async fn read_new(&mut self) -> redis::RedisResult<()> {
-        let streams = self.keys.streams();
-        let positions: Vec<String> = vec![">".into(); streams.len()];
-        let reply = self.read(&streams, &positions, Some(BLOCK_MS)).await?;
-        for stream in reply.keys {
-            for entry in stream.ids {
-                self.dispatch(&stream.key, entry.id, SyncEvent::from_fields(&entry.map));
-            }
-        }
-        Ok(())
-    }
-
-    /// One XREADGROUP of at most one read's worth of free slots, once there is room.
-    async fn read(
-        &mut self,
-        streams: &[String],
-        positions: &[String],
-        block_ms: Option<usize>,
-    ) -> redis::RedisResult<StreamReadReply> {
-        let free = self.wait_for_room().await;
-        let per_shard = (free / SHARDS as usize).clamp(1, MAX_READ_PER_SHARD);
-        let mut options = StreamReadOptions::default()
-            .group(GROUP, &self.consumer)
-            .count(per_shard);
-        if let Some(block_ms) = block_ms {
-            options = options.block(block_ms);
-        }
-        let reply: Option<StreamReadReply> = self
-            .reader
-            .xread_options(streams, positions, &options)
-            .await?;
-        Ok(reply.unwrap_or_default())
-    }
-
-    /// Claims entries pending for longer than `RECLAIM_IDLE` and dispatches again those that
-    /// no event in memory stands for. Entries deleted from the stream while pending are
-    /// acknowledged away: nothing is left to handle (the reconciler covers their orders).
-    async fn reclaim_stalled(&mut self) -> redis::RedisResult<()> {
-        let min_idle = RECLAIM_IDLE.as_millis() as u64;
-        for stream in self.keys.streams() {
-            let mut cursor = "0-0".to_string();
-            loop {
-                let free = self.in_flight.slots.available_permits();
-                if free == 0 {
-                    return Ok(()); // the rest waits for the next round
-                }
-                let reply: StreamAutoClaimReply = self
-                    .acker
-                    .xautoclaim_options(
-                        &stream,
-                        GROUP,
-                        &self.consumer,
-                        min_idle,
-                        &cursor,
-                        StreamAutoClaimOptions::default().count(free.min(1000)),
-                    )
-                    .await?;
-                if !reply.deleted_ids.is_empty() {
-                    self.acker
-                        .xack::<_, _, _, ()>(&stream, GROUP, &reply.deleted_ids)
-                        .await?;
-                }
-                for entry in reply.claimed {
-                    if self.in_flight.holds_entry(&stream, &entry.id) {
-                        continue; // still being handled: a slow call, not a lost entry
-                    }
-                    tracing::warn!(
-                        stream,
-                        entry_id = entry.id,
-                        "reclaimed an entry left pending; dispatching it again"
-                    );
-                    self.dispatch(&stream, entry.id, SyncEvent::from_fields(&entry.map));
-                }
-                if reply.next_stream_id == "0-0" {
-                    break;
-                }
-                cursor = reply.next_stream_id;
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits until at least one read's worth of room is free; returns how many slots are free.
-    async fn wait_for_room(&self) -> usize {
-        loop {
-            let free = self.in_flight.slots.available_permits();
-            if free >= SHARDS as usize {
-                return free;
-            }
-            // Released when an event is acknowledged; give the slot straight back.
-            if let Ok(permit) = self.in_flight.slots.acquire().await {
-                drop(permit);
-            }
-        }
-    }
-
-    fn dispatch(&self, stream: &str, entry_id: String, event: Option<SyncEvent>) {
-        if self.in_flight.holds_entry(stream, &entry_id) {
-            return; // already in memory (a restarted run reading its history again)
+    /// Hands an entry to the order's actor, holding `slot` until its outcome is acknowledged
+    /// (or it is left pending).
+    fn dispatch(
+        &self,
+        shard: u64,
+        stream: &str,
+        entry_id: String,
+        event: Option<SyncEvent>,
+        slot: OwnedSemaphorePermit,
+    ) {
+        if self.in_flight.holds_entry(stream, &entry_id) || !self.leases.holds(shard) {
+            return; // already in memory, or no longer ours: it stays pending
         }
         let order_id = event.as_ref().map(|e| e.order_id);
-        let Some(entry) = self.in_flight.track(stream, entry_id.clone(), order_id) else {
-            // Cannot happen (reads never exceed the free slots); the entry stays pending.
-            tracing::error!(stream, entry_id, "no room for a read entry");
-            return;
-        };
+        let entry = self
+            .in_flight
+            .track(stream, entry_id.clone(), order_id, slot);
         let acks = self.acks.clone();
         let Some(event) = event else {
             // Not ours, or deleted before it was read: nothing to sync.
@@ -473,6 +355,251 @@ impl Dispatcher {
     pub async fn acknowledge(self) {
         let mut queue = self.ack_queue.lock().await;
         acknowledge_batches(self.acker.clone(), &mut queue).await;
+    }
+}
+
+/// The reader of one held shard's stream.
+struct ShardReader {
+    dispatcher: Dispatcher,
+    shard: u64,
+    stream: String,
+    stop: CancellationToken,
+    /// Its own connection, opened when the reader starts.
+    connection: Option<ConnectionManager>,
+    /// Whether the pending entries were claimed and read since the lease was taken.
+    recovered: bool,
+    last_reclaim: Instant,
+}
+
+impl ShardReader {
+    fn new(dispatcher: Dispatcher, shard: u64, stop: CancellationToken) -> Self {
+        let stream = dispatcher.keys.stream(shard);
+        Self {
+            dispatcher,
+            shard,
+            stream,
+            stop,
+            connection: None,
+            recovered: false,
+            last_reclaim: Instant::now(),
+        }
+    }
+
+    /// Reads until stopped. Redis errors are retried with backoff; a lost consumer group (Redis
+    /// restarted without its data) is created again.
+    async fn run(mut self) {
+        let mut backoff = Duration::from_millis(100);
+        let stop = self.stop.clone();
+        while !stop.is_cancelled() {
+            // Whether a read succeeded since the last error: the backoff grows only while Redis
+            // keeps failing, not with every error in the process's life.
+            let mut progressed = false;
+            let result = tokio::select! {
+                result = self.read_until_error(&mut progressed) => result,
+                _ = stop.cancelled() => break,
+            };
+            if progressed {
+                backoff = Duration::from_millis(100);
+            }
+            if let Err(error) = result {
+                tracing::warn!(
+                    shard = self.shard,
+                    error = format!("{error:#}"),
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "reading the backlog failed; retrying"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+
+    async fn read_until_error(&mut self, progressed: &mut bool) -> anyhow::Result<()> {
+        if self.connection.is_none() {
+            self.connection = Some(super::connect(&self.dispatcher.redis_url).await?);
+        }
+        self.ensure_group().await?;
+        if !self.recovered {
+            self.claim_abandoned().await?;
+            self.read_history().await?;
+            self.recovered = true;
+        }
+        loop {
+            if self.last_reclaim.elapsed() >= RECLAIM_EVERY {
+                self.reclaim_stalled().await?;
+                self.last_reclaim = Instant::now();
+            }
+            self.read_new().await?;
+            *progressed = true;
+        }
+    }
+
+    /// Creates the consumer group on the stream (and the stream), if missing.
+    async fn ensure_group(&mut self) -> redis::RedisResult<()> {
+        let created: redis::RedisResult<()> = self
+            .dispatcher
+            .acker
+            .xgroup_create_mkstream(&self.stream, GROUP, "0")
+            .await;
+        match created {
+            Err(e) if e.code() != Some("BUSYGROUP") => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes over every entry of the shard that was delivered but never acknowledged, whoever
+    /// read it: the lease was free when this instance took it, so its earlier readers are gone
+    /// or fenced off. Then forgets consumers of earlier runs that hold nothing.
+    async fn claim_abandoned(&mut self) -> redis::RedisResult<()> {
+        let consumer = self.dispatcher.consumer.clone();
+        let redis = &mut self.dispatcher.acker;
+        let mut cursor = "0-0".to_string();
+        loop {
+            let reply: StreamAutoClaimReply = redis
+                .xautoclaim_options(
+                    &self.stream,
+                    GROUP,
+                    &consumer,
+                    0,
+                    &cursor,
+                    StreamAutoClaimOptions::default().count(1000).with_justid(),
+                )
+                .await?;
+            if reply.next_stream_id == "0-0" {
+                break;
+            }
+            cursor = reply.next_stream_id;
+        }
+        let consumers: StreamInfoConsumersReply =
+            redis.xinfo_consumers(&self.stream, GROUP).await?;
+        for old in consumers.consumers {
+            if old.name != consumer && old.pending == 0 && old.idle > FORGET_CONSUMER_IDLE_MS {
+                redis
+                    .xgroup_delconsumer::<_, _, _, ()>(&self.stream, GROUP, &old.name)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads this consumer's entries that were delivered but never acknowledged until none are
+    /// left, skipping those already in memory.
+    async fn read_history(&mut self) -> anyhow::Result<()> {
+        let mut position = "0".to_string();
+        loop {
+            let reply = self.read(&position, None).await?;
+            let mut read = 0;
+            for (entry_id, event, slot) in reply {
+                read += 1;
+                position = entry_id.clone();
+                self.dispatcher
+                    .dispatch(self.shard, &self.stream, entry_id, event, slot);
+            }
+            if read == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads new entries once (waiting up to `BLOCK_MS` for some) and dispatches them.
+    async fn read_new(&mut self) -> anyhow::Result<()> {
+        for (entry_id, event, slot) in self.read(">", Some(BLOCK_MS)).await? {
+            self.dispatcher
+                .dispatch(self.shard, &self.stream, entry_id, event, slot);
+        }
+        Ok(())
+    }
+
+    /// One XREADGROUP of at most this reader's share of the free slots, once one is free. Each
+    /// entry comes with its slot; slots left over are given back.
+    async fn read(
+        &mut self,
+        position: &str,
+        block_ms: Option<usize>,
+    ) -> anyhow::Result<Vec<(String, Option<SyncEvent>, OwnedSemaphorePermit)>> {
+        let readers = self.dispatcher.leases.held_shards().len().max(1);
+        let share = (self.dispatcher.in_flight.capacity / readers).clamp(1, MAX_READ_PER_SHARD);
+        let mut slots = self.dispatcher.in_flight.reserve(share).await;
+        let mut options = StreamReadOptions::default()
+            .group(GROUP, &self.dispatcher.consumer)
+            .count(slots.len());
+        if let Some(block_ms) = block_ms {
+            options = options.block(block_ms);
+        }
+        let Some(connection) = self.connection.as_mut() else {
+            anyhow::bail!("no connection");
+        };
+        let reply: Option<StreamReadReply> = connection
+            .xread_options(&[&self.stream], &[position], &options)
+            .await?;
+        let mut entries = Vec::new();
+        for stream in reply.unwrap_or_default().keys {
+            for entry in stream.ids {
+                let Some(slot) = slots.pop() else { break };
+                let event = SyncEvent::from_fields(&entry.map);
+                entries.push((entry.id, event, slot));
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Claims entries pending for longer than `RECLAIM_IDLE` and dispatches again those that
+    /// no event in memory stands for. Entries deleted from the stream while pending are
+    /// acknowledged away: nothing is left to handle (the reconciler covers their orders).
+    async fn reclaim_stalled(&mut self) -> redis::RedisResult<()> {
+        let min_idle = RECLAIM_IDLE.as_millis() as u64;
+        let mut cursor = "0-0".to_string();
+        loop {
+            let free = self.dispatcher.in_flight.slots.available_permits();
+            if free == 0 {
+                return Ok(()); // the rest waits for the next round
+            }
+            let reply: StreamAutoClaimReply = self
+                .dispatcher
+                .acker
+                .xautoclaim_options(
+                    &self.stream,
+                    GROUP,
+                    &self.dispatcher.consumer,
+                    min_idle,
+                    &cursor,
+                    StreamAutoClaimOptions::default().count(free.min(1000)),
+                )
+                .await?;
+            if !reply.deleted_ids.is_empty() {
+                self.dispatcher
+                    .acker
+                    .xack::<_, _, _, ()>(&self.stream, GROUP, &reply.deleted_ids)
+                    .await?;
+            }
+            for entry in reply.claimed {
+                if self
+                    .dispatcher
+                    .in_flight
+                    .holds_entry(&self.stream, &entry.id)
+                {
+                    continue; // still being handled: a slow call, not a lost entry
+                }
+                let Ok(slot) = self.dispatcher.in_flight.slots.clone().try_acquire_owned() else {
+                    return Ok(()); // the rest waits for the next round
+                };
+                tracing::warn!(
+                    stream = self.stream,
+                    entry_id = entry.id,
+                    "reclaimed an entry left pending; dispatching it again"
+                );
+                let event = SyncEvent::from_fields(&entry.map);
+                self.dispatcher
+                    .dispatch(self.shard, &self.stream, entry.id, event, slot);
+            }
+            if reply.next_stream_id == "0-0" {
+                return Ok(());
+            }
+            cursor = reply.next_stream_id;
+        }
     }
 }
 

@@ -1,42 +1,85 @@
 //! Every Redis key and name the service uses, built in one place. All keys live under
-//! `REDIS_PREFIX`, so tests and instances can share one Redis.
+//! `REDIS_PREFIX`, so tests and deployments can share one Redis.
+//!
+//! One shard's keys (its stream and its lease) share a hash tag, `{prefix:shard}`, so on Redis
+//! Cluster they live in one slot; no command or script touches keys of two shards at once.
 
-/// Streams the backlog is split into. An order always maps to the same shard, so its events stay
-/// in commit order; shards let several consumers (and, later, instances) share the work.
-pub const SHARDS: u64 = 8;
-
-/// The consumer group every instance reads the streams with.
+/// The consumer group every instance reads the streams with. Each instance reads as its own
+/// consumer, named by its instance id (`crate::engine::cluster::InstanceId`).
 pub const GROUP: &str = "order-sync";
 
-/// This instance's consumer name in the group. Stable across restarts, so entries a crashed run
-/// read but never acknowledged are this consumer's, and are read again first at the next start.
-pub const CONSUMER: &str = "main";
-
-/// The shard an order's events go to.
-pub fn shard_of(order_id: i64) -> u64 {
-    order_id.unsigned_abs() % SHARDS
-}
-
-/// Names of this instance's keys.
+/// Names of the keys of one deployment (one `REDIS_PREFIX`), and the shard of each order.
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
+    shards: u64,
 }
 
 impl Keys {
-    pub fn new(prefix: &str) -> Self {
+    /// `shards` is `SHARDS`: every instance of a deployment must use the same number, which
+    /// `crate::engine::cluster::check_shard_count` enforces at start-up.
+    pub fn new(prefix: &str, shards: u64) -> Self {
         Self {
             prefix: prefix.to_string(),
+            shards: shards.max(1),
         }
     }
 
-    /// `{prefix}:events:{shard}`: the stream of one shard.
+    /// How many shards the backlog is split into.
+    pub fn shards(&self) -> u64 {
+        self.shards
+    }
+
+    /// The shard an order's events go to. An order always maps to the same shard, so its events
+    /// stay in commit order, and only the instance holding that shard's lease handles them.
+    pub fn shard_of(&self, order_id: i64) -> u64 {
+        order_id.unsigned_abs() % self.shards
+    }
+
+    /// `{prefix:shard}:events`: the stream of one shard.
     pub fn stream(&self, shard: u64) -> String {
-        format!("{}:events:{shard}", self.prefix)
+        format!("{{{}:{shard}}}:events", self.prefix)
     }
 
     /// Every shard's stream, in shard order.
     pub fn streams(&self) -> Vec<String> {
-        (0..SHARDS).map(|shard| self.stream(shard)).collect()
+        (0..self.shards).map(|shard| self.stream(shard)).collect()
+    }
+
+    /// `{prefix:shard}:lease`: which instance holds the shard (`SET NX PX`).
+    pub fn lease(&self, shard: u64) -> String {
+        format!("{{{}:{shard}}}:lease", self.prefix)
+    }
+
+    /// `{prefix}:instances`: the live instances, a sorted set scored by when each one's
+    /// heartbeat runs out.
+    pub fn instances(&self) -> String {
+        format!("{{{}}}:instances", self.prefix)
+    }
+
+    /// `{prefix}:shards`: the shard count the backlog was laid out with.
+    pub fn shard_count(&self) -> String {
+        format!("{{{}}}:shards", self.prefix)
+    }
+
+    /// `{prefix}:rate`: the cluster-wide rate limit's state (GCRA's theoretical arrival time).
+    pub fn rate_limit(&self) -> String {
+        format!("{{{}}}:rate", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Keys;
+
+    #[test]
+    fn one_shards_keys_share_a_hash_tag() {
+        let keys = Keys::new("order-sync", 8);
+        let tag =
+            |key: &str| key[key.find('{').unwrap_or(0)..=key.find('}').unwrap_or(0)].to_string();
+        assert_eq!(tag(&keys.stream(3)), tag(&keys.lease(3)));
+        assert_ne!(tag(&keys.stream(3)), tag(&keys.stream(4)));
+        assert_eq!(keys.shard_of(11), 3);
+        assert_eq!(keys.shard_of(-11), 3);
     }
 }

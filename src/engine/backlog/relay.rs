@@ -15,7 +15,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::keys::{shard_of, Keys};
+use super::keys::Keys;
 use super::{EventKind, SyncEvent};
 use crate::db::outbox::{self, ChangeAction};
 
@@ -104,7 +104,7 @@ impl OutboxRelay {
                 committed_at_ms: row.committed_at_ms,
             };
             pipe.xadd(
-                self.keys.stream(shard_of(row.order_id)),
+                self.keys.stream(self.keys.shard_of(row.order_id)),
                 "*",
                 &event.fields(),
             )
@@ -136,8 +136,12 @@ pub async fn publish(
     }
     let mut pipe = redis::pipe();
     for event in events {
-        pipe.xadd(keys.stream(shard_of(event.order_id)), "*", &event.fields())
-            .ignore();
+        pipe.xadd(
+            keys.stream(keys.shard_of(event.order_id)),
+            "*",
+            &event.fields(),
+        )
+        .ignore();
     }
     pipe.query_async::<()>(redis).await
 }

@@ -26,10 +26,11 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::dispatcher::InFlight;
-use super::keys::{shard_of, Keys, GROUP, SHARDS};
+use super::keys::{Keys, GROUP};
 use super::relay::publish;
 use super::{EventKind, SyncEvent};
 use crate::db::sync as queries;
+use crate::engine::cluster::leases::Leases;
 use crate::metrics::SyncMetrics;
 
 /// How often due retries are looked for.
@@ -55,6 +56,9 @@ pub struct Scheduler {
     quiet_for: Duration,
     /// The events in memory: their orders are not lost.
     in_flight: InFlight,
+    /// Only orders of the shards this instance holds are its to reconcile: another instance's
+    /// events in memory are invisible here.
+    leases: Leases,
     metrics: Arc<SyncMetrics>,
     /// Where the reconciler's walk over the orders behind goes on from.
     after_id: i64,
@@ -65,12 +69,14 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         pool: PgPool,
         redis: ConnectionManager,
         keys: Keys,
         quiet_for: Duration,
         in_flight: InFlight,
+        leases: Leases,
         metrics: Arc<SyncMetrics>,
         shutdown: CancellationToken,
     ) -> Self {
@@ -80,6 +86,7 @@ impl Scheduler {
             keys,
             quiet_for,
             in_flight,
+            leases,
             metrics,
             after_id: 0,
             suspects: Vec::new(),
@@ -169,14 +176,21 @@ impl Scheduler {
     /// Publishes the suspects whose shards have been read past `published_by_ms` and that are
     /// still behind at the same version with no event in memory; keeps the others as suspects.
     async fn settle_suspects(&mut self) -> anyhow::Result<()> {
-        let shards: BTreeSet<u64> = self.suspects.iter().map(|&(id, _)| shard_of(id)).collect();
+        let (keys, leases) = (&self.keys, &self.leases);
+        self.suspects
+            .retain(|&(id, _)| leases.holds(keys.shard_of(id)));
+        let shards: BTreeSet<u64> = self
+            .suspects
+            .iter()
+            .map(|&(id, _)| self.keys.shard_of(id))
+            .collect();
         let caught_up = self
             .shards_delivered_up_to(&shards, self.published_by_ms)
             .await?;
         let (settled, waiting): (Vec<_>, Vec<_>) = self
             .suspects
             .iter()
-            .partition(|(id, _)| caught_up.contains(&shard_of(*id)));
+            .partition(|(id, _)| caught_up.contains(&self.keys.shard_of(*id)));
         if !settled.is_empty() {
             let still_behind = queries::still_behind(&self.pool, &settled).await?;
             let lost: Vec<SyncEvent> = still_behind
@@ -230,7 +244,6 @@ impl Scheduler {
 
     /// Whether no entry published up to `until_ms` waits undelivered in the shard's stream.
     async fn delivered_up_to(&mut self, shard: u64, until_ms: u64) -> redis::RedisResult<bool> {
-        debug_assert!(shard < SHARDS);
         let stream = self.keys.stream(shard);
         let groups: redis::RedisResult<StreamInfoGroupsReply> =
             self.redis.xinfo_groups(&stream).await;
