@@ -20,7 +20,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, RuntimeErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
+    Statement,
+};
 use sqlx::Connection;
 
 /// Creates the database named by `url` when it does not exist yet, by connecting to the
@@ -52,7 +55,9 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
         {
             Ok(_) => tracing::info!(database = %name, "created database"),
             // Another process created it between our check and our CREATE: fine.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            // (42P04, or 23505 when both CREATEs reached the catalog at once.)
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
             Err(e) => return Err(e).context("cannot create the database"),
         }
     }
@@ -89,8 +94,13 @@ pub async fn connect_and_migrate(
     Database::connect(options).await.context("cannot connect")
 }
 
-/// Applies pending migrations on a connection of their own, without a statement timeout, closed
-/// when they are done.
+/// The advisory lock every instance takes around its migrations: any number of instances can
+/// start together, and the first migrates while the others wait, then find nothing to do. (The
+/// number is arbitrary; it only has to be the same in every instance.)
+const MIGRATION_LOCK: i64 = 0x6f72_6465_7273_796e; // "ordersyn"
+
+/// Applies pending migrations on a connection of their own (one session, so the advisory lock
+/// is held around them), without a statement timeout, closed when they are done.
 async fn migrate(url: &str) -> anyhow::Result<()> {
     let mut options = ConnectOptions::new(url.to_string());
     options
@@ -99,9 +109,17 @@ async fn migrate(url: &str) -> anyhow::Result<()> {
         .acquire_timeout(Duration::from_secs(5))
         .sqlx_logging(false);
     let db = Database::connect(options).await.context("cannot connect")?;
+    let lock = |sql: &'static str| {
+        Statement::from_sql_and_values(DbBackend::Postgres, sql, [MIGRATION_LOCK.into()])
+    };
+    db.execute_raw(lock("SELECT pg_advisory_lock($1)"))
+        .await
+        .context("cannot take the migration lock")?;
     let migrated = Migrator::up(&db, None)
         .await
         .context("cannot apply migrations");
+    // Closing the session would release it too; unlocking says so.
+    let _ = db.execute_raw(lock("SELECT pg_advisory_unlock($1)")).await;
     db.close().await.ok();
     migrated
 }

@@ -279,12 +279,18 @@ impl Rig {
         Self { api, db, env, log }
     }
 
-    /// One more instance beside any running: its own log file, named `instance`.
-    pub async fn start_instance(&self, instance: &str, extra: &[(&str, &str)]) -> ServiceProcess {
+    /// One more instance beside any running, with its own log file, named `instance`; not
+    /// waited for.
+    pub fn spawn_instance(&self, instance: &str, extra: &[(&str, &str)]) -> ServiceProcess {
         let mut env = self.env.clone();
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let log = self.log.with_extension(format!("{instance}.log"));
-        let mut service = ServiceProcess::start(&env, &log);
+        ServiceProcess::start(&env, &log)
+    }
+
+    /// [`Rig::spawn_instance`], once it answers `/health`.
+    pub async fn start_instance(&self, instance: &str, extra: &[(&str, &str)]) -> ServiceProcess {
+        let mut service = self.spawn_instance(instance, extra);
         service.wait_ready().await;
         service
     }

@@ -47,6 +47,16 @@ use crate::engine::backlog::keys::Keys;
 /// lease, and the time between the fence check and the request leaving.
 pub const CALL_MARGIN: Duration = Duration::from_secs(1);
 
+/// How soon an instance short of its fair share looks for free shards again.
+const SHORT_OF_SHARE_RETRY: Duration = Duration::from_millis(500);
+
+/// Whether the keeper holds its fair share after a round.
+enum Share {
+    Held,
+    /// Fewer than its share: the others have not handed theirs over yet.
+    Short,
+}
+
 /// The lease's timings.
 #[derive(Debug, Clone, Copy)]
 pub struct LeaseTimes {
@@ -202,19 +212,26 @@ impl Leases {
     /// round is tried again at the next tick; meanwhile the fences close on their own.
     pub async fn keep(self, mut redis: ConnectionManager, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
-            if let Err(error) = self.keep_once(&mut redis).await {
-                tracing::warn!(error = %error, "keeping the shard leases failed; retrying");
-            }
+            // Short of its share, an instance looks again soon: a shard handed over on SIGTERM
+            // is taken within half a second, not a whole renewal period.
+            let next = match self.keep_once(&mut redis).await {
+                Ok(Share::Short) => SHORT_OF_SHARE_RETRY.min(self.times.renew_every()),
+                Ok(Share::Held) => self.times.renew_every(),
+                Err(error) => {
+                    tracing::warn!(error = %error, "keeping the shard leases failed; retrying");
+                    self.times.renew_every()
+                }
+            };
             self.forget_expired();
             self.publish_readable();
             tokio::select! {
-                _ = tokio::time::sleep(self.times.renew_every()) => {}
+                _ = tokio::time::sleep(next) => {}
                 _ = shutdown.cancelled() => {}
             }
         }
     }
 
-    async fn keep_once(&self, redis: &mut ConnectionManager) -> redis::RedisResult<()> {
+    async fn keep_once(&self, redis: &mut ConnectionManager) -> redis::RedisResult<Share> {
         let ttl_ms = self.times.ttl.as_millis() as u64;
         let live: u64 = Script::new(HEARTBEAT)
             .key(self.keys.instances())
@@ -240,9 +257,12 @@ impl Leases {
                 self.hand_over(redis.clone(), shard);
             }
         } else if count < fair_share {
-            self.take_free_shards(redis, fair_share - count).await?;
+            let taken = self.take_free_shards(redis, fair_share - count).await?;
+            if count + taken < fair_share {
+                return Ok(Share::Short);
+            }
         }
-        Ok(())
+        Ok(Share::Held)
     }
 
     /// Renews every held lease; forgets those another instance holds now and those that ran out.
@@ -292,14 +312,15 @@ impl Leases {
     async fn take_free_shards(
         &self,
         redis: &mut ConnectionManager,
-        mut wanted: u64,
-    ) -> redis::RedisResult<()> {
+        wanted: u64,
+    ) -> redis::RedisResult<u64> {
+        let mut taken_count = 0;
         let shards = self.keys.shards();
         let start = self.instance.as_str().bytes().fold(0u64, |hash, b| {
             hash.wrapping_mul(31).wrapping_add(u64::from(b))
         }) % shards;
         for offset in 0..shards {
-            if wanted == 0 {
+            if taken_count == wanted {
                 break;
             }
             let shard = (start + offset) % shards;
@@ -325,10 +346,10 @@ impl Leases {
                         busy: 0,
                     },
                 );
-                wanted -= 1;
+                taken_count += 1;
             }
         }
-        Ok(())
+        Ok(taken_count)
     }
 
     /// Stops reading `shard` at once, and deletes its lease once its calls in progress are
