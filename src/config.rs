@@ -53,6 +53,32 @@ pub enum Environment {
     Production,
 }
 
+/// What one process does (`ROLE`), as the reference ran `web` and `sidekiq` apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The HTTP API, and the outbox relay, so its own commits reach Redis at once. No calls.
+    Api,
+    /// The sync engine (relay, shard leases, dispatcher, actors, scheduler), with only the
+    /// operator's routes (`/health`, `/metrics`, `/metrics/actors`). Scale these out.
+    Worker,
+    /// Both, in one process (the default: one command runs everything).
+    #[default]
+    All,
+}
+
+impl Role {
+    /// Whether this process serves the orders API (and the dashboard, the docs, admin, inbound).
+    pub fn serves_api(self) -> bool {
+        matches!(self, Self::Api | Self::All)
+    }
+
+    /// Whether this process takes shard leases and makes calls.
+    pub fn syncs(self) -> bool {
+        matches!(self, Self::Worker | Self::All)
+    }
+}
+
 /// A key of `INBOUND_WEBHOOK_SECRET` (Standard Webhooks: `whsec_` and the base64 of the key). It
 /// prints as `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
@@ -179,8 +205,11 @@ pub struct Settings {
     /// empty, before the reconciler publishes it again (its event was lost with Redis).
     #[serde(default = "defaults::reconcile_quiet_secs")]
     pub reconcile_quiet_secs: Bounded<1, 86_400>,
-    /// `false`: serve the API only, and leave the relay, dispatcher and actors to another
-    /// instance (as the reference ran `web` and `sidekiq` apart). Changes wait in the outbox.
+    /// `ROLE`: `api`, `worker` or `all` (see [`Role`]).
+    #[serde(default)]
+    pub role: Role,
+    /// `false`: no engine task at all, not even the relay: changes wait in the outbox (for
+    /// maintenance; `ROLE=api` is the way to run an API-only process).
     #[serde(default = "defaults::sync_engine")]
     pub sync_engine: bool,
     /// Streams the backlog is split into; the unit of work an instance holds a lease on. Every
@@ -383,6 +412,7 @@ impl fmt::Debug for Settings {
             .field("shards", &self.shards)
             .field("shard_lease_ms", &self.shard_lease_ms)
             .field("instance_id", &self.instance_id)
+            .field("role", &self.role)
             .field("sync_engine", &self.sync_engine)
             .field("max_body_bytes", &self.max_body_bytes)
             .finish()

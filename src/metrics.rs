@@ -77,6 +77,10 @@ pub struct SyncMetrics {
     pub throttle_paused_seconds: Gauge,
     pub stream_length: IntGaugeVec,
     pub stream_pending: IntGaugeVec,
+    /// Shards whose lease this instance holds.
+    pub shards_held: IntGauge,
+    /// Instances whose heartbeat is live, this one included.
+    pub live_instances: IntGauge,
     pub outbox_rows: IntGauge,
     pub orders: IntGaugeVec,
 }
@@ -253,6 +257,16 @@ impl SyncMetrics {
                 "backlog_pending",
                 "Entries read from a shard's stream but not yet acknowledged.",
                 "shard",
+            ),
+            shards_held: gauge(
+                &r,
+                "shards_held",
+                "Shards whose lease this instance holds (their streams it reads).",
+            ),
+            live_instances: gauge(
+                &r,
+                "live_instances",
+                "Instances of the deployment whose heartbeat is live.",
             ),
             outbox_rows: gauge(
                 &r,

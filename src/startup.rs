@@ -142,8 +142,16 @@ impl Application {
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         });
+        let role = settings.role;
         let engine = if settings.sync_engine {
-            tracing::info!(%instance, shards = keys.shards(), "sync engine starting; taking this instance's share of the shards");
+            if role.syncs() {
+                tracing::info!(%instance, shards = keys.shards(), ?role, "sync engine starting; taking this instance's share of the shards");
+            } else {
+                tracing::info!(
+                    ?role,
+                    "ROLE=api: relaying the outbox only; workers make the calls"
+                );
+            }
             Some(SyncEngine::start(EngineParts {
                 deps,
                 pool,
@@ -157,6 +165,7 @@ impl Application {
                 max_in_flight_events: settings.max_in_flight_events(),
                 order_actor_idle: settings.order_actor_idle(),
                 reconcile_quiet: settings.reconcile_quiet(),
+                relay_only: !role.syncs(),
                 shutdown: shutdown.clone(),
             }))
         } else {
@@ -178,7 +187,10 @@ impl Application {
             .map(|a| a.port())
             .unwrap_or(settings.port);
 
-        let leases_to_release = engine.as_ref().map(|_| (leases.clone(), redis.clone()));
+        let leases_to_release = engine
+            .as_ref()
+            .filter(|_| role.syncs())
+            .map(|_| (leases.clone(), redis.clone()));
         let state = web::Data::new(AppState {
             db,
             redis,
@@ -195,7 +207,10 @@ impl Application {
             external_api,
             supervisor: engine.as_ref().map(SyncEngine::supervisor),
             in_flight: engine.as_ref().map(SyncEngine::in_flight),
-            leases: engine.as_ref().map(|_| leases.clone()),
+            leases: engine
+                .as_ref()
+                .filter(|_| role.syncs())
+                .map(|_| leases.clone()),
             engine: engine_state.clone(),
             keys,
             started_at: std::time::Instant::now(),
@@ -224,7 +239,7 @@ impl Application {
                 ))
                 .wrap(edge::security_headers())
                 .app_data(state.clone())
-                .configure(|cfg| api::configure(cfg, max_body_bytes))
+                .configure(|cfg| api::configure(cfg, max_body_bytes, role))
                 .default_service(web::to(api::route_not_found))
         })
         // A request's head must arrive within this; its body within `edge::BODY_READ_TIMEOUT`.

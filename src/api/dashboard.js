@@ -105,10 +105,19 @@ function renderDetails(m) {
     .sort((x, y) => x[0].localeCompare(y[0]) || x[1].localeCompare(y[1]));
   $("#details-calls").replaceChildren(smallTable(["verb", "status", "count"], calls, "No calls yet"));
   const shards = (Array.isArray(m.backlog?.shards) ? m.backlog.shards : [])
-    .map((s) => [int(s?.shard), int(s?.length), int(s?.pending)]);
+    .map((s) => [int(s?.shard), int(s?.length), int(s?.pending), String(s?.owner ?? "none")]);
   $("#details-shards").replaceChildren(
-    smallTable(["shard", "length", "pending"], shards, "No shard data"),
+    smallTable(["shard", "length", "pending", "owner"], shards, "No shard data"),
     el("p", { class: "empty", text: `pending in stream: ${int(m.backlog?.pending)}` }));
+  const self = m.instance?.id ?? null;
+  const instances = (Array.isArray(m.cluster?.instances) ? m.cluster.instances : [])
+    .map((i) => [
+      String(i?.id ?? "?") + (i?.id === self ? " (this one)" : ""),
+      (Array.isArray(i?.shards) ? i.shards : []).map(int).join(" ") || "none",
+      `${int(i?.heartbeat_expires_in_ms)} ms`,
+    ]);
+  $("#details-instances").replaceChildren(
+    smallTable(["instance", "shards", "heartbeat expires in"], instances, "No instance syncs"));
 }
 
 // ---- chart -----------------------------------------------------------------

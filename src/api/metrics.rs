@@ -11,6 +11,7 @@ use crate::domain::SyncState;
 use crate::engine::actors::messages::{GetMailboxStats, MailboxStats};
 use crate::engine::actors::throttle::ThrottleState;
 use crate::engine::backlog::stats::{shard_stats, ShardStats};
+use crate::engine::cluster::{live_instances, LiveInstance};
 
 /// The sync states whose orders are counted: every state but `synced`, which holds nearly every
 /// order (counting it would scan the table at each scrape) and owes nothing.
@@ -27,6 +28,8 @@ struct Gathered {
     mailbox: MailboxStats,
     shards: Vec<ShardStats>,
     outbox_rows: i64,
+    /// The live instances of the deployment and their shards.
+    instances: Vec<LiveInstance>,
     /// Orders by sync state: pending, retrying, dead.
     orders: Vec<(SyncState, i64)>,
 }
@@ -41,6 +44,14 @@ async fn gather(state: &AppState) -> Gathered {
         .await
         .unwrap_or_else(|error| {
             tracing::warn!(error = %error, "cannot read the backlog's size");
+            Vec::new()
+        });
+    let owners: Vec<(u64, Option<String>)> =
+        shards.iter().map(|s| (s.shard, s.owner.clone())).collect();
+    let instances = live_instances(&mut redis, &state.keys, &owners)
+        .await
+        .unwrap_or_else(|error| {
+            tracing::warn!(error = %error, "cannot read the live instances");
             Vec::new()
         });
     let pool = state.db.get_postgres_connection_pool();
@@ -60,6 +71,7 @@ async fn gather(state: &AppState) -> Gathered {
         mailbox,
         shards,
         outbox_rows,
+        instances,
         orders: states.iter().map(|state| (*state, count(*state))).collect(),
     };
     record(state, &gathered);
@@ -91,6 +103,13 @@ fn record(state: &AppState, g: &Gathered) {
             .set(shard.pending as i64);
     }
     m.outbox_rows.set(g.outbox_rows);
+    m.shards_held.set(
+        state
+            .leases
+            .as_ref()
+            .map_or(0, |l| l.held_shards().len() as i64),
+    );
+    m.live_instances.set(g.instances.len() as i64);
     for &(state, count) in &g.orders {
         m.orders.with_label_values(&[state.as_str()]).set(count);
     }
@@ -130,6 +149,13 @@ pub async fn actor_metrics(state: web::Data<AppState>) -> HttpResponse {
         "engine": {
             "state": state.engine.borrow().describe(),
             "task_restarts": m.engine_task_restarts.get(),
+        },
+        "instance": {
+            "id": state.leases.as_ref().map(|l| l.instance().to_string()),
+            "shards": state.leases.as_ref().map(|l| l.held_shards()).unwrap_or_default(),
+        },
+        "cluster": {
+            "instances": g.instances,
         },
         "calls": calls,
         "throttle": g.throttle,

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use actix::Addr;
 
-use crate::config::{Secret, WebhookKey};
+use crate::config::{Role, Secret, WebhookKey};
 use crate::engine::actors::supervisor::SupervisorActor;
 use crate::engine::actors::throttle::Throttle;
 use crate::engine::backlog::dispatcher::InFlight;
@@ -77,8 +77,15 @@ impl AppState {
     }
 }
 
-/// Registers every route, and the extractor settings that turn bad input into `ApiError`s.
-pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
+/// Registers the routes of `role` (a worker serves the operator's routes alone), and the
+/// extractor settings that turn bad input into `ApiError`s.
+pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize, role: Role) {
+    cfg.route("/health", web::get().to(health::check_health))
+        .route("/metrics/actors", web::get().to(metrics::actor_metrics))
+        .route("/metrics", web::get().to(metrics::prometheus_metrics));
+    if !role.serves_api() {
+        return;
+    }
     cfg.app_data(
         web::JsonConfig::default()
             .limit(max_body_bytes)
@@ -97,9 +104,6 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     .route("/openapi.json", web::get().to(docs::openapi_json))
     .route("/docs", web::get().to(docs::show_docs))
     .route("/docs/{asset}", web::get().to(docs::docs_asset))
-    .route("/health", web::get().to(health::check_health))
-    .route("/metrics/actors", web::get().to(metrics::actor_metrics))
-    .route("/metrics", web::get().to(metrics::prometheus_metrics))
     .service(
         web::resource("/orders")
             .route(web::post().to(orders::create_order))

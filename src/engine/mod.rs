@@ -69,6 +69,8 @@ pub enum EngineState {
     Running,
     /// `SYNC_ENGINE=false`: this instance serves the API only.
     Off,
+    /// `ROLE=api`: only the outbox relay runs here; workers make the calls.
+    RelayOnly,
     /// A task could not be kept running: `task` ended with `why`.
     Failed { task: &'static str, why: String },
 }
@@ -79,6 +81,7 @@ impl EngineState {
         match self {
             Self::Running => "ok".into(),
             Self::Off => "off".into(),
+            Self::RelayOnly => "relay only (ROLE=api)".into(),
             Self::Failed { task, why } => format!("failed: the {task} task keeps ending ({why})"),
         }
     }
@@ -102,6 +105,8 @@ pub struct EngineParts {
     pub max_in_flight_events: usize,
     pub order_actor_idle: Duration,
     pub reconcile_quiet: Duration,
+    /// `ROLE=api`: run the relay alone (no leases, no reads, no calls).
+    pub relay_only: bool,
     pub shutdown: CancellationToken,
 }
 
@@ -131,7 +136,11 @@ impl SyncEngine {
             parts.shutdown.clone(),
         );
         let in_flight = dispatcher.in_flight();
-        let (report, state) = watch::channel(EngineState::Running);
+        let (report, state) = watch::channel(if parts.relay_only {
+            EngineState::RelayOnly
+        } else {
+            EngineState::Running
+        });
         let report = Rc::new(report);
 
         let tasks: Vec<(&'static str, StartTask)> = vec![
@@ -193,6 +202,9 @@ impl SyncEngine {
                 })
             }),
         ];
+        let tasks = tasks
+            .into_iter()
+            .filter(|(name, _)| !parts.relay_only || *name == "relay");
         for (name, start) in tasks {
             actix_rt::spawn(keep_running(
                 name,

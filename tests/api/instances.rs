@@ -285,3 +285,45 @@ async fn a_429_seen_by_one_instance_pauses_every_instance() {
         "syncing resumed after the pause"
     );
 }
+
+#[actix_web::test]
+async fn an_api_process_and_two_workers_split_the_work_as_docker_compose_runs_them() {
+    let rig = Rig::new(Duration::ZERO, "roles").await;
+    let web = rig.start_instance("web", &[("ROLE", "api")]).await;
+    let mut workers = Vec::new();
+    for n in 0..2 {
+        workers.push(
+            rig.start_instance(&format!("worker{n}"), &[("ROLE", "worker")])
+                .await,
+        );
+    }
+    let http = reqwest::Client::new();
+    let health = get_json_at(&http, &web.url("/health")).await;
+    assert_eq!(health["engine"], "relay only (ROLE=api)", "{health}");
+    assert!(
+        health.get("shards").is_none(),
+        "the API holds no shard: {health}"
+    );
+    // A worker serves the operator's routes only.
+    let orders = http
+        .get(workers[0].url("/orders"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(orders.status(), 404);
+    let metrics = get_json_at(&http, &workers[0].url("/metrics/actors")).await;
+    assert_eq!(
+        metrics["cluster"]["instances"].as_array().map(Vec::len),
+        Some(2),
+        "{metrics}"
+    );
+
+    for _ in 0..20 {
+        create_order_at(&http, &web.url(""))
+            .await
+            .expect("order created");
+    }
+    let pool = rig.db.pool().await;
+    wait_for_quiescence(&pool, Duration::from_secs(30)).await;
+    assert_eq!(rig.api.recorder.calls().len(), 20, "one POST per order");
+}

@@ -57,6 +57,41 @@ impl fmt::Debug for InstanceId {
     }
 }
 
+/// One live instance as the cluster sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LiveInstance {
+    pub id: String,
+    /// How long until its heartbeat runs out (renewed every fifth of `SHARD_LEASE_MS`).
+    pub heartbeat_expires_in_ms: i64,
+    /// The shards whose lease it holds.
+    pub shards: Vec<u64>,
+}
+
+/// The live instances with the shards each holds, given each shard's owner (`owners[shard]`).
+pub async fn live_instances(
+    redis: &mut ConnectionManager,
+    keys: &Keys,
+    owners: &[(u64, Option<String>)],
+) -> redis::RedisResult<Vec<LiveInstance>> {
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(redis).await?;
+    let now_ms = secs * 1000 + micros / 1000;
+    let beats: Vec<(String, f64)> = redis
+        .zrangebyscore_withscores(keys.instances(), now_ms, "+inf")
+        .await?;
+    Ok(beats
+        .into_iter()
+        .map(|(id, expires_at)| LiveInstance {
+            shards: owners
+                .iter()
+                .filter(|(_, owner)| owner.as_deref() == Some(id.as_str()))
+                .map(|(shard, _)| *shard)
+                .collect(),
+            heartbeat_expires_in_ms: expires_at as i64 - now_ms,
+            id,
+        })
+        .collect())
+}
+
 /// Records the shard count the first instance laid the backlog out with, and refuses another:
 /// an order's shard is `id % SHARDS`, so two counts would send one order's events to two shards
 /// held by two instances, and its calls could cross.
