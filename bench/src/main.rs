@@ -31,6 +31,11 @@ pub struct Scale {
     throttle_duration: Duration,
     seeder_orders: u64,
     ingest_duration: Duration,
+    /// Figure 8: orders synced by 1, 2 and 3 instances, and how long the rate is measured.
+    instance_orders: u64,
+    instance_rate_duration: Duration,
+    /// Figure 9: requests for rate-limit grants per batch size.
+    grant_requests: u64,
     long_timeout: Duration,
 }
 
@@ -49,6 +54,9 @@ impl Scale {
             throttle_duration: Duration::from_secs(10),
             seeder_orders: 1_000_000,
             ingest_duration: Duration::from_secs(10),
+            instance_orders: 20_000,
+            instance_rate_duration: Duration::from_secs(5),
+            grant_requests: 20_000,
             long_timeout: Duration::from_secs(900),
         };
         match std::env::var("BENCH_MODE").unwrap_or_default().as_str() {
@@ -71,6 +79,9 @@ impl Scale {
                 throttle_duration: Duration::from_secs(2),
                 seeder_orders: 2_000,
                 ingest_duration: Duration::from_secs(2),
+                instance_orders: 500,
+                instance_rate_duration: Duration::from_secs(2),
+                grant_requests: 500,
                 long_timeout: Duration::from_secs(120),
             }),
             other => Err(format!(
@@ -158,6 +169,14 @@ async fn run(scale: &Scale) -> anyhow::Result<Vec<Row>> {
     if wanted(7) {
         eprintln!("[bench] figure 7: ingest");
         rows.push(figures::ingest(scale).await?);
+    }
+    if wanted(8) {
+        eprintln!("[bench] figure 8: several instances");
+        rows.extend(figures::several_instances(scale).await?);
+    }
+    if wanted(9) {
+        eprintln!("[bench] figure 9: rate-limit grants");
+        rows.push(figures::rate_limit_grants(scale).await?);
     }
     Ok(rows)
 }
