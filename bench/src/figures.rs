@@ -38,6 +38,15 @@ const UNTHROTTLED: [(&str, &str); 4] = [
     ("MAX_CONCURRENT_CALLS", "64"),
     ("ORDER_ACTOR_IDLE_SECS", "5"),
 ];
+/// [`UNTHROTTLED`] for several instances at once: each opens two pools, and three at the default
+/// 20 connections would pass PostgreSQL's default `max_connections` (100).
+const SHARING: [(&str, &str); 5] = [
+    ("RATE_LIMIT_PER_SEC", "1000000"),
+    ("RATE_LIMIT_BURST", "1000000"),
+    ("MAX_CONCURRENT_CALLS", "64"),
+    ("ORDER_ACTOR_IDLE_SECS", "5"),
+    ("DATABASE_MAX_CONNECTIONS", "15"),
+];
 const CONCURRENCY: usize = 64;
 
 /// Waits until no order is behind. It polls every 250 ms with a count over the partial index of
@@ -310,30 +319,9 @@ pub async fn lag(scale: &Scale) -> anyhow::Result<Row> {
 
 /// Figure 4: the achieved call rate against the configured one, with load far above it.
 pub async fn throttle(scale: &Scale) -> anyhow::Result<Row> {
-    let db = BenchDb::create().await?;
-    let fake = start_fake().await?;
     let (rate, burst) = (scale.throttle_rate, scale.throttle_burst);
     let seconds = scale.throttle_duration.as_secs();
-    seeder::write::insert_orders(&db.pool, rate * (seconds + 4), true, |_| {}).await?;
-    let (rate_s, burst_s) = (rate.to_string(), burst.to_string());
-    let service = start_service(
-        &db,
-        &fake,
-        &[
-            ("RATE_LIMIT_PER_SEC", &rate_s),
-            ("RATE_LIMIT_BURST", &burst_s),
-            ("MAX_CONCURRENT_CALLS", "64"),
-        ],
-    )
-    .await?;
-    // The measurement window itself (not a wait for anything): the first second, then `seconds`.
-    tokio::time::sleep(scale.throttle_duration + Duration::from_millis(1500)).await;
-    let timeline = get_json(&fake.url("/_fake/timeline")).await?;
-    drop(service);
-    drop(fake);
-    db.drop_now().await;
-
-    let (achieved, busiest) = rate_from_timeline(&timeline, seconds)?;
+    let (achieved, busiest) = measure_rate(scale, 1, scale.throttle_duration).await?;
     let error = (achieved - rate as f64).abs() / rate as f64;
     Ok(Row {
         figure: "4 throttle accuracy",
@@ -346,6 +334,32 @@ pub async fn throttle(scale: &Scale) -> anyhow::Result<Row> {
         ),
         met: error <= 0.02 && busiest <= rate + burst,
     })
+}
+
+/// `count` instances with the figure's limit and load far above it, measured for `window` after
+/// the first second: the achieved mean rate and the busiest 1 s window.
+async fn measure_rate(scale: &Scale, count: usize, window: Duration) -> anyhow::Result<(f64, u64)> {
+    let db = BenchDb::create().await?;
+    let fake = start_fake().await?;
+    let (rate, burst) = (scale.throttle_rate, scale.throttle_burst);
+    let seconds = window.as_secs();
+    seeder::write::insert_orders(&db.pool, rate * (seconds + 4), true, |_| {}).await?;
+    let (rate_s, burst_s) = (rate.to_string(), burst.to_string());
+    let limits = [
+        ("RATE_LIMIT_PER_SEC", rate_s.as_str()),
+        ("RATE_LIMIT_BURST", burst_s.as_str()),
+        ("MAX_CONCURRENT_CALLS", "64"),
+        // Two pools each: three instances at 15 stay under PostgreSQL's 100 connections.
+        ("DATABASE_MAX_CONNECTIONS", "15"),
+    ];
+    let services = start_services(&db, &fake, &limits, count).await?;
+    // The measurement window itself (not a wait for anything): the first second, then `window`.
+    tokio::time::sleep(window + Duration::from_millis(1500)).await;
+    let timeline = get_json(&fake.url("/_fake/timeline")).await?;
+    drop(services);
+    drop(fake);
+    db.drop_now().await;
+    rate_from_timeline(&timeline, seconds)
 }
 
 /// From the fake's timeline (calls per 100 ms slot): the mean rate over `seconds` after the
@@ -399,32 +413,14 @@ pub async fn several_instances(scale: &Scale) -> anyhow::Result<Vec<Row>> {
         let fake = start_fake().await?;
         seeder::write::insert_orders(&db.pool, scale.instance_orders, true, |_| {}).await?;
         let started = Instant::now();
-        let services = start_services(&db, &fake, &UNTHROTTLED, count).await?;
+        let services = start_services(&db, &fake, &SHARING, count).await?;
         wait_all_synced(&db, scale.long_timeout).await?;
         throughput.push(scale.instance_orders as f64 / started.elapsed().as_secs_f64());
         drop(services);
         drop(fake);
         db.drop_now().await;
 
-        let db = BenchDb::create().await?;
-        let fake = start_fake().await?;
-        let (rate, burst) = (scale.throttle_rate, scale.throttle_burst);
-        let seconds = scale.instance_rate_duration.as_secs();
-        seeder::write::insert_orders(&db.pool, rate * (seconds + 4), true, |_| {}).await?;
-        let (rate_s, burst_s) = (rate.to_string(), burst.to_string());
-        let limits = [
-            ("RATE_LIMIT_PER_SEC", rate_s.as_str()),
-            ("RATE_LIMIT_BURST", burst_s.as_str()),
-            ("MAX_CONCURRENT_CALLS", "64"),
-        ];
-        let services = start_services(&db, &fake, &limits, count).await?;
-        // The measurement window itself (not a wait for anything): the first second, then `seconds`.
-        tokio::time::sleep(scale.instance_rate_duration + Duration::from_millis(1500)).await;
-        let timeline = get_json(&fake.url("/_fake/timeline")).await?;
-        rates.push(rate_from_timeline(&timeline, seconds)?);
-        drop(services);
-        drop(fake);
-        db.drop_now().await;
+        rates.push(measure_rate(scale, count, scale.instance_rate_duration).await?);
     }
     let (rate, burst) = (scale.throttle_rate, scale.throttle_burst);
     let listed = |values: &[String]| values.join(", ");
@@ -436,7 +432,9 @@ pub async fn several_instances(scale: &Scale) -> anyhow::Result<Vec<Row>> {
     let rate_rows: Vec<String> = rates
         .iter()
         .enumerate()
-        .map(|(i, (achieved, busiest))| format!("{}: {achieved:.0}/s (busiest 1 s {busiest})", i + 1))
+        .map(|(i, (achieved, busiest))| {
+            format!("{}: {achieved:.0}/s (busiest 1 s {busiest})", i + 1)
+        })
         .collect();
     let worst_error = rates
         .iter()
@@ -498,7 +496,10 @@ pub async fn rate_limit_grants(scale: &Scale) -> anyhow::Result<Row> {
         per_batch.push(granted as f64 / started.elapsed().as_secs_f64());
     }
     let mut cleanup = redis.clone();
-    let _: i64 = redis::cmd("DEL").arg(&key).query_async(&mut cleanup).await?;
+    let _: i64 = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut cleanup)
+        .await?;
     let (one, batched) = (per_batch[0], per_batch[1]);
     Ok(Row {
         figure: "9 rate-limit grants from Redis (one instance)",

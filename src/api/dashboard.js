@@ -89,8 +89,8 @@ function renderDetails(m) {
   fillKv($("#details-throttle"), [
     ["lag p50 / p95 / p99", `${int(lag.p50)} / ${int(lag.p95)} / ${int(lag.p99)} ms`],
     ["lag samples", int(lag.samples)], null,
-    ["rate limit", `${int(t.rate_per_sec)} / s`], ["burst", int(t.burst)],
-    ["max concurrent", int(t.max_concurrent)], ["tokens", num(t.tokens).toFixed(1)],
+    ["rate limit (all instances)", `${int(t.rate_per_sec)} / s`], ["burst", int(t.burst)],
+    ["max concurrent (this instance)", int(t.max_concurrent)],
     ["waiters", int(t.waiters)], ["paused", paused],
   ]);
   fillKv($("#details-events"), [

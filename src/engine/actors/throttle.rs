@@ -364,7 +364,12 @@ impl Handler<GetThrottleState> for ThrottleActor {
             rate_per_sec: self.rate_per_sec as u32,
             burst: self.burst as u32,
             max_concurrent: self.max_concurrent,
-            tokens: self.tokens,
+            // With a cluster-wide rate the bucket is in Redis, shared: nothing is kept here.
+            tokens: if self.cluster.is_some() {
+                0.0
+            } else {
+                self.tokens
+            },
             waiters: self.slot_waiters.len() + self.token_waiters.len(),
             in_flight: self.in_flight,
             paused_for_ms: self

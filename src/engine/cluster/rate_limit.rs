@@ -16,13 +16,23 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-/// Grants up to `ARGV[3]` calls at once; returns `{granted, microseconds to wait}`.
-const TAKE: &str = r"
+/// What both scripts start with: Redis's clock in microseconds, the interval and the burst's
+/// tolerance (`ARGV[1]`, `ARGV[2]`), and the stored theoretical arrival time.
+macro_rules! gcra_prelude {
+    () => {
+        r"
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local interval = tonumber(ARGV[1])
 local tolerance = interval * (tonumber(ARGV[2]) - 1)
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')"
+    };
+}
+
+/// Grants up to `ARGV[3]` calls at once; returns `{granted, microseconds to wait}`.
+const TAKE: &str = concat!(
+    gcra_prelude!(),
+    r"
 if tat < now then tat = now end
 local room = math.floor((now + tolerance - tat) / interval) + 1
 if room < 1 then
@@ -31,20 +41,19 @@ end
 local granted = math.min(room, tonumber(ARGV[3]))
 tat = tat + granted * interval
 redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
-return {granted, 0}";
+return {granted, 0}"
+);
 
 /// Grants nothing for `ARGV[3]` microseconds (a 429's `Retry-After`), for every instance.
-const PAUSE: &str = r"
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local interval = tonumber(ARGV[1])
-local tolerance = interval * (tonumber(ARGV[2]) - 1)
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+const PAUSE: &str = concat!(
+    gcra_prelude!(),
+    r"
 local paused = now + tonumber(ARGV[3]) + tolerance
 if paused > tat then
   redis.call('SET', KEYS[1], string.format('%.3f', paused), 'PX', math.ceil((paused - now) / 1000) + 1000)
 end
-return 1";
+return 1"
+);
 
 /// What one request for calls got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
