@@ -36,6 +36,8 @@ pub struct Scale {
     instance_rate_duration: Duration,
     /// Figure 9: requests for rate-limit grants per batch size.
     grant_requests: u64,
+    /// Figure 1's PostgreSQL yardstick: how long pgbench runs.
+    pgbench_duration: Duration,
     long_timeout: Duration,
 }
 
@@ -59,6 +61,7 @@ impl Scale {
             instance_orders: 20_000,
             instance_rate_duration: Duration::from_secs(5),
             grant_requests: 20_000,
+            pgbench_duration: Duration::from_secs(10),
             long_timeout: Duration::from_secs(900),
         };
         match std::env::var("BENCH_MODE").unwrap_or_default().as_str() {
@@ -84,6 +87,7 @@ impl Scale {
                 instance_orders: 500,
                 instance_rate_duration: Duration::from_secs(2),
                 grant_requests: 500,
+                pgbench_duration: Duration::from_secs(1),
                 long_timeout: Duration::from_secs(120),
             }),
             other => Err(format!(
