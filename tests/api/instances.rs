@@ -110,13 +110,15 @@ async fn three_instances_share_one_rate_limit() {
     // supply of changes, sets the pace once the three engines start.
     let api_only = rig.start_instance("api", &[("SYNC_ENGINE", "false")]).await;
     let http = reqwest::Client::new();
-    let orders = 500;
+    let orders = 400;
     for _ in 0..orders {
         create_order_at(&http, &api_only.url(""))
             .await
             .expect("order created");
     }
-    let limits = [("RATE_LIMIT_PER_SEC", "100"), ("RATE_LIMIT_BURST", "20")];
+    // 50/s: well below what three debug instances sustain while the rest of the suite runs, so
+    // the limit, not the machine, sets the pace (the benchmark measures higher rates).
+    let limits = [("RATE_LIMIT_PER_SEC", "50"), ("RATE_LIMIT_BURST", "10")];
     let mut instances = Vec::new();
     for n in 0..3 {
         instances.push(rig.spawn_instance(&format!("r{n}"), &limits));
@@ -147,18 +149,18 @@ async fn three_instances_share_one_rate_limit() {
         .max()
         .unwrap_or(0);
     eprintln!(
-        "3 instances at 100/s + 20: {} calls, at most {busiest} in one second",
+        "3 instances at 50/s + 10: {} calls, at most {busiest} in one second",
         arrivals.len()
     );
-    // rate + burst = 120; a few more for the time between Redis's grant and the arrival.
-    assert!(busiest <= 125, "{busiest} calls in one second, limit 120");
+    // rate + burst = 60; two more for the time between Redis's grant and the arrival.
+    assert!(busiest <= 62, "{busiest} calls in one second, limit 60");
     // After the burst, calls come at the rate: the mean is the limit, within 2%.
     let (first, last) = (arrivals[0], arrivals[arrivals.len() - 1]);
-    let mean = (arrivals.len() - 20) as f64 / last.duration_since(first).as_secs_f64();
-    eprintln!("mean rate after the burst: {mean:.1}/s");
+    let mean = (arrivals.len() - 10) as f64 / last.duration_since(first).as_secs_f64();
+    eprintln!("mean rate after the burst: {mean:.2}/s");
     assert!(
-        (98.0..=102.0).contains(&mean),
-        "mean rate {mean:.1}/s, limit 100/s"
+        (49.0..=51.0).contains(&mean),
+        "mean rate {mean:.2}/s, limit 50/s"
     );
 }
 
