@@ -23,7 +23,7 @@ use crate::api::{self, edge, ApiError, AppState};
 use crate::config::{redact_url, Settings};
 use crate::db;
 use crate::engine::actors::throttle::Throttle;
-use crate::engine::actors::SyncDeps;
+use crate::engine::actors::{BatchedQueries, SyncDeps};
 use crate::engine::backlog::dispatcher::InFlight;
 use crate::engine::backlog::keys::Keys;
 use crate::engine::cluster::leases::Leases;
@@ -129,6 +129,7 @@ impl Application {
         let deps = Rc::new(SyncDeps {
             pool: pool.clone(),
             bookkeeping: bookkeeping.clone(),
+            batched: BatchedQueries::start(pool.clone(), bookkeeping.clone()),
             client: ExternalClient::new(
                 &external_api_url,
                 settings.external_api_token.clone(),

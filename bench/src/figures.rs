@@ -48,6 +48,9 @@ const SHARING: [(&str, &str); 5] = [
     ("DATABASE_MAX_CONNECTIONS", "15"),
 ];
 const CONCURRENCY: usize = 64;
+/// The raw loop's rate is a rate: at a million orders (`BENCH_MODE=large`) it is measured on the
+/// first 100,000, which takes a minute rather than ten.
+const RAW_LOOP_MOST: u64 = 100_000;
 
 /// Waits until no order is behind. It polls every 250 ms with a count over the partial index of
 /// unsynced orders: a full count every 50 ms over a million rows would itself slow the engine.
@@ -76,7 +79,7 @@ pub async fn throughput_and_memory(scale: &Scale, orders: u64) -> anyhow::Result
 
     // The raw ceiling: the same calls, concurrency and client, with the SELECT and UPDATE of each
     // order, in a plain loop with nothing else.
-    let ceiling = raw_ceiling(&db.url, &fake.url(""), orders).await?;
+    let ceiling = raw_ceiling(&db.url, &fake.url(""), orders.min(RAW_LOOP_MOST)).await?;
     // PostgreSQL's own per-order limit on the same rows: one SELECT and one UPDATE by primary
     // key per transaction, as the service does per order (issue 13's yardstick).
     let pgbench = pgbench_select_update(&db, orders, scale.pgbench_duration)
@@ -127,20 +130,25 @@ pub async fn throughput_and_memory(scale: &Scale, orders: u64) -> anyhow::Result
     drop(fake);
     db.drop_now().await;
 
+    // Issue 13's goal is the ratio to pgbench (0.5, aiming at 1.0); the raw loop's ratio aims
+    // at 0.8. Without pgbench only the raw loop's goal can be judged.
+    let to_pgbench = pgbench.map(|tps| engine / tps);
     let throughput = Row {
         figure: "1 end-to-end throughput (throttle off)",
         measured: format!("{engine:.0} orders/s ({orders} orders, {elapsed:.1} s)"),
         limit: match pgbench {
             Some(tps) => {
-                format!("raw ceiling {ceiling:.0} calls/s; pgbench SELECT+UPDATE {tps:.0} tps")
+                format!("pgbench SELECT+UPDATE {tps:.0} tps; raw loop {ceiling:.0} calls/s")
             }
-            None => format!("raw ceiling {ceiling:.0} calls/s; pgbench unavailable"),
+            None => format!("pgbench unavailable; raw loop {ceiling:.0} calls/s"),
         },
-        goal: match pgbench {
-            Some(tps) => format!("ratio {ratio:.2} >= 0.5 (to pgbench: {:.2})", engine / tps),
-            None => format!("ratio {ratio:.2} >= 0.5"),
+        goal: match to_pgbench {
+            Some(to_pgbench) => {
+                format!("to pgbench {to_pgbench:.2} >= 0.5; to raw loop {ratio:.2} >= 0.8")
+            }
+            None => format!("to raw loop {ratio:.2} >= 0.8"),
         },
-        met: ratio >= 0.5,
+        met: to_pgbench.is_none_or(|r| r >= 0.5) && ratio >= 0.8,
     };
     let memory = Row {
         figure: "5 memory and actors",
@@ -150,9 +158,9 @@ pub async fn throughput_and_memory(scale: &Scale, orders: u64) -> anyhow::Result
             peak_actors.load(Ordering::Relaxed),
             after_idle
         ),
-        limit: "256 MiB; 0 actors".into(),
-        goal: "RSS <= 256 MiB, 0 after idle".into(),
-        met: peak_rss_after.max(peak_rss) <= 256.0 && after_idle == 0,
+        limit: "64 MiB; 0 actors".into(),
+        goal: "RSS <= 64 MiB, 0 after idle".into(),
+        met: peak_rss_after.max(peak_rss) <= 64.0 && after_idle == 0,
     };
     Ok((throughput, memory))
 }
@@ -241,7 +249,12 @@ async fn raw_ceiling(db_url: &str, api_url: &str, orders: u64) -> anyhow::Result
         .map_err(|_| anyhow::anyhow!("the raw loop panicked"))?
 }
 
-/// Figure 2: many quick updates of each order coalesce into few calls.
+/// Concurrent clients of figure 2's burst.
+const PATCH_CLIENTS: usize = 32;
+
+/// Figure 2: many quick updates of each order coalesce into few calls. The burst goes through
+/// the HTTP API (`PATCH /orders/{id}`) from concurrent clients, while the external API takes
+/// `coalesce_latency` per call, as a real one would.
 pub async fn coalescing(scale: &Scale) -> anyhow::Result<Row> {
     let db = BenchDb::create().await?;
     let fake = start_fake().await?;
@@ -250,58 +263,88 @@ pub async fn coalescing(scale: &Scale) -> anyhow::Result<Row> {
     seeder::write::insert_orders(&db.pool, orders, true, |_| {}).await?;
     wait_all_synced(&db, scale.long_timeout).await?;
     post(&fake.url("/_fake/reset")).await?;
+    let http = reqwest::Client::new();
+    http.put(fake.url("/_fake/config"))
+        .json(
+            &json!({"latency_ms": scale.coalesce_latency.as_millis() as u64, "failure_rate": 0.0}),
+        )
+        .send()
+        .await?
+        .error_for_status()?;
 
-    // The burst: each round changes every order once, as the API does (the order and its outbox
-    // row in one transaction).
-    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM orders")
+    // Round after round over every order, each change a new amount, PATCH_CLIENTS at a time.
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM orders ORDER BY id")
         .fetch_all(&db.pool)
         .await?;
+    let changes: Vec<(u32, i64)> = (0..scale.coalesce_updates)
+        .flat_map(|round| ids.iter().map(move |id| (round, *id)))
+        .collect();
     let burst = Instant::now();
-    for _ in 0..scale.coalesce_updates {
-        sqlx::query(
-            "WITH changed AS (
-                 UPDATE orders SET version = version + 1, amount = amount + 1, updated_at = now(),
-                        sync_state = CASE WHEN sync_state = 'retrying' THEN 'retrying' ELSE 'pending' END
-                 WHERE id = ANY($1) RETURNING id, version)
-             INSERT INTO outbox (order_id, version, action) SELECT id, version, 'update' FROM changed",
-        )
-        .bind(&ids)
-        .execute(&db.pool)
-        .await?;
-    }
-    let burst_ms = burst.elapsed().as_millis();
+    let refused = futures_util::stream::iter(changes)
+        .map(|(round, id)| {
+            let (http, url) = (http.clone(), service.url(&format!("/orders/{id}")));
+            async move {
+                let answer = http
+                    .patch(url)
+                    .json(&json!({"amount": 10_000 + i64::from(round)}))
+                    .send()
+                    .await;
+                !answer.is_ok_and(|answer| answer.status().is_success())
+            }
+        })
+        .buffer_unordered(PATCH_CLIENTS)
+        .filter(|refused| std::future::ready(*refused))
+        .count()
+        .await;
+    let burst_s = burst.elapsed().as_secs_f64();
+    anyhow::ensure!(refused == 0, "{refused} PATCH requests failed");
     wait_all_synced(&db, scale.long_timeout).await?;
     let stats = get_json(&fake.url("/_fake/stats")).await?;
     let calls =
         stats["calls"]["PUT"].as_u64().unwrap_or(0) + stats["calls"]["POST"].as_u64().unwrap_or(0);
     let per_order = calls as f64 / orders as f64;
-    let stored: Vec<Value> = reqwest::Client::new()
+    let stored: Vec<Value> = http
         .get(fake.url("/v1/orders"))
         .bearer_auth("bench")
         .send()
         .await?
         .json()
         .await?;
-    let versions: Vec<(i64, i64)> = sqlx::query_as("SELECT id, version FROM orders")
+    let stored: std::collections::HashMap<i64, (i64, i64)> = stored
+        .iter()
+        .filter_map(|o| {
+            Some((
+                o["id"].as_i64()?,
+                (o["version"].as_i64()?, o["cost"].as_i64()?),
+            ))
+        })
+        .collect();
+    // The external body carries `cost` (amount + tax).
+    let rows: Vec<(i64, i64, i64)> = sqlx::query_as("SELECT id, version, amount + tax FROM orders")
         .fetch_all(&db.pool)
         .await?;
-    let latest = versions.iter().all(|(id, version)| {
-        stored
-            .iter()
-            .any(|o| o["id"].as_i64() == Some(*id) && o["version"].as_i64() == Some(*version))
-    });
+    let exact = rows
+        .iter()
+        .filter(|(id, version, cost)| stored.get(id) == Some(&(*version, *cost)))
+        .count();
     drop(service);
     drop(fake);
     db.drop_now().await;
+    let changes = orders * u64::from(scale.coalesce_updates);
     Ok(Row {
-        figure: "2 coalescing",
+        figure: "2 coalescing (HTTP PATCH burst)",
         measured: format!(
-            "{per_order:.2} calls/order for {} updates each (burst {burst_ms} ms); external = latest: {latest}",
-            scale.coalesce_updates
+            "{per_order:.2} calls/order; {changes} PATCHes by {PATCH_CLIENTS} clients in {burst_s:.1} s \
+             ({:.0}/s); external = final state for {exact} of {orders}",
+            changes as f64 / burst_s
         ),
-        limit: format!("{} changes/order", scale.coalesce_updates),
-        goal: "<= 3 calls/order, latest state".into(),
-        met: per_order <= 3.0 && latest,
+        limit: format!(
+            "{} changes/order, external API {} ms per call",
+            scale.coalesce_updates,
+            scale.coalesce_latency.as_millis()
+        ),
+        goal: "<= 3 calls/order, final state exact".into(),
+        met: per_order <= 3.0 && exact == rows.len(),
     })
 }
 
@@ -360,9 +403,9 @@ pub async fn lag(scale: &Scale) -> anyhow::Result<Row> {
             "p50 {} ms, p99 {p99} ms, max {} ms ({sent} changes at {}/s, {} synced calls)",
             lag["p50"], lag["max"], scale.lag_rate, lag["samples"]
         ),
-        limit: "50 ms".into(),
-        goal: "p99 <= 50 ms".into(),
-        met: p99 <= 50,
+        limit: "10 ms".into(),
+        goal: "p99 <= 10 ms".into(),
+        met: p99 <= 10,
     })
 }
 

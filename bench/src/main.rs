@@ -24,6 +24,8 @@ pub struct Scale {
     memory_orders: u64,
     coalesce_orders: u64,
     coalesce_updates: u32,
+    /// Figure 2: how long the external API takes per call during the burst.
+    coalesce_latency: Duration,
     lag_rate: u64,
     lag_duration: Duration,
     throttle_rate: u64,
@@ -49,6 +51,7 @@ impl Scale {
             memory_orders: 100_000,
             coalesce_orders: 1_000,
             coalesce_updates: 50,
+            coalesce_latency: Duration::from_millis(20),
             lag_rate: 500,
             lag_duration: Duration::from_secs(20),
             // Half of what the whole engine reaches on this machine (figure 1, about 1,000/s
@@ -69,6 +72,8 @@ impl Scale {
             "large" => Ok(Scale {
                 name: "large",
                 memory_orders: 1_000_000,
+                // A million orders at about 1,000/s, with room for a slower machine.
+                long_timeout: Duration::from_secs(3_600),
                 ..default
             }),
             "smoke" => Ok(Scale {
@@ -77,6 +82,7 @@ impl Scale {
                 memory_orders: 1_000,
                 coalesce_orders: 50,
                 coalesce_updates: 5,
+                coalesce_latency: Duration::from_millis(20),
                 lag_rate: 100,
                 lag_duration: Duration::from_secs(2),
                 throttle_rate: 200,

@@ -8,6 +8,7 @@ use rand::Rng;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use super::batched::BatchedQueries;
 use super::throttle::Throttle;
 use crate::engine::cluster::leases::Leases;
 use crate::external::ExternalClient;
@@ -47,6 +48,9 @@ pub struct SyncDeps {
     pub pool: PgPool,
     /// Outcomes, committed without waiting for the disk (`crate::db::bookkeeping_pool`).
     pub bookkeeping: PgPool,
+    /// The read and the recorded success of every event, sent in batches over `pool` and
+    /// `bookkeeping`.
+    pub batched: BatchedQueries,
     pub client: ExternalClient,
     pub throttle: Throttle,
     /// No call is made for an order unless this instance holds its shard's lease.

@@ -71,7 +71,7 @@ async fn sync_to_current_state(
             return Ok(Outcome::Abandoned);
         }
         let row = db_step("load the order", id, || {
-            queries::load_marking_create(pool, id)
+            deps.batched.load_marking_create(id)
         })
         .await?;
         let verb = match decide(row.as_ref(), kind) {
@@ -166,7 +166,7 @@ async fn sync_to_current_state(
                     return Ok(Outcome::Synced);
                 }
                 let current = db_step("record the success", id, || {
-                    queries::record_synced(&deps.bookkeeping, id, row.version())
+                    deps.batched.record_synced(id, row.version())
                 })
                 .await?;
                 match current {

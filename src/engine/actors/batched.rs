@@ -1,0 +1,159 @@
+//! The engine's two per-event statements, batched: reading an order as its actor needs it (and
+//! marking a create as sent), and recording a successful call. Each order actor still asks for
+//! its own row and records its own outcome, one event at a time; what it asks is queued, and a
+//! task sends everything that queued while the previous batch was on its way as one statement
+//! (`WHERE id = ANY($1)`, `UPDATE … FROM unnest(…)`). One round trip and one commit then serve
+//! many orders, so the engine is not bound by PostgreSQL's per-transaction rate (BENCHMARKS.md,
+//! issue 13). Nothing waits for a batch to fill: a lone request goes out at once.
+//!
+//! A batch that fails is sent again one request at a time, so each request gets its own answer:
+//! a transient error is retried by its caller's `db_step`, and a rejected statement concerns
+//! only the order it came from.
+//!
+//! Hand-written: no crate batches async requests into one SQL statement per round trip with
+//! per-request answers; this is a channel, a semaphore and two queries.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::db::sync::{self as queries, SyncRow};
+
+/// Most requests in one statement.
+const MOST_PER_BATCH: usize = 256;
+/// Batches of one kind on their way at once. While they are, requests queue and the next batch
+/// grows: the busier the engine, the larger its batches.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+type Reply<T> = oneshot::Sender<Result<T, sqlx::Error>>;
+
+/// A queue of requests of one kind, sent in batches.
+struct Batcher<Req, Resp> {
+    queue: mpsc::UnboundedSender<(Req, Reply<Resp>)>,
+}
+
+impl<Req: Clone + 'static, Resp: 'static> Batcher<Req, Resp> {
+    /// Starts the batching task on the current arbiter. `batch` answers a whole batch, one
+    /// answer per request in the same order; `single` answers one request alone.
+    fn start<B, BFut, S, SFut>(batch: B, single: S) -> Self
+    where
+        B: Fn(Vec<Req>) -> BFut + 'static,
+        BFut: Future<Output = Result<Vec<Resp>, sqlx::Error>> + 'static,
+        S: Fn(Req) -> SFut + Clone + 'static,
+        SFut: Future<Output = Result<Resp, sqlx::Error>> + 'static,
+    {
+        let (queue, mut waiting) = mpsc::unbounded_channel::<(Req, Reply<Resp>)>();
+        let batch = Rc::new(batch);
+        let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+        actix_rt::spawn(async move {
+            loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return; // never closed
+                };
+                let mut taken = Vec::with_capacity(MOST_PER_BATCH);
+                if waiting.recv_many(&mut taken, MOST_PER_BATCH).await == 0 {
+                    return; // every sender is gone: the engine stopped
+                }
+                let (batch, single) = (batch.clone(), single.clone());
+                actix_rt::spawn(async move {
+                    let (requests, replies): (Vec<Req>, Vec<Reply<Resp>>) =
+                        taken.into_iter().unzip();
+                    match batch(requests.clone()).await {
+                        Ok(answers) if answers.len() == replies.len() => {
+                            for (reply, answer) in replies.into_iter().zip(answers) {
+                                let _ = reply.send(Ok(answer));
+                            }
+                        }
+                        // Each request on its own: its own answer, or its own error.
+                        _ => {
+                            let alone = requests.into_iter().zip(replies).map(|(req, reply)| {
+                                let answer = single(req);
+                                async move {
+                                    let _ = reply.send(answer.await);
+                                }
+                            });
+                            futures_util::future::join_all(alone).await;
+                        }
+                    }
+                    drop(slot);
+                });
+            }
+        });
+        Self { queue }
+    }
+
+    /// Queues `request` and waits for its answer.
+    async fn ask(&self, request: Req) -> Result<Resp, sqlx::Error> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((request, reply))
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        answer.await.unwrap_or(Err(sqlx::Error::PoolClosed))
+    }
+}
+
+/// The batched statements of the event path. Built once per engine, on its arbiter.
+pub struct BatchedQueries {
+    loads: Batcher<i64, Option<SyncRow>>,
+    successes: Batcher<(i64, i64), Option<i64>>,
+}
+
+impl BatchedQueries {
+    /// `pool` is the durable pool (the create mark must be on disk before its `POST`);
+    /// `bookkeeping` takes the recorded successes.
+    pub fn start(pool: PgPool, bookkeeping: PgPool) -> Self {
+        let loads = {
+            let (many, one) = (pool.clone(), pool);
+            Batcher::start(
+                move |ids: Vec<i64>| {
+                    let pool = many.clone();
+                    async move {
+                        let rows = queries::load_many_marking_create(&pool, &ids).await?;
+                        let by_id: HashMap<i64, SyncRow> =
+                            rows.into_iter().map(|row| (row.id(), row)).collect();
+                        Ok(ids.iter().map(|id| by_id.get(id).cloned()).collect())
+                    }
+                },
+                move |id| {
+                    let pool = one.clone();
+                    async move { queries::load_marking_create(&pool, id).await }
+                },
+            )
+        };
+        let successes = {
+            let (many, one) = (bookkeeping.clone(), bookkeeping);
+            Batcher::start(
+                move |synced: Vec<(i64, i64)>| {
+                    let pool = many.clone();
+                    async move {
+                        let current = queries::record_many_synced(&pool, &synced).await?;
+                        let by_id: HashMap<i64, i64> = current.into_iter().collect();
+                        Ok(synced
+                            .iter()
+                            .map(|(id, _)| by_id.get(id).copied())
+                            .collect())
+                    }
+                },
+                move |(id, version)| {
+                    let pool = one.clone();
+                    async move { queries::record_synced(&pool, id, version).await }
+                },
+            )
+        };
+        Self { loads, successes }
+    }
+
+    /// [`queries::load_marking_create`], in a batch.
+    pub async fn load_marking_create(&self, id: i64) -> Result<Option<SyncRow>, sqlx::Error> {
+        self.loads.ask(id).await
+    }
+
+    /// [`queries::record_synced`], in a batch.
+    pub async fn record_synced(&self, id: i64, version: i64) -> Result<Option<i64>, sqlx::Error> {
+        self.successes.ask((id, version)).await
+    }
+}
