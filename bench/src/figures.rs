@@ -272,12 +272,17 @@ pub async fn coalescing(scale: &Scale) -> anyhow::Result<Row> {
         .await?
         .error_for_status()?;
 
-    // Round after round over every order, each change a new amount, PATCH_CLIENTS at a time.
+    // Order after order, each changed `coalesce_updates` times (each change a new amount) by
+    // PATCH_CLIENTS concurrent clients: a burst of changes to one order, as when several
+    // systems update it at once. (Round after round over all orders instead spreads one
+    // order's changes over seconds, each synced before the next arrives: nothing to coalesce.)
     let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM orders ORDER BY id")
         .fetch_all(&db.pool)
         .await?;
-    let changes: Vec<(u32, i64)> = (0..scale.coalesce_updates)
-        .flat_map(|round| ids.iter().map(move |id| (round, *id)))
+    let updates = scale.coalesce_updates;
+    let changes: Vec<(u32, i64)> = ids
+        .iter()
+        .flat_map(|id| (0..updates).map(move |round| (round, *id)))
         .collect();
     let burst = Instant::now();
     let refused = futures_util::stream::iter(changes)

@@ -71,6 +71,13 @@ pub async fn load_marking_create(pool: &PgPool, id: i64) -> Result<Option<SyncRo
 /// almost none are) made it walk `orders_live_sync_state_idx` over every pending order: 190 ms
 /// per batch of 100 on 100,000 orders, against 6 ms this way. A mark on an order changed after
 /// `current` was read is harmless: the mark says only that a create may have been sent.
+///
+/// Unprepared, unlike every other statement of the service: a cached statement's plan may turn
+/// generic, fixed by the statistics of that moment. Planned while `orders` was small (a new
+/// database, or one bulk-loaded and not yet analyzed), the generic plan of `id = ANY($1)` scans
+/// the whole table; kept as the table grew, it cost 240 full scans a second at 500 changes/s
+/// (BENCHMARKS.md, figure 3). Unprepared, each batch is planned with its own ids and walks the
+/// primary key; planning costs less than the round trip, and there is one per batch.
 pub async fn load_many_marking_create(
     pool: &PgPool,
     ids: &[i64],
@@ -91,6 +98,7 @@ pub async fn load_many_marking_create(
                 m.id IS NOT NULL AS marked_now
          FROM current c LEFT JOIN marked m ON m.id = c.id",
     )
+    .persistent(false)
     .bind(ids)
     .bind(SyncState::Pending)
     .fetch_all(pool)
@@ -121,7 +129,8 @@ pub async fn record_synced(
 
 /// [`record_synced`] for many `(id, version)` pairs in one statement (the engine's group
 /// commit, `engine::actors::batched`). Returns `(id, current version)` for each order that
-/// still exists, in no particular order.
+/// still exists, in no particular order. Unprepared, for the reason given at
+/// [`load_many_marking_create`].
 pub async fn record_many_synced(
     pool: &PgPool,
     synced: &[(i64, i64)],
@@ -138,6 +147,7 @@ pub async fn record_many_synced(
          WHERE o.id = s.id
          RETURNING o.id, o.version",
     )
+    .persistent(false)
     .bind(&ids)
     .bind(&versions)
     .bind(SyncState::Synced)
