@@ -7,6 +7,7 @@
 
 mod admin;
 mod bad_input;
+mod batched;
 mod dashboard;
 mod durability;
 mod edge;
