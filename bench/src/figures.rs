@@ -153,7 +153,7 @@ pub async fn throughput_and_memory(scale: &Scale, orders: u64) -> anyhow::Result
     let memory = Row {
         figure: "5 memory and actors",
         measured: format!(
-            "peak RSS {:.0} MiB; live actors {} at peak, {} after idle timeout ({orders} orders)",
+            "peak RSS {:.0} MiB; live actors {} at peak, {} after idle timeout ({orders} orders synced in {elapsed:.0} s)",
             peak_rss_after.max(peak_rss),
             peak_actors.load(Ordering::Relaxed),
             after_idle
