@@ -227,6 +227,15 @@ pub struct Settings {
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: Bounded<1_024, 67_108_864>,
+    /// Call attempts kept per order in the attempt log (the newest); 0 turns the log off.
+    #[serde(default = "defaults::attempts_kept_per_order")]
+    pub attempts_kept_per_order: Bounded<0, 10_000>,
+    /// Attempts older than this many days are pruned from the attempt log.
+    #[serde(default = "defaults::attempts_retention_days")]
+    pub attempts_retention_days: Bounded<1, 3_650>,
+    /// How often the attempt log is pruned.
+    #[serde(default = "defaults::attempts_prune_interval_secs")]
+    pub attempts_prune_interval_secs: Bounded<1, 86_400>,
 }
 
 mod defaults {
@@ -312,6 +321,17 @@ mod defaults {
     pub fn max_body_bytes() -> Bounded<1_024, 67_108_864> {
         Bounded::in_range(64 * 1024)
     }
+    /// Sidekiq Web shows a job's last error; Svix keeps every attempt. 20 covers the quick
+    /// retries of several delayed retries.
+    pub fn attempts_kept_per_order() -> Bounded<0, 10_000> {
+        Bounded::in_range(20)
+    }
+    pub fn attempts_retention_days() -> Bounded<1, 3_650> {
+        Bounded::in_range(7)
+    }
+    pub fn attempts_prune_interval_secs() -> Bounded<1, 86_400> {
+        Bounded::in_range(60)
+    }
 }
 
 /// What each component needs, in its own units: the one place a setting's number becomes a
@@ -376,6 +396,15 @@ impl Settings {
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs.get())
     }
+
+    /// How the attempt log is kept.
+    pub fn attempt_retention(&self) -> crate::engine::attempt_pruner::AttemptRetention {
+        crate::engine::attempt_pruner::AttemptRetention {
+            kept_per_order: self.attempts_kept_per_order.get(),
+            max_age: Duration::from_secs(self.attempts_retention_days.get() * 24 * 3600),
+            every: Duration::from_secs(self.attempts_prune_interval_secs.get()),
+        }
+    }
 }
 
 impl fmt::Debug for Settings {
@@ -415,6 +444,12 @@ impl fmt::Debug for Settings {
             .field("role", &self.role)
             .field("sync_engine", &self.sync_engine)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("attempts_kept_per_order", &self.attempts_kept_per_order)
+            .field("attempts_retention_days", &self.attempts_retention_days)
+            .field(
+                "attempts_prune_interval_secs",
+                &self.attempts_prune_interval_secs,
+            )
             .finish()
     }
 }
@@ -730,6 +765,9 @@ mod tests {
             ("MAX_BODY_BYTES", "1024"),
             ("SHARDS", "1"),
             ("SHARD_LEASE_MS", "2002"),
+            ("ATTEMPTS_KEPT_PER_ORDER", "0"),
+            ("ATTEMPTS_RETENTION_DAYS", "1"),
+            ("ATTEMPTS_PRUNE_INTERVAL_SECS", "1"),
         ];
         let highest = [
             ("PORT", "65535"),
@@ -749,6 +787,9 @@ mod tests {
             ("MAX_BODY_BYTES", "67108864"),
             ("SHARDS", "1024"),
             ("SHARD_LEASE_MS", "3600000"),
+            ("ATTEMPTS_KEPT_PER_ORDER", "10000"),
+            ("ATTEMPTS_RETENTION_DAYS", "3650"),
+            ("ATTEMPTS_PRUNE_INTERVAL_SECS", "86400"),
         ];
         for ends in [lowest, highest] {
             if let Err(err) = Settings::from_vars(vars(&ends)) {

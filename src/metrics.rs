@@ -20,6 +20,21 @@ use crate::external::CallError;
 const LAG_WINDOW: Duration = Duration::from_secs(60);
 const LAG_SAMPLES: usize = 10_000;
 
+/// How often the chart's history takes a point, and how many it keeps: the last 15 minutes.
+pub const HISTORY_EVERY: Duration = Duration::from_secs(5);
+const HISTORY_POINTS: usize = 180;
+
+/// One point of the dashboard chart's history.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct HistoryPoint {
+    /// When the point was taken, in milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// Calls that succeeded and were recorded per second, on this instance, since the last point.
+    pub synced_per_sec: f64,
+    /// Lag p95 in milliseconds over the same interval (0 with no sample).
+    pub lag_p95_ms: u64,
+}
+
 /// Lag percentiles over the recent window, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct LagSummary {
@@ -65,9 +80,13 @@ pub struct SyncMetrics {
     pub republished: IntCounter,
     /// Engine tasks started again after they ended unexpectedly.
     pub engine_task_restarts: IntCounter,
+    /// Attempts deleted from the attempt log by its pruner.
+    pub attempts_pruned: IntCounter,
     calls: IntCounterVec,
     lag: Histogram,
     lag_window: Mutex<VecDeque<(Instant, Duration)>>,
+    /// The chart's last 15 minutes, and the synced count at the last point.
+    history: Mutex<(VecDeque<HistoryPoint>, u64, Instant)>,
     // Set at scrape time.
     pub throttle_tokens: Gauge,
     pub throttle_waiters: IntGauge,
@@ -83,6 +102,8 @@ pub struct SyncMetrics {
     pub live_instances: IntGauge,
     pub outbox_rows: IntGauge,
     pub orders: IntGaugeVec,
+    /// 1 while the sync engine runs (or relays, with `ROLE=api`); 0 when it failed or is off.
+    pub engine_up: IntGauge,
 }
 
 impl Default for SyncMetrics {
@@ -220,6 +241,11 @@ impl SyncMetrics {
                 "engine_task_restarts_total",
                 "Engine tasks started again after they ended unexpectedly.",
             ),
+            attempts_pruned: counter(
+                &r,
+                "attempts_pruned_total",
+                "Call attempts deleted from the attempt log (ATTEMPTS_KEPT_PER_ORDER, ATTEMPTS_RETENTION_DAYS).",
+            ),
             events_in_flight: gauge(
                 &r,
                 "events_in_flight",
@@ -228,6 +254,7 @@ impl SyncMetrics {
             calls,
             lag,
             lag_window: Mutex::new(VecDeque::new()),
+            history: Mutex::new((VecDeque::new(), 0, Instant::now())),
             throttle_tokens: float_gauge(
                 &r,
                 "throttle_tokens",
@@ -279,13 +306,18 @@ impl SyncMetrics {
                 "Orders by sync state (pending, retrying, dead).",
                 "sync_state",
             ),
+            engine_up: gauge(
+                &r,
+                "engine_up",
+                "1 while the sync engine runs (ROLE=api: while it relays); 0 when it failed or is off.",
+            ),
             registry: r,
         }
     }
 
-    pub fn record_call(&self, verb: &'static str, result: &Result<(), CallError>) {
+    pub fn record_call<T>(&self, verb: &'static str, result: &Result<T, CallError>) {
         let class = match result {
-            Ok(()) => "2xx",
+            Ok(_) => "2xx",
             Err(CallError::Status { status, .. }) if *status < 500 => "4xx",
             Err(CallError::Status { .. }) => "5xx",
             Err(CallError::Abandoned) => return,
@@ -357,6 +389,57 @@ impl SyncMetrics {
         }
     }
 
+    /// Takes the chart's next point (every [`HISTORY_EVERY`], by [`keep_history`]).
+    pub fn take_history_point(&self) {
+        let synced = self.synced.get();
+        let lag_p95_ms = self.lag_p95_within(HISTORY_EVERY);
+        let Ok(mut history) = self.history.lock() else {
+            return;
+        };
+        let (points, last_synced, last_at) = &mut *history;
+        let seconds = last_at.elapsed().as_secs_f64();
+        let synced_per_sec = if seconds > 0.0 {
+            synced.saturating_sub(*last_synced) as f64 / seconds
+        } else {
+            0.0
+        };
+        if points.len() == HISTORY_POINTS {
+            points.pop_front();
+        }
+        points.push_back(HistoryPoint {
+            at_ms: chrono::Utc::now().timestamp_millis(),
+            synced_per_sec: (synced_per_sec * 100.0).round() / 100.0,
+            lag_p95_ms,
+        });
+        *last_synced = synced;
+        *last_at = Instant::now();
+    }
+
+    /// The chart's points, oldest first: up to the last 15 minutes.
+    pub fn history(&self) -> Vec<HistoryPoint> {
+        self.history
+            .lock()
+            .map(|history| history.0.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Lag p95 in milliseconds over the samples of the last `within` (0 with none).
+    fn lag_p95_within(&self, within: Duration) -> u64 {
+        let mut samples: Vec<u64> = match self.lag_window.lock() {
+            Ok(window) => window
+                .iter()
+                .filter(|(at, _)| at.elapsed() <= within)
+                .map(|(_, lag)| lag.as_millis() as u64)
+                .collect(),
+            Err(_) => return 0,
+        };
+        if samples.is_empty() {
+            return 0;
+        }
+        samples.sort_unstable();
+        samples[((samples.len() - 1) as f64 * 0.95).round() as usize]
+    }
+
     /// Every metric in the Prometheus text format.
     pub fn prometheus_text(&self) -> String {
         let mut buffer = Vec::new();
@@ -365,5 +448,22 @@ impl SyncMetrics {
             tracing::error!(error = %error, "cannot encode metrics");
         }
         String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+/// Takes a point of the chart's history every [`HISTORY_EVERY`] until shutdown, so the dashboard
+/// opens on the last 15 minutes rather than on an empty chart.
+pub async fn keep_history(
+    metrics: std::sync::Arc<SyncMetrics>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut every = tokio::time::interval(HISTORY_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = every.tick() => metrics.take_history_point(),
+            _ = shutdown.cancelled() => return,
+        }
     }
 }

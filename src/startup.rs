@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, edge, ApiError, AppState};
 use crate::config::{redact_url, Settings};
 use crate::db;
+use crate::engine::actors::attempt_log::CallsInFlight;
 use crate::engine::actors::throttle::Throttle;
 use crate::engine::actors::{BatchedQueries, SyncDeps};
 use crate::engine::backlog::dispatcher::InFlight;
@@ -126,6 +127,7 @@ impl Application {
                 .map_err(database_error)?;
         // The trusted roots are read here, once; every call's handshake shares them.
         let tls = crate::external::tls::client_config()?;
+        let calls_in_flight = CallsInFlight::default();
         let deps = Rc::new(SyncDeps {
             pool: pool.clone(),
             bookkeeping: bookkeeping.clone(),
@@ -141,6 +143,8 @@ impl Application {
             leases: leases.clone(),
             retry: settings.retry_policy(),
             metrics: metrics.clone(),
+            calls_in_flight: calls_in_flight.clone(),
+            attempt_log_on: settings.attempt_retention().kept_per_order > 0,
             shutdown: shutdown.clone(),
         });
         let role = settings.role;
@@ -166,6 +170,7 @@ impl Application {
                 max_in_flight_events: settings.max_in_flight_events(),
                 order_actor_idle: settings.order_actor_idle(),
                 reconcile_quiet: settings.reconcile_quiet(),
+                attempt_retention: settings.attempt_retention(),
                 relay_only: !role.syncs(),
                 shutdown: shutdown.clone(),
             }))
@@ -215,7 +220,13 @@ impl Application {
             engine: engine_state.clone(),
             keys,
             started_at: std::time::Instant::now(),
+            calls_in_flight,
+            delayed_retry_limit: settings.retry_policy().delayed_limit,
         });
+        actix_rt::spawn(crate::metrics::keep_history(
+            state.metrics.clone(),
+            shutdown.clone(),
+        ));
         if settings.api_tokens.is_empty() {
             tracing::warn!("API_TOKENS is unset: the orders and metrics routes are open to anyone who can reach the port (set it, or ORDER_SYNC_ENV=production to require it)");
         }

@@ -8,6 +8,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261126_000001_create_orders;
 mod m20261126_000002_create_outbox;
 mod m20261127_000003_create_inbound_webhooks;
+mod m20261128_000004_create_sync_attempts;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_create_orders::Migration),
             Box::new(m20261126_000002_create_outbox::Migration),
             Box::new(m20261127_000003_create_inbound_webhooks::Migration),
+            Box::new(m20261128_000004_create_sync_attempts::Migration),
         ]
     }
 }
@@ -41,6 +43,7 @@ mod tests {
                 "m20261126_000001_create_orders",
                 "m20261126_000002_create_outbox",
                 "m20261127_000003_create_inbound_webhooks",
+                "m20261128_000004_create_sync_attempts",
             ]
         );
     }

@@ -26,8 +26,8 @@ INSERT INTO outbox (order_id, version, action)
 SELECT id, version, 'create' FROM created WHERE $11
 "#;
 
-/// Empties the orders table and its outbox rows, as the reference's `Order.delete_all` (which
-/// sent no delete syncs either). Returns how many orders there were.
+/// Empties the orders table, its outbox rows and its attempt log, as the reference's
+/// `Order.delete_all` (which sent no delete syncs either). Returns how many orders there were.
 pub async fn delete_all_orders(pool: &PgPool) -> anyhow::Result<u64> {
     let mut txn = pool.begin().await?;
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE deleted_at IS NULL")
@@ -35,7 +35,7 @@ pub async fn delete_all_orders(pool: &PgPool) -> anyhow::Result<u64> {
         .await?;
     // TRUNCATE, not DELETE: a million rows go in milliseconds. Ids keep growing (no RESTART
     // IDENTITY) so events still in Redis can never be mistaken for a new order's.
-    sqlx::query("TRUNCATE orders, outbox")
+    sqlx::query("TRUNCATE orders, outbox, sync_attempts")
         .execute(&mut *txn)
         .await?;
     txn.commit().await?;

@@ -120,17 +120,15 @@ function renderDetails(m) {
     smallTable(["instance", "shards", "heartbeat expires in"], instances, "No instance syncs"));
 }
 
-// ---- chart -----------------------------------------------------------------
-const samples = [];            // [{rate, lag}], the last 60
-let lastSynced = null, lastAt = 0;
+// ---- chart: the server keeps the last 15 minutes (GET /metrics/history) ----
+const WINDOW_MS = 15 * 60 * 1000;
+let history = [];              // [{at_ms, synced_per_sec, lag_p95_ms}], oldest first
 
-function addSample(m) {
-  const synced = num(m.events?.synced), now = performance.now();
-  let rate = 0;
-  if (lastSynced !== null && now > lastAt) rate = Math.max(0, (synced - lastSynced) / ((now - lastAt) / 1000));
-  lastSynced = synced; lastAt = now;
-  samples.push({ rate, lag: num(m.lag_ms?.p95) });
-  if (samples.length > 60) samples.shift();
+async function loadHistory() {
+  try {
+    const r = await request("/metrics/history", { headers: apiHeaders() });
+    if (r.ok && Array.isArray(r.body?.points)) history = r.body.points;
+  } catch (_) { /* the metrics loop reports an unreachable service */ }
 }
 
 // Rounds up to 1, 2 or 5 times a power of ten, so axis labels stay tidy.
@@ -152,8 +150,11 @@ function drawChart() {
   const L = 44, R = w - 48, T = 8, B = h - 22;
   const css = getComputedStyle(document.documentElement);
   const blue = css.getPropertyValue("--blue").trim(), violet = css.getPropertyValue("--violet").trim();
-  const maxRate = niceMax(Math.max(0, ...samples.map((s) => s.rate)));
-  const maxLag = niceMax(Math.max(0, ...samples.map((s) => s.lag)));
+  const now = Date.now(), from = now - WINDOW_MS;
+  const points = history.filter((p) => num(p?.at_ms) >= from)
+    .map((p) => ({ at: num(p.at_ms), rate: num(p.synced_per_sec), lag: num(p.lag_p95_ms) }));
+  const maxRate = niceMax(Math.max(0, ...points.map((p) => p.rate)));
+  const maxLag = niceMax(Math.max(0, ...points.map((p) => p.lag)));
   const fmt = (v) => (v >= 10 || Number.isInteger(v) ? String(Math.round(v)) : v.toFixed(1));
 
   // grid lines and both y-axis scales
@@ -166,16 +167,15 @@ function drawChart() {
     ctx.fillStyle = violet; ctx.textAlign = "left"; ctx.fillText(fmt(maxLag * i / 4), R + 6, y);
   }
   ctx.fillStyle = "#6b7785"; ctx.textBaseline = "alphabetic";
-  ctx.textAlign = "left"; ctx.fillText("2 min ago", L, h - 4);
+  ctx.textAlign = "left"; ctx.fillText("15 min ago", L, h - 4);
   ctx.textAlign = "right"; ctx.fillText("now", R, h - 4);
 
-  // one line per series; samples are right-aligned so "now" is always at the right edge
-  const step = (R - L) / 59;
+  // one line per series, each point at its time: "now" is the right edge
   const line = (key, max, color) => {
-    if (!samples.length) return;
+    if (!points.length) return;
     ctx.strokeStyle = color; ctx.lineWidth = 2; ctx.lineJoin = "round"; ctx.beginPath();
-    samples.forEach((s, i) => {
-      const x = R - (samples.length - 1 - i) * step, y = B - (B - T) * Math.min(s[key] / max, 1);
+    points.forEach((p, i) => {
+      const x = L + (R - L) * (p.at - from) / WINDOW_MS, y = B - (B - T) * Math.min(p[key] / max, 1);
       i ? ctx.lineTo(x, y) : ctx.moveTo(x, y);
     });
     ctx.stroke();
@@ -229,7 +229,8 @@ async function loadMetrics() {
   status.textContent = `updated ${clock(new Date())}`;
   status.className = "ok"; status.title = "";
   // a rendering bug must not stop the loop or pass for a network error
-  try { renderCards(m); renderDetails(m); addSample(m); drawChart(); } catch (e) { console.error(e); }
+  await loadHistory();
+  try { renderCards(m); renderDetails(m); drawChart(); } catch (e) { console.error(e); }
 }
 
 // ---- admin: failed orders --------------------------------------------------
@@ -279,7 +280,7 @@ function renderOrders(orders, more) {
   const rows = orders.map((o) => {
     const id = int(o?.id), state = String(o?.state ?? "?"), err = String(o?.last_error ?? "");
     return el("tr", { "data-order-id": id },
-      el("td", { class: "id", text: id }),
+      el("td", { class: "id" }, el("a", { class: "order-link", href: `#order=${id}`, text: id })),
       el("td", {}, el("span", { class: `pill ${state}`, text: state })),
       el("td", { class: "n", text: int(o?.attempts) }),
       el("td", { class: "err", title: err, text: err || "—" }),
@@ -337,6 +338,12 @@ async function act(key, method, path, describe) {
 }
 
 $("#failed-orders tbody").addEventListener("click", (ev) => {
+  const link = ev.target.closest("a.order-link");
+  if (link) {
+    ev.preventDefault();
+    lookUp(link.textContent).then(() => $("#lookup").scrollIntoView());
+    return;
+  }
   const btn = ev.target.closest("button[data-order-id]");
   if (!btn || btn.disabled) return;
   const id = btn.dataset.orderId;
@@ -363,6 +370,87 @@ function saveToken() {
 $("#save-token").addEventListener("click", saveToken);
 $("#admin-token").addEventListener("keydown", (ev) => { if (ev.key === "Enter") saveToken(); });
 
+// ---- order lookup: the sync explanation, the order, its attempts as a timeline ----
+let lookedUp = null, olderCursor = null, expanded = false;
+
+function lookupMessage(text) { $("#lookup-message").textContent = text; }
+
+function attemptItem(a) {
+  const ok = a?.outcome === "ok";
+  const status = a?.http_status != null ? String(a.http_status)
+    : a?.outcome === "timeout" ? "timed out" : "no answer";
+  return el("li", { class: ok ? "ok" : "failed", "data-attempt-id": int(a?.id) },
+    el("div", { class: "when", text: `${formatWhen(a?.attempted_at)} · ${int(a?.duration_ms)} ms · ${String(a?.instance ?? "")}` }),
+    el("div", { class: "what", text: `${String(a?.verb ?? "?")} version ${int(a?.version)} → ${status}` }),
+    el("div", { class: "excerpt", title: String(a?.excerpt ?? ""), text: String(a?.excerpt ?? "") }));
+}
+
+function showAttempts(page, append) {
+  const items = (Array.isArray(page?.attempts) ? page.attempts : []).map(attemptItem);
+  if (append) $("#lookup-timeline").append(...items); else $("#lookup-timeline").replaceChildren(...items);
+  olderCursor = page?.next_cursor ?? null;
+  $("#lookup-older").classList.toggle("hidden", olderCursor == null);
+  $("#lookup-no-attempts").classList.toggle("hidden", $("#lookup-timeline").children.length > 0);
+}
+
+async function lookUp(rawId) {
+  const id = String(rawId ?? "").trim();
+  if (!/^[1-9][0-9]{0,18}$/.test(id)) { lookupMessage("An order id is a positive whole number"); return; }
+  if (lookedUp !== id) expanded = false;
+  lookedUp = id; if (document.activeElement !== $("#lookup-id")) $("#lookup-id").value = id; lookupMessage("");
+  if (location.hash !== `#order=${id}`) history_replace(`#order=${id}`);
+  const path = (p) => `/orders/${encodeURIComponent(id)}${p}`;
+  try {
+    const [sync, order, attempts] = await Promise.all([
+      request(path("/sync"), { headers: apiHeaders() }),
+      request(path(""), { headers: apiHeaders() }),
+      request(path("/attempts?per_page=20"), { headers: apiHeaders() }),
+    ]);
+    if (lookedUp !== id) return;           // another lookup started meanwhile
+    if (!sync.ok) {
+      $("#lookup-result").classList.add("hidden");
+      lookupMessage(sync.status === 404 ? `No order ${id}` : `${sync.body?.error?.message || "Lookup failed"} (${sync.status})`);
+      return;
+    }
+    $("#lookup-hint").classList.add("hidden");
+    const line = $("#lookup-explanation");
+    line.textContent = `Order ${id}: ${String(sync.body?.explanation ?? "")}`;
+    line.className = String(sync.body?.state ?? "");
+    const f = sync.body?.facts ?? {}, o = order.ok ? order.body : null;
+    fillKv($("#lookup-order"), [
+      ["sync state", String(sync.body?.state ?? "?")],
+      ["version / synced", `${f.version ?? "—"} / ${f.synced_version ?? "—"}`],
+      ["failed attempts", String(f.failed_attempts ?? "—")],
+      ["next attempt", formatWhen(f.next_attempt_at)],
+      ["synced at", formatWhen(f.synced_at)], null,
+      ["status", String(o?.status ?? (f.deleted ? "deleted" : "—"))],
+      ["amount / tax", o ? `${int(o.amount)} / ${int(o.tax)}` : "—"],
+      ["city", String(o?.city ?? "—")],
+      ["updated", formatWhen(f.updated_at)],
+    ]);
+    showAttempts(attempts.ok ? attempts.body : null, false);
+    $("#lookup-result").classList.remove("hidden");
+  } catch (e) {
+    lookupMessage(`Cannot reach the service: ${e?.message ?? e}`);
+  }
+}
+
+async function loadOlderAttempts() {
+  if (lookedUp == null || olderCursor == null) return;
+  const r = await request(`/orders/${encodeURIComponent(lookedUp)}/attempts?per_page=20&cursor=${encodeURIComponent(olderCursor)}`,
+    { headers: apiHeaders() }).catch(() => null);
+  if (r?.ok) { expanded = true; showAttempts(r.body, true); }
+}
+
+function history_replace(hash) { try { window.history.replaceState(null, "", hash); } catch (_) { location.hash = hash; } }
+const hashOrder = () => (/^#order=(\d+)$/.exec(location.hash) || [])[1];
+
+$("#lookup-go").addEventListener("click", () => lookUp($("#lookup-id").value));
+$("#lookup-id").addEventListener("keydown", (ev) => { if (ev.key === "Enter") lookUp($("#lookup-id").value); });
+$("#lookup-older").addEventListener("click", loadOlderAttempts);
+window.addEventListener("hashchange", () => { const id = hashOrder(); if (id) { lookUp(id); $("#lookup").scrollIntoView(); } });
+if (hashOrder()) lookUp(hashOrder());
+
 // ---- refresh loop: one refresh at a time, every 2 s ------------------------
 let timer = null, running = false, again = false;
 
@@ -373,6 +461,8 @@ async function refresh() {
   try {
     await loadMetrics();
     await loadAdmin();
+    // the order looked up follows its sync, unless older attempts were opened
+    if (lookedUp != null && !expanded) await lookUp(lookedUp);
   } finally {
     running = false;
     if (again) { again = false; refresh(); } else timer = setTimeout(refresh, 2000);

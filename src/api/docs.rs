@@ -8,7 +8,7 @@ use actix_web::{web, HttpResponse};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, health, inbound, metrics, orders};
+use super::{admin, health, inbound, metrics, orders, sync_view};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,16 +23,19 @@ use super::{admin, health, inbound, metrics, orders};
         orders::replace_order,
         orders::patch_order,
         orders::delete_order,
+        sync_view::list_attempts,
+        sync_view::explain_sync,
         inbound::update_from_inbound,
         health::check_health,
         metrics::actor_metrics,
         metrics::prometheus_metrics,
+        metrics::metrics_history,
         admin::list_failed_orders,
         admin::retry_order,
         admin::retry_all_dead,
         admin::discard_order,
     ),
-    components(schemas(orders::OrderIn, orders::OrderOut, orders::SyncOut, orders::OrderPageOut, super::ErrorBody)),
+    components(schemas(orders::OrderIn, orders::OrderOut, orders::SyncOut, orders::OrderPageOut, sync_view::AttemptPageOut, sync_view::SyncExplanationOut, metrics::HistoryOut, super::ErrorBody)),
     modifiers(&AdminToken),
     tags(
         (name = "orders", description = "Orders; every change is synced to the external API"),

@@ -113,6 +113,11 @@ fn record(state: &AppState, g: &Gathered) {
     for &(state, count) in &g.orders {
         m.orders.with_label_values(&[state.as_str()]).set(count);
     }
+    let engine_up = matches!(
+        *state.engine.borrow(),
+        crate::engine::EngineState::Running | crate::engine::EngineState::RelayOnly
+    );
+    m.engine_up.set(i64::from(engine_up));
 }
 
 #[utoipa::path(get, path = "/metrics/actors", tag = "operations",
@@ -178,4 +183,22 @@ pub async fn prometheus_metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.prometheus_text())
+}
+
+/// The chart's history (`GET /metrics/history`).
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct HistoryOut {
+    /// Seconds between points.
+    pub every_secs: u64,
+    /// Oldest first: up to the last 15 minutes.
+    pub points: Vec<crate::metrics::HistoryPoint>,
+}
+
+#[utoipa::path(get, path = "/metrics/history", tag = "operations",
+    responses((status = 200, body = HistoryOut, description = "This instance's throughput and lag over the last 15 minutes, a point every 5 s (the dashboard's chart)")))]
+pub async fn metrics_history(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(HistoryOut {
+        every_secs: crate::metrics::HISTORY_EVERY.as_secs(),
+        points: state.metrics.history(),
+    })
 }

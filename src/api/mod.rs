@@ -11,6 +11,7 @@ mod health;
 mod inbound;
 mod metrics;
 mod orders;
+mod sync_view;
 pub mod webhook;
 
 pub use docs::ApiDoc;
@@ -61,6 +62,10 @@ pub struct AppState {
     pub engine: tokio::sync::watch::Receiver<crate::engine::EngineState>,
     pub keys: Keys,
     pub started_at: std::time::Instant,
+    /// The calls this instance is making, for `GET /orders/{id}/sync`.
+    pub calls_in_flight: crate::engine::actors::attempt_log::CallsInFlight,
+    /// `DELAYED_RETRY_LIMIT`, for `GET /orders/{id}/sync`.
+    pub delayed_retry_limit: u32,
 }
 
 impl AppState {
@@ -82,6 +87,7 @@ impl AppState {
 pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize, role: Role) {
     cfg.route("/health", web::get().to(health::check_health))
         .route("/metrics/actors", web::get().to(metrics::actor_metrics))
+        .route("/metrics/history", web::get().to(metrics::metrics_history))
         .route("/metrics", web::get().to(metrics::prometheus_metrics));
     if !role.serves_api() {
         return;
@@ -116,6 +122,16 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize, role: Role
             .route(web::put().to(orders::replace_order))
             .route(web::patch().to(orders::patch_order))
             .route(web::delete().to(orders::delete_order))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/orders/{id}/attempts")
+            .route(web::get().to(sync_view::list_attempts))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/orders/{id}/sync")
+            .route(web::get().to(sync_view::explain_sync))
             .default_service(web::to(method_not_allowed)),
     )
     .service(

@@ -4,6 +4,7 @@
 //! of the service is in this module.
 
 pub mod admin;
+pub mod attempts;
 pub mod entity;
 mod orders;
 pub mod outbox;

@@ -1,6 +1,6 @@
 //! The sync engine as one thing that owns its tasks: the outbox relay, the dispatcher and its
-//! acknowledger, the scheduler (delayed retries and the reconciler) and the progress log, next
-//! to the actors (supervisor, order actors, throttle) they feed.
+//! acknowledger, the scheduler (delayed retries and the reconciler), the attempt log's pruner and
+//! the progress log, next to the actors (supervisor, order actors, throttle) they feed.
 //!
 //! Each task is watched. One that ends while the service is not shutting down (a panic, or a
 //! return it should never make) is logged and started again after a backoff (0.1 s doubling to
@@ -31,6 +31,7 @@
 //! that ends it with a panic when it (re)starts; the tests use it.
 
 pub mod actors;
+pub mod attempt_pruner;
 pub mod backlog;
 pub mod cluster;
 
@@ -105,6 +106,7 @@ pub struct EngineParts {
     pub max_in_flight_events: usize,
     pub order_actor_idle: Duration,
     pub reconcile_quiet: Duration,
+    pub attempt_retention: attempt_pruner::AttemptRetention,
     /// `ROLE=api`: run the relay alone (no leases, no reads, no calls).
     pub relay_only: bool,
     pub shutdown: CancellationToken,
@@ -182,6 +184,22 @@ impl SyncEngine {
                     parts.shutdown.clone(),
                 );
                 Box::new(move || Box::pin(scheduler.clone().run()))
+            }),
+            ("attempt-pruner", {
+                let (pool, retention, metrics, shutdown) = (
+                    parts.bookkeeping.clone(),
+                    parts.attempt_retention,
+                    parts.metrics.clone(),
+                    parts.shutdown.clone(),
+                );
+                Box::new(move || {
+                    Box::pin(attempt_pruner::keep_pruning(
+                        pool.clone(),
+                        retention,
+                        metrics.clone(),
+                        shutdown.clone(),
+                    ))
+                })
             }),
             ("progress-log", {
                 let (metrics, in_flight, redis, keys, shutdown) = (

@@ -48,6 +48,17 @@ impl ExternalCall {
     }
 }
 
+/// The most characters of an answer's body an attempt keeps (`crate::db::attempts`).
+pub const EXCERPT_CHARS: usize = 300;
+
+/// A successful call's answer, as the attempt log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    /// The start of the body, cleaned ([`clean_error_text`], at most [`EXCERPT_CHARS`]).
+    pub excerpt: String,
+}
+
 /// Why a call did not succeed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
@@ -138,7 +149,7 @@ impl ExternalClient {
 
     /// Makes one call, within `EXTERNAL_TIMEOUT_MS` from the first byte sent to the last byte
     /// read. A `DELETE` answered 404 is a success: the order is already gone.
-    pub async fn send(&self, call: &ExternalCall) -> Result<(), CallError> {
+    pub async fn send(&self, call: &ExternalCall) -> Result<Answer, CallError> {
         // Dropping the call on timeout drops its connection too, so nothing of it lingers.
         tokio::time::timeout(self.timeout, self.exchange(call))
             .await
@@ -146,7 +157,7 @@ impl ExternalClient {
     }
 
     /// The request and the reading of its answer, unbounded in time: [`Self::send`] bounds it.
-    async fn exchange(&self, call: &ExternalCall) -> Result<(), CallError> {
+    async fn exchange(&self, call: &ExternalCall) -> Result<Answer, CallError> {
         let request = match call {
             ExternalCall::Create(_) => self.http.post(format!("{}/v1/orders", self.base)),
             ExternalCall::Update(order) => self
@@ -183,9 +194,16 @@ impl ExternalClient {
         if status.is_success()
             || (matches!(call, ExternalCall::Delete { .. }) && status == StatusCode::NOT_FOUND)
         {
-            // What a success says is not used; it is read only so the connection can be reused.
-            let _ = read_at_most(&mut response, MAX_SUCCESS_BODY_BYTES).await;
-            return Ok(());
+            // What a success says is not acted on: its start is kept for the attempt log, and it
+            // is read to the end (within a bound) so the connection can be reused.
+            let body = read_at_most(&mut response, MAX_SUCCESS_BODY_BYTES)
+                .await
+                .unwrap_or_default();
+            let start = &body[..body.len().min(4 * EXCERPT_CHARS)];
+            return Ok(Answer {
+                status: status.as_u16(),
+                excerpt: clean_error_text(&String::from_utf8_lossy(start), EXCERPT_CHARS),
+            });
         }
         let retry_after = response
             .headers()

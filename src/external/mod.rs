@@ -10,5 +10,5 @@ pub mod payload;
 pub mod tls;
 pub mod untrusted;
 
-pub use client::{CallError, ExternalCall, ExternalClient};
+pub use client::{Answer, CallError, ExternalCall, ExternalClient, EXCERPT_CHARS};
 pub use untrusted::{clean_error_text, parse_retry_after};

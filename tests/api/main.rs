@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod admin;
+mod attempts;
 mod bad_input;
 mod batched;
 mod dashboard;

@@ -1,5 +1,6 @@
-//! The engine's two per-event statements, batched: reading an order as its actor needs it (and
-//! marking a create as sent), and recording a successful call. Each order actor still asks for
+//! The engine's per-event statements, batched: reading an order as its actor needs it (and
+//! marking a create as sent), recording a successful call, and writing the attempt log
+//! (`crate::db::attempts`). Each order actor still asks for
 //! its own row and records its own outcome, one event at a time; what it asks is queued, and a
 //! task sends everything that queued while the previous batch was on its way as one statement
 //! (`WHERE id = ANY($1)`, `UPDATE … FROM unnest(…)`). One round trip and one commit then serve
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::db::attempts::{self, NewAttempt};
 use crate::db::sync::{self as queries, SyncRow};
 
 /// Most requests in one statement.
@@ -86,13 +88,17 @@ impl<Req: Clone + 'static, Resp: 'static> Batcher<Req, Resp> {
         Self { queue }
     }
 
-    /// Queues `request` and waits for its answer.
-    async fn ask(&self, request: Req) -> Result<Resp, sqlx::Error> {
+    /// Queues `request` at once, and returns its answer to wait for.
+    fn ask(
+        &self,
+        request: Req,
+    ) -> impl Future<Output = Result<Resp, sqlx::Error>> + use<Req, Resp> {
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .send((request, reply))
-            .map_err(|_| sqlx::Error::PoolClosed)?;
-        answer.await.unwrap_or(Err(sqlx::Error::PoolClosed))
+        let queued = self.queue.send((request, reply));
+        async move {
+            queued.map_err(|_| sqlx::Error::PoolClosed)?;
+            answer.await.unwrap_or(Err(sqlx::Error::PoolClosed))
+        }
     }
 }
 
@@ -100,12 +106,31 @@ impl<Req: Clone + 'static, Resp: 'static> Batcher<Req, Resp> {
 pub struct BatchedQueries {
     loads: Batcher<i64, Option<SyncRow>>,
     successes: Batcher<(i64, i64), Option<i64>>,
+    /// The attempts of one call each.
+    attempts: Batcher<Vec<NewAttempt>, ()>,
 }
 
 impl BatchedQueries {
     /// `pool` is the durable pool (the create mark must be on disk before its `POST`);
-    /// `bookkeeping` takes the recorded successes.
+    /// `bookkeeping` takes the recorded successes and the attempt log.
     pub fn start(pool: PgPool, bookkeeping: PgPool) -> Self {
+        let attempts = {
+            let (many, one) = (bookkeeping.clone(), bookkeeping.clone());
+            Batcher::start(
+                move |calls: Vec<Vec<NewAttempt>>| {
+                    let pool = many.clone();
+                    async move {
+                        let rows: Vec<NewAttempt> = calls.iter().flatten().cloned().collect();
+                        attempts::insert_many(&pool, &rows).await?;
+                        Ok(vec![(); calls.len()])
+                    }
+                },
+                move |call: Vec<NewAttempt>| {
+                    let pool = one.clone();
+                    async move { attempts::insert_many(&pool, &call).await }
+                },
+            )
+        };
         let loads = {
             let (many, one) = (pool.clone(), pool);
             Batcher::start(
@@ -144,7 +169,11 @@ impl BatchedQueries {
                 },
             )
         };
-        Self { loads, successes }
+        Self {
+            loads,
+            successes,
+            attempts,
+        }
     }
 
     /// [`queries::load_marking_create`], in a batch.
@@ -155,5 +184,19 @@ impl BatchedQueries {
     /// [`queries::record_synced`], in a batch.
     pub async fn record_synced(&self, id: i64, version: i64) -> Result<Option<i64>, sqlx::Error> {
         self.successes.ask((id, version)).await
+    }
+
+    /// Queues the attempts of one call for the attempt log at once; the returned future ends
+    /// when they are written. The log is not state: a batch that cannot be written is reported
+    /// and dropped, never retried in the event's way.
+    pub fn log_attempts(&self, call: Vec<NewAttempt>) -> impl Future<Output = ()> + use<> {
+        let order_id = call.first().map(|a| a.order_id);
+        let written = (!call.is_empty()).then(|| self.attempts.ask(call));
+        async move {
+            let Some(written) = written else { return };
+            if let Err(error) = written.await {
+                tracing::warn!(order_id, error = %error, "cannot write the attempt log; these attempts are not recorded");
+            }
+        }
     }
 }

@@ -2,16 +2,24 @@
 //! tokio-retry), each attempt with its own slot and token from the throttle, and the delayed
 //! retry schedule (Sidekiq's) for when the quick ones are used up.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
 use tokio_retry::strategy::{jitter, ExponentialBackoff};
 use tokio_retry::RetryIf;
 
+use super::attempt_log::{attempt_row, CallInFlight};
 use super::deps::SyncDeps;
 use super::throttle::CallPermit;
+use crate::db::attempts::NewAttempt;
 use crate::engine::cluster::leases::Fence;
-use crate::external::{CallError, ExternalCall};
+use crate::external::{Answer, CallError, ExternalCall};
+
+/// A call's result, and every attempt it took (for the attempt log).
+pub(crate) struct CallReport {
+    pub result: Result<Answer, CallError>,
+    pub attempts: Vec<NewAttempt>,
+}
 
 /// Makes the call, retrying quickly (exponential backoff with jitter) what may pass on a retry.
 /// Every attempt takes its own slot and token from the throttle; the first uses `first_permit`.
@@ -22,15 +30,18 @@ pub(crate) async fn call_with_retries(
     call: &ExternalCall,
     first_permit: CallPermit,
     fence: &Fence,
-) -> Result<(), CallError> {
+) -> CallReport {
     let backoff = ExponentialBackoff::from_millis(2)
         .factor(25)
         .max_delay(Duration::from_secs(2))
         .map(jitter)
         .take(deps.retry.quick_attempts.saturating_sub(1) as usize);
     let first_permit = Cell::new(Some(first_permit));
+    let attempts = RefCell::new(Vec::new());
+    let number = Cell::new(0u32);
     let attempt = || {
         let permit = first_permit.take();
+        let (attempts, number) = (&attempts, &number);
         async move {
             let permit = match permit {
                 Some(permit) => permit,
@@ -54,11 +65,34 @@ pub(crate) async fn call_with_retries(
             if !token || !fence.may_call() {
                 return Err(CallError::Abandoned);
             }
+            let (id, version) = call.id_and_version();
+            number.set(number.get() + 1);
+            let attempted_at = chrono::Utc::now();
+            let in_flight = deps.calls_in_flight.start(
+                id,
+                CallInFlight {
+                    version,
+                    verb: call.verb(),
+                    since: attempted_at,
+                    attempt: number.get(),
+                },
+            );
             let started = Instant::now();
             let result = deps.client.send(call).await;
-            let (id, version) = call.id_and_version();
+            let took = started.elapsed();
+            drop(in_flight);
+            if deps.attempt_log_on {
+                let instance = deps.leases.instance().to_string();
+                attempts.borrow_mut().push(attempt_row(
+                    call,
+                    &result,
+                    attempted_at,
+                    took,
+                    &instance,
+                ));
+            }
             let status = match &result {
-                Ok(()) => "ok".to_string(),
+                Ok(answer) => answer.status.to_string(),
                 Err(CallError::Status { status, .. }) => status.to_string(),
                 Err(other) => other.to_string(),
             };
@@ -67,7 +101,7 @@ pub(crate) async fn call_with_retries(
                 version,
                 verb = call.verb(),
                 status,
-                duration_ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
+                duration_ms = format!("{:.1}", took.as_secs_f64() * 1000.0),
                 "external call"
             );
             if let Err(CallError::Status {
@@ -81,7 +115,11 @@ pub(crate) async fn call_with_retries(
             result
         }
     };
-    RetryIf::start(backoff, attempt, CallError::is_retryable).await
+    let result = RetryIf::start(backoff, attempt, CallError::is_retryable).await;
+    CallReport {
+        result,
+        attempts: attempts.into_inner(),
+    }
 }
 
 #[cfg(test)]

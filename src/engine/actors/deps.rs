@@ -8,6 +8,7 @@ use rand::Rng;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use super::attempt_log::CallsInFlight;
 use super::batched::BatchedQueries;
 use super::throttle::Throttle;
 use crate::engine::cluster::leases::Leases;
@@ -57,6 +58,10 @@ pub struct SyncDeps {
     pub leases: Leases,
     pub retry: RetryPolicy,
     pub metrics: Arc<SyncMetrics>,
+    /// The calls this instance is making, for `GET /orders/{id}/sync`.
+    pub calls_in_flight: CallsInFlight,
+    /// Whether call attempts are written to the attempt log (`ATTEMPTS_KEPT_PER_ORDER` > 0).
+    pub attempt_log_on: bool,
     /// Cancelled on SIGTERM: no new call starts; calls in flight finish.
     pub shutdown: CancellationToken,
 }

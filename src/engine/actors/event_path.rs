@@ -16,7 +16,7 @@ use super::deps::SyncDeps;
 use super::messages::Outcome;
 use crate::db::sync::{self as queries, FailedCallNext, FailureRecorded, SyncRow};
 use crate::domain::{EventKind, SyncEvent};
-use crate::external::{clean_error_text, CallError, ExternalCall};
+use crate::external::{clean_error_text, Answer, CallError, ExternalCall};
 
 /// A wait for a slot longer than this makes the actor read the order again before calling.
 const RELOAD_AFTER: Duration = Duration::from_millis(20);
@@ -139,53 +139,80 @@ async fn sync_to_current_state(
         };
         let call = build_call(&row, verb);
         let started = Instant::now();
-        let result = call_with_retries(deps, &call, permit, &fence).await;
+        let report = call_with_retries(deps, &call, permit, &fence).await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        if matches!(result, Err(CallError::Abandoned)) {
-            return Ok(Outcome::Abandoned);
-        }
-        deps.metrics.record_call(call.verb(), &result);
-        let error = match result {
-            Ok(()) => {
-                crate::crash::point("after_call");
-                tracing::debug!(
-                    order_id = id,
-                    version = row.version(),
-                    verb = call.verb(),
-                    status = "ok",
-                    duration_ms = elapsed_ms,
-                    "synced"
-                );
-                deps.metrics.record_lag(event.committed_at_ms);
-                deps.metrics.synced.inc();
-                if verb == Verb::Delete {
-                    db_step("purge the tombstone", id, || {
-                        queries::purge_tombstone(&deps.bookkeeping, id)
-                    })
-                    .await?;
-                    return Ok(Outcome::Synced);
-                }
-                let current = db_step("record the success", id, || {
-                    deps.batched.record_synced(id, row.version())
-                })
-                .await?;
-                match current {
-                    // A change committed during the call: sync that too, now.
-                    Some(current) if current > row.version() => {
-                        kind = EventKind::Change;
-                        continue;
-                    }
-                    _ => return Ok(Outcome::Synced),
-                }
-            }
-            Err(error) => error,
-        };
-        match record_failure(deps, &row, &call, &error, elapsed_ms).await? {
-            Some(outcome) => return Ok(outcome),
-            // A change committed during the failed call: its state is owed now, afresh.
-            None => kind = EventKind::Change,
+        // Queued now, so it is written beside the outcome, and waited for before the event is
+        // done: an acknowledged event's attempts are in the log.
+        let logged = deps.batched.log_attempts(report.attempts);
+        let next = record_outcome(deps, event, &row, verb, &call, report.result, elapsed_ms).await;
+        logged.await;
+        match next? {
+            AfterCall::Done(outcome) => return Ok(outcome),
+            AfterCall::SyncAgain => kind = EventKind::Change,
         }
     }
+}
+
+/// What follows a call's recorded outcome.
+enum AfterCall {
+    Done(Outcome),
+    /// A change committed during the call: the order's latest state is owed now.
+    SyncAgain,
+}
+
+/// Records what the call did: a success (and whether a newer change is owed), or a failure
+/// ([`record_failure`]).
+async fn record_outcome(
+    deps: &SyncDeps,
+    event: &SyncEvent,
+    row: &SyncRow,
+    verb: Verb,
+    call: &ExternalCall,
+    result: Result<Answer, CallError>,
+    elapsed_ms: u64,
+) -> Result<AfterCall, DbStepFailed> {
+    let id = row.id();
+    if matches!(result, Err(CallError::Abandoned)) {
+        return Ok(AfterCall::Done(Outcome::Abandoned));
+    }
+    deps.metrics.record_call(call.verb(), &result);
+    let error = match result {
+        Ok(answer) => {
+            crate::crash::point("after_call");
+            tracing::debug!(
+                order_id = id,
+                version = row.version(),
+                verb = call.verb(),
+                status = answer.status,
+                duration_ms = elapsed_ms,
+                "synced"
+            );
+            deps.metrics.record_lag(event.committed_at_ms);
+            deps.metrics.synced.inc();
+            if verb == Verb::Delete {
+                db_step("purge the tombstone", id, || {
+                    queries::purge_tombstone(&deps.bookkeeping, id)
+                })
+                .await?;
+                return Ok(AfterCall::Done(Outcome::Synced));
+            }
+            let current = db_step("record the success", id, || {
+                deps.batched.record_synced(id, row.version())
+            })
+            .await?;
+            return Ok(match current {
+                Some(current) if current > row.version() => AfterCall::SyncAgain,
+                _ => AfterCall::Done(Outcome::Synced),
+            });
+        }
+        Err(error) => error,
+    };
+    Ok(
+        match record_failure(deps, row, call, &error, elapsed_ms).await? {
+            Some(outcome) => AfterCall::Done(outcome),
+            None => AfterCall::SyncAgain,
+        },
+    )
 }
 
 /// Removes a tombstone that was never created remotely: no call is owed.

@@ -6,13 +6,16 @@
 //!   ([`event_path`]: read, [`decision`], call with retries ([`calls`]), record ([`db_step`])).
 //! - [`messages`] — what the actors (and the dispatcher) send each other.
 //! - [`deps`] — what every order actor shares, and the retry policy.
-//! - [`batched`] — the event path's read and recorded success, many orders per statement.
+//! - [`batched`] — the event path's read, recorded success and attempt log, many orders per
+//!   statement.
+//! - [`attempt_log`] — each call attempt as a row of the attempt log, and the calls in flight.
 //!
 //! No module here imports one that imports it back: `messages` and `deps` import no actor,
 //! `event_path` uses `decision`, `calls` and `db_step`, and `order_sync` uses `event_path`.
 //! - [`throttle`] — the one global budget: a token bucket, a cap on calls in flight, and a pause
 //!   for everyone after a 429.
 
+pub mod attempt_log;
 pub mod batched;
 mod calls;
 mod db_step;
