@@ -95,6 +95,9 @@ mod tests {
             "/orders/1",
             "/metrics",
             "/metrics/actors",
+            "/metrics/history",
+            "/orders/1/attempts",
+            "/orders/1/sync",
             "/nope",
             "/healthz",
         ] {

@@ -182,6 +182,7 @@ function drawChart() {
   };
   line("lag", maxLag, violet);
   line("rate", maxRate, blue);
+  canvas.dataset.points = String(points.length);   // what was drawn, for the browser test
 }
 window.addEventListener("resize", drawChart);
 

@@ -339,3 +339,115 @@ async fn the_dashboard_asks_for_the_api_token_and_announces_the_built_in_fake() 
     assert!(violations.is_empty(), "{violations:#?}");
     browser.close().await.ok();
 }
+
+#[actix_web::test]
+async fn an_order_is_looked_up_from_its_failed_row_and_the_chart_opens_on_the_servers_history() {
+    let api = ExternalApi::start(Duration::ZERO).await;
+    api.fail_next("POST", 1, 422, json!({"message": "address rejected"}), None)
+        .await;
+    let app = spawn_app_with(&[
+        ("EXTERNAL_API_URL", &api.url()),
+        ("EXTERNAL_API_TOKEN", TOKEN),
+        ("ADMIN_TOKEN", ADMIN),
+    ])
+    .await;
+    let dead = app.create_order().await["id"].as_i64().unwrap();
+    wait_for("the order to be dead", Duration::from_secs(20), || async {
+        (app.get_order(dead).await["sync"]["state"] == "dead").then_some(())
+    })
+    .await;
+    // The server keeps a point every 5 s: wait for two, so the chart has a line to draw.
+    let kept = wait_for("two history points", Duration::from_secs(30), || async {
+        let history = app.get_json("/metrics/history").await;
+        let points = history["points"].as_array()?.len();
+        (points >= 2).then_some(points)
+    })
+    .await;
+
+    let driver = ChromeDriver::start().await;
+    let browser = driver.browser().await;
+    browser
+        .goto(&app.url("/"))
+        .await
+        .expect("the dashboard loads");
+    // On page load the chart draws what the server kept, not an empty window.
+    wait_for("the chart's history", Duration::from_secs(20), || async {
+        let drawn: usize = browser
+            .find(Locator::Css("#chart"))
+            .await
+            .ok()?
+            .attr("data-points")
+            .await
+            .ok()??
+            .parse()
+            .ok()?;
+        (drawn >= kept).then_some(())
+    })
+    .await;
+
+    // The failed row's id links to the order's lookup.
+    browser
+        .find(Locator::Css("#admin-token"))
+        .await
+        .unwrap()
+        .send_keys(ADMIN)
+        .await
+        .unwrap();
+    click(&browser, "#save-token").await;
+    click(
+        &browser,
+        &format!("#failed-orders tr[data-order-id=\"{dead}\"] a.order-link"),
+    )
+    .await;
+    wait_for_text(
+        &browser,
+        "#lookup-explanation",
+        &format!("Order {dead}: dead: 422 address rejected"),
+    )
+    .await;
+    let attempt = text_of(&browser, "#lookup-timeline li").await.unwrap();
+    assert!(attempt.contains("POST version 1 → 422"), "{attempt}");
+    assert!(attempt.contains("address rejected"), "{attempt}");
+    let shots = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let lookup = browser.find(Locator::Css("#lookup")).await.unwrap();
+    let png = lookup.screenshot().await.expect("a screenshot");
+    std::fs::write(shots.join("order-lookup.png"), &png).unwrap();
+
+    // Retried, it syncs; the lookup follows, and a lookup by typing the id shows the same.
+    click(
+        &browser,
+        &format!("button.retry-button[data-order-id=\"{dead}\"]"),
+    )
+    .await;
+    app.wait_until_synced(dead).await;
+    let synced = format!("Order {dead}: synced at version 1");
+    wait_for(
+        "the lookup to follow the retry",
+        Duration::from_secs(20),
+        || async {
+            text_of(&browser, "#lookup-explanation")
+                .await
+                .filter(|t| t.starts_with(&synced))
+        },
+    )
+    .await;
+    let items = browser
+        .find_all(Locator::Css("#lookup-timeline li"))
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(items[0]
+        .text()
+        .await
+        .unwrap()
+        .contains("POST version 1 → 200"));
+    let unknown = browser.find(Locator::Css("#lookup-id")).await.unwrap();
+    unknown.clear().await.unwrap();
+    unknown.send_keys("999999").await.unwrap();
+    click(&browser, "#lookup-go").await;
+    wait_for_text(&browser, "#lookup-message", "No order 999999").await;
+    let violations = policy_violations(&browser).await;
+    assert!(violations.is_empty(), "{violations:#?}");
+    browser.close().await.ok();
+}

@@ -18,6 +18,7 @@ mod health;
 mod helpers;
 mod inbound;
 mod instances;
+mod monitoring;
 mod observability;
 mod orders;
 mod outages;

@@ -59,8 +59,11 @@ async fn every_data_route_wants_one_of_the_api_tokens_and_the_rest_stay_reachabl
         (Method::PUT, format!("/orders/{id}")),
         (Method::PATCH, format!("/orders/{id}")),
         (Method::DELETE, format!("/orders/{id}")),
+        (Method::GET, format!("/orders/{id}/attempts")),
+        (Method::GET, format!("/orders/{id}/sync")),
         (Method::GET, "/metrics".to_string()),
         (Method::GET, "/metrics/actors".to_string()),
+        (Method::GET, "/metrics/history".to_string()),
     ];
     // Synced first, so that nothing but a refused request could change the snapshot.
     crate::helpers::wait_for("the order to sync", Duration::from_secs(20), || async {

@@ -120,9 +120,10 @@ impl BatchedQueries {
                 move |calls: Vec<Vec<NewAttempt>>| {
                     let pool = many.clone();
                     async move {
-                        let rows: Vec<NewAttempt> = calls.iter().flatten().cloned().collect();
+                        let answers = vec![(); calls.len()];
+                        let rows: Vec<NewAttempt> = calls.into_iter().flatten().collect();
                         attempts::insert_many(&pool, &rows).await?;
-                        Ok(vec![(); calls.len()])
+                        Ok(answers)
                     }
                 },
                 move |call: Vec<NewAttempt>| {
