@@ -141,11 +141,12 @@ fn answer(
     }
 }
 
-/// The same rule as the orders routes (`db::is_unavailable`): an outage is 503, not 500.
-fn store_error(err: sqlx::Error) -> ApiError {
+/// The same rule as the orders routes (`db::is_unavailable`): an outage is 503, not 500. For
+/// the routes that query through sqlx directly (these and `super::sync_view`).
+pub(super) fn store_error(err: sqlx::Error) -> ApiError {
     if matches!(err, sqlx::Error::PoolClosed) || crate::db::is_transient(&err) {
         ApiError::Unavailable("the database is unavailable; try again shortly".into())
     } else {
-        ApiError::Unexpected(anyhow::Error::new(err).context("admin query failed"))
+        ApiError::Unexpected(anyhow::Error::new(err).context("query failed"))
     }
 }

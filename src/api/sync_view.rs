@@ -7,6 +7,7 @@ use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::admin::store_error;
 use super::{ApiError, AppState};
 use crate::db::attempts::{self, Attempt, SyncColumns};
 use crate::domain::{FieldErrors, SyncState};
@@ -255,6 +256,15 @@ fn explain(
         SyncState::Pending if c.version <= c.synced_version => {
             format!("synced at version {}", c.synced_version)
         }
+        // Between quick retries of a call: its last attempt failed, the next is coming.
+        SyncState::Pending if last.is_some_and(|a| a.version == c.version && a.outcome != "ok") => {
+            format!(
+                "waiting: retrying version {} after {} (last attempt at {})",
+                c.version,
+                failure(last, c),
+                last.map(|a| clock(a.attempted_at, now)).unwrap_or_default()
+            )
+        }
         SyncState::Pending if c.deleted => format!(
             "waiting: the delete (version {}) is queued since {}",
             c.version,
@@ -339,15 +349,6 @@ fn clock(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
     }
 }
 
-/// The same rule as the orders routes: an outage is 503, not 500.
-fn store_error(err: sqlx::Error) -> ApiError {
-    if matches!(err, sqlx::Error::PoolClosed) || crate::db::is_transient(&err) {
-        ApiError::Unavailable("the database is unavailable; try again shortly".into())
-    } else {
-        ApiError::Unexpected(anyhow::Error::new(err).context("attempt log query failed"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,6 +413,12 @@ mod tests {
         assert_eq!(
             explain(Some(&waiting), None, None, 25, now()).1,
             "waiting: version 7 is queued since 12:00:01 UTC (the external API holds version 5)"
+        );
+
+        let refused = attempt("PUT", "status", Some(503), "");
+        assert_eq!(
+            explain(Some(&waiting), Some(&refused), None, 25, now()).1,
+            "waiting: retrying version 7 after 503 (last attempt at 12:00:02 UTC)"
         );
 
         let mut parked = columns(SyncState::Retrying, 7, 5, 3);

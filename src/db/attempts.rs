@@ -68,46 +68,109 @@ pub struct Attempt {
     pub attempted_at: DateTime<Utc>,
 }
 
-/// Writes `attempts` in one statement.
-pub async fn insert_many(pool: &PgPool, attempts: &[NewAttempt]) -> Result<(), sqlx::Error> {
-    if attempts.is_empty() {
-        return Ok(());
-    }
-    let column = |f: fn(&NewAttempt) -> i64| attempts.iter().map(f).collect::<Vec<_>>();
-    let order_ids = column(|a| a.order_id);
-    let versions = column(|a| a.version);
-    let verbs: Vec<&str> = attempts.iter().map(|a| a.verb).collect();
-    let outcomes: Vec<&str> = attempts.iter().map(|a| a.outcome.as_str()).collect();
-    let statuses: Vec<Option<i16>> = attempts
-        .iter()
-        .map(|a| a.http_status.and_then(|s| i16::try_from(s).ok()))
-        .collect();
-    let excerpts: Vec<&str> = attempts.iter().map(|a| a.excerpt.as_str()).collect();
-    let durations: Vec<i32> = attempts
-        .iter()
-        .map(|a| i32::try_from(a.duration_ms).unwrap_or(i32::MAX))
-        .collect();
-    let instances: Vec<&str> = attempts.iter().map(|a| a.instance.as_str()).collect();
-    let times: Vec<DateTime<Utc>> = attempts.iter().map(|a| a.attempted_at).collect();
-    sqlx::query(
+/// The statement that writes attempts, from the nine arrays of [`AttemptColumns`] bound as
+/// `$1` to `$9`. A macro, so [`crate::db::sync::record_many_synced`] can run it in the same
+/// statement as the successes it records (`concat!` takes literals only).
+macro_rules! insert_attempts_sql {
+    () => {
         "INSERT INTO sync_attempts
              (order_id, version, verb, outcome, http_status, excerpt, duration_ms, instance,
               attempted_at)
          SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],
                               $5::smallint[], $6::text[], $7::int[], $8::text[],
-                              $9::timestamptz[])",
-    )
-    .bind(&order_ids)
-    .bind(&versions)
-    .bind(&verbs)
-    .bind(&outcomes)
-    .bind(&statuses)
-    .bind(&excerpts)
-    .bind(&durations)
-    .bind(&instances)
-    .bind(&times)
-    .execute(pool)
-    .await?;
+                              $9::timestamptz[])"
+    };
+}
+pub(crate) use insert_attempts_sql;
+
+/// Attempts as the nine arrays [`insert_attempts_sql`] takes.
+pub(crate) struct AttemptColumns {
+    order_ids: Vec<i64>,
+    versions: Vec<i64>,
+    verbs: Vec<&'static str>,
+    outcomes: Vec<&'static str>,
+    statuses: Vec<Option<i16>>,
+    excerpts: Vec<String>,
+    durations: Vec<i32>,
+    instances: Vec<String>,
+    times: Vec<DateTime<Utc>>,
+}
+
+impl AttemptColumns {
+    pub(crate) fn of(attempts: &[NewAttempt]) -> Self {
+        Self {
+            order_ids: attempts.iter().map(|a| a.order_id).collect(),
+            versions: attempts.iter().map(|a| a.version).collect(),
+            verbs: attempts.iter().map(|a| a.verb).collect(),
+            outcomes: attempts.iter().map(|a| a.outcome.as_str()).collect(),
+            statuses: attempts
+                .iter()
+                .map(|a| a.http_status.and_then(|s| i16::try_from(s).ok()))
+                .collect(),
+            excerpts: attempts.iter().map(|a| a.excerpt.clone()).collect(),
+            durations: attempts
+                .iter()
+                .map(|a| i32::try_from(a.duration_ms).unwrap_or(i32::MAX))
+                .collect(),
+            instances: attempts.iter().map(|a| a.instance.clone()).collect(),
+            times: attempts.iter().map(|a| a.attempted_at).collect(),
+        }
+    }
+
+    /// Binds the nine arrays, in order, to `query` (a `query` or a `query_as`).
+    pub(crate) fn bind_to<Q: BindArrays>(self, query: Q) -> Q {
+        query
+            .bind_array(self.order_ids)
+            .bind_array(self.versions)
+            .bind_array(self.verbs)
+            .bind_array(self.outcomes)
+            .bind_array(self.statuses)
+            .bind_array(self.excerpts)
+            .bind_array(self.durations)
+            .bind_array(self.instances)
+            .bind_array(self.times)
+    }
+}
+
+/// `bind` on both `sqlx::query` and `sqlx::query_as`, which are different types.
+pub(crate) trait BindArrays: Sized {
+    fn bind_array<T>(self, value: Vec<T>) -> Self
+    where
+        Vec<T>:
+            for<'e> sqlx::Encode<'e, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + 'static;
+}
+
+impl<'q> BindArrays for sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    fn bind_array<T>(self, value: Vec<T>) -> Self
+    where
+        Vec<T>:
+            for<'e> sqlx::Encode<'e, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + 'static,
+    {
+        self.bind(value)
+    }
+}
+
+impl<'q, O> BindArrays
+    for sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>
+{
+    fn bind_array<T>(self, value: Vec<T>) -> Self
+    where
+        Vec<T>:
+            for<'e> sqlx::Encode<'e, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + 'static,
+    {
+        self.bind(value)
+    }
+}
+
+/// Writes `attempts` in one statement.
+pub async fn insert_many(pool: &PgPool, attempts: &[NewAttempt]) -> Result<(), sqlx::Error> {
+    if attempts.is_empty() {
+        return Ok(());
+    }
+    AttemptColumns::of(attempts)
+        .bind_to(sqlx::query(insert_attempts_sql!()))
+        .execute(pool)
+        .await?;
     Ok(())
 }
 

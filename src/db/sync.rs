@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+use crate::db::attempts::{insert_attempts_sql, AttemptColumns, NewAttempt};
 use crate::domain::{OrderSnapshot, SyncState};
 
 /// An order as the sync engine sees it, tombstones included: its fields at this version (what a
@@ -123,37 +124,44 @@ pub async fn record_synced(
     id: i64,
     version: i64,
 ) -> Result<Option<i64>, sqlx::Error> {
-    let recorded = record_many_synced(pool, &[(id, version)]).await?;
+    let recorded = record_many_synced(pool, &[(id, version)], &[]).await?;
     Ok(recorded.first().map(|&(_, current)| current))
 }
 
 /// [`record_synced`] for many `(id, version)` pairs in one statement (the engine's group
-/// commit, `engine::actors::batched`). Returns `(id, current version)` for each order that
-/// still exists, in no particular order. Unprepared, for the reason given at
-/// [`load_many_marking_create`].
+/// commit, `engine::actors::batched`), which also writes `attempts` to the attempt log: the
+/// calls' attempts cost no statement of their own (BENCHMARKS.md, issue 14). Returns
+/// `(id, current version)` for each order that still exists, in no particular order.
+/// Unprepared, for the reason given at [`load_many_marking_create`].
 pub async fn record_many_synced(
     pool: &PgPool,
     synced: &[(i64, i64)],
+    attempts: &[NewAttempt],
 ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
     let (ids, versions): (Vec<i64>, Vec<i64>) = synced.iter().copied().unzip();
-    sqlx::query_as(
-        "UPDATE orders o
+    let query = sqlx::query_as(concat!(
+        "WITH logged AS (",
+        insert_attempts_sql!(),
+        ")
+         UPDATE orders o
          SET synced_version = GREATEST(o.synced_version, s.version),
              sync_state = CASE WHEN o.version <= GREATEST(o.synced_version, s.version)
-                               THEN $3 ELSE $4 END,
+                               THEN $12 ELSE $13 END,
              sync_attempts = 0, sync_last_error = NULL, synced_at = now(),
              sync_next_attempt_at = NULL
-         FROM unnest($1::bigint[], $2::bigint[]) AS s(id, version)
+         FROM unnest($10::bigint[], $11::bigint[]) AS s(id, version)
          WHERE o.id = s.id
-         RETURNING o.id, o.version",
-    )
-    .persistent(false)
-    .bind(&ids)
-    .bind(&versions)
-    .bind(SyncState::Synced)
-    .bind(SyncState::Pending)
-    .fetch_all(pool)
-    .await
+         RETURNING o.id, o.version"
+    ))
+    .persistent(false);
+    AttemptColumns::of(attempts)
+        .bind_to(query)
+        .bind(ids)
+        .bind(versions)
+        .bind(SyncState::Synced)
+        .bind(SyncState::Pending)
+        .fetch_all(pool)
+        .await
 }
 
 /// Removes a tombstone whose delete is done (or was never owed).

@@ -261,15 +261,7 @@ async fn retention_prunes_to_the_newest_per_order_and_drops_what_is_too_old() {
     // The order's newest three, and the newest three of the order whose five attempts are
     // within the age limit (waited for above).
     assert_eq!(versions, vec![7, 6, 5], "the newest three are kept");
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.prometheus_text().await;
     let pruned: u64 = text
         .lines()
         .find_map(|l| l.strip_prefix("order_sync_attempts_pruned_total "))

@@ -2,10 +2,26 @@
 //! once each get their own answer, whatever batch their request travelled in.
 
 use futures_util::future::join_all;
+use order_sync::db::attempts::{AttemptOutcome, NewAttempt};
 use order_sync::engine::actors::BatchedQueries;
 use serde_json::json;
 
 use crate::helpers::{id_of, spawn_api_only};
+
+/// A successful attempt of the order's create, as the engine logs it.
+fn attempt(order_id: i64) -> NewAttempt {
+    NewAttempt {
+        order_id,
+        version: 1,
+        verb: "POST",
+        outcome: AttemptOutcome::Ok,
+        http_status: Some(200),
+        excerpt: "created".into(),
+        duration_ms: 1,
+        instance: "test".into(),
+        attempted_at: chrono::Utc::now(),
+    }
+}
 
 #[actix_web::test]
 async fn reads_and_records_asked_at_once_each_get_their_own_answer() {
@@ -53,8 +69,13 @@ async fn reads_and_records_asked_at_once_each_get_their_own_answer() {
         Some(ids[0])
     );
 
-    // Every order synced at version 1: each answer is that order's own current version.
-    let recorded = join_all(ids.iter().map(|&id| batched.record_synced(id, 1))).await;
+    // Every order synced at version 1: each answer is that order's own current version, and
+    // each call's attempt is written in the same statement.
+    let recorded = join_all(
+        ids.iter()
+            .map(|&id| batched.record_synced(id, 1, vec![attempt(id)])),
+    )
+    .await;
     for (&id, current) in ids.iter().zip(recorded) {
         let expected = if id == changed { 2 } else { 1 };
         assert_eq!(current.expect("the record"), Some(expected), "order {id}");
@@ -69,9 +90,15 @@ async fn reads_and_records_asked_at_once_each_get_their_own_answer() {
         states,
         [("pending".to_string(), 1), ("synced".to_string(), 299)]
     );
+    let logged: Vec<i64> =
+        sqlx::query_scalar("SELECT order_id FROM sync_attempts ORDER BY order_id")
+            .fetch_all(&app.pool)
+            .await
+            .expect("the attempt log");
+    assert_eq!(logged, ids, "one attempt per order, each its own");
     assert_eq!(
         batched
-            .record_synced(i64::MAX, 1)
+            .record_synced(i64::MAX, 1, Vec::new())
             .await
             .expect("the record"),
         None

@@ -201,20 +201,7 @@ async fn the_dashboard_shows_the_apis_numbers_and_its_retry_button_retries_a_dea
     assert_eq!(metrics["orders"]["dead"], 1);
 
     // The operator enters the token; the dead order appears with its error.
-    browser
-        .find(Locator::Css("#admin-token"))
-        .await
-        .unwrap()
-        .send_keys(ADMIN)
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Css("#save-token"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    enter_admin_token(&browser).await;
     let row = format!("#failed-orders tr[data-order-id=\"{dead}\"]");
     wait_for("the dead order's row", Duration::from_secs(20), || async {
         text_of(&browser, &row)
@@ -254,6 +241,18 @@ async fn the_dashboard_shows_the_apis_numbers_and_its_retry_button_retries_a_dea
     let violations = policy_violations(&browser).await;
     assert!(violations.is_empty(), "{violations:#?}");
     browser.close().await.ok();
+}
+
+/// The operator types the admin token and saves it.
+async fn enter_admin_token(browser: &Client) {
+    browser
+        .find(Locator::Css("#admin-token"))
+        .await
+        .unwrap()
+        .send_keys(ADMIN)
+        .await
+        .unwrap();
+    click(browser, "#save-token").await;
 }
 
 async fn click(browser: &Client, css: &str) {
@@ -386,14 +385,7 @@ async fn an_order_is_looked_up_from_its_failed_row_and_the_chart_opens_on_the_se
     .await;
 
     // The failed row's id links to the order's lookup.
-    browser
-        .find(Locator::Css("#admin-token"))
-        .await
-        .unwrap()
-        .send_keys(ADMIN)
-        .await
-        .unwrap();
-    click(&browser, "#save-token").await;
+    enter_admin_token(&browser).await;
     click(
         &browser,
         &format!("#failed-orders tr[data-order-id=\"{dead}\"] a.order-link"),

@@ -222,6 +222,18 @@ impl TestApp {
         .await
     }
 
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn prometheus_text(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("request sent")
+            .text()
+            .await
+            .expect("a text answer")
+    }
+
     pub async fn actor_metrics(&self) -> Value {
         self.get_json("/metrics/actors").await
     }

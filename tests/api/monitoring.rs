@@ -66,15 +66,7 @@ async fn exported() -> (BTreeSet<String>, String) {
     let app = spawn_app().await;
     let id = app.create_order().await["id"].as_i64().unwrap();
     app.wait_until_synced(id).await;
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.prometheus_text().await;
     let names = text
         .lines()
         .filter(|line| !line.starts_with('#') && !line.is_empty())

@@ -102,10 +102,19 @@ impl<Req: Clone + 'static, Resp: 'static> Batcher<Req, Resp> {
     }
 }
 
+/// A successful call to record: the order, the version the external API now holds, and the
+/// call's attempts for the attempt log.
+#[derive(Clone)]
+struct Success {
+    id: i64,
+    version: i64,
+    attempts: Vec<NewAttempt>,
+}
+
 /// The batched statements of the event path. Built once per engine, on its arbiter.
 pub struct BatchedQueries {
     loads: Batcher<i64, Option<SyncRow>>,
-    successes: Batcher<(i64, i64), Option<i64>>,
+    successes: Batcher<Success, Option<i64>>,
     /// The attempts of one call each.
     attempts: Batcher<Vec<NewAttempt>, ()>,
 }
@@ -153,20 +162,26 @@ impl BatchedQueries {
         let successes = {
             let (many, one) = (bookkeeping.clone(), bookkeeping);
             Batcher::start(
-                move |synced: Vec<(i64, i64)>| {
+                move |synced: Vec<Success>| {
                     let pool = many.clone();
                     async move {
-                        let current = queries::record_many_synced(&pool, &synced).await?;
+                        let pairs: Vec<(i64, i64)> =
+                            synced.iter().map(|s| (s.id, s.version)).collect();
+                        let attempts: Vec<NewAttempt> =
+                            synced.into_iter().flat_map(|s| s.attempts).collect();
+                        let current = queries::record_many_synced(&pool, &pairs, &attempts).await?;
                         let by_id: HashMap<i64, i64> = current.into_iter().collect();
-                        Ok(synced
-                            .iter()
-                            .map(|(id, _)| by_id.get(id).copied())
-                            .collect())
+                        Ok(pairs.iter().map(|(id, _)| by_id.get(id).copied()).collect())
                     }
                 },
-                move |(id, version)| {
+                move |success: Success| {
                     let pool = one.clone();
-                    async move { queries::record_synced(&pool, id, version).await }
+                    async move {
+                        let pair = [(success.id, success.version)];
+                        let current =
+                            queries::record_many_synced(&pool, &pair, &success.attempts).await?;
+                        Ok(current.first().map(|&(_, version)| version))
+                    }
                 },
             )
         };
@@ -182,13 +197,26 @@ impl BatchedQueries {
         self.loads.ask(id).await
     }
 
-    /// [`queries::record_synced`], in a batch.
-    pub async fn record_synced(&self, id: i64, version: i64) -> Result<Option<i64>, sqlx::Error> {
-        self.successes.ask((id, version)).await
+    /// [`queries::record_synced`] in a batch, writing the call's `attempts` to the attempt log
+    /// in the same statement.
+    pub async fn record_synced(
+        &self,
+        id: i64,
+        version: i64,
+        attempts: Vec<NewAttempt>,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        self.successes
+            .ask(Success {
+                id,
+                version,
+                attempts,
+            })
+            .await
     }
 
-    /// Queues the attempts of one call for the attempt log at once; the returned future ends
-    /// when they are written. The log is not state: a batch that cannot be written is reported
+    /// Queues the attempts of one call for the attempt log at once (a call whose success is
+    /// recorded gives them to [`Self::record_synced`] instead); the returned future ends when
+    /// they are written. The log is not state: a batch that cannot be written is reported
     /// and dropped, never retried in the event's way.
     pub fn log_attempts(&self, call: Vec<NewAttempt>) -> impl Future<Output = ()> + use<> {
         let order_id = call.first().map(|a| a.order_id);

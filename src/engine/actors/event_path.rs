@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use super::calls::call_with_retries;
+use super::calls::{call_with_retries, CallReport};
 use super::db_step::{db_step, DbStepFailed};
 use super::decision::{build_call, decide, Decision, Verb};
 use super::deps::SyncDeps;
 use super::messages::Outcome;
+use crate::db::attempts::NewAttempt;
 use crate::db::sync::{self as queries, FailedCallNext, FailureRecorded, SyncRow};
 use crate::domain::{EventKind, SyncEvent};
 use crate::external::{clean_error_text, Answer, CallError, ExternalCall};
@@ -141,11 +142,7 @@ async fn sync_to_current_state(
         let started = Instant::now();
         let report = call_with_retries(deps, &call, permit, &fence).await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        // Queued now, so it is written beside the outcome, and waited for before the event is
-        // done: an acknowledged event's attempts are in the log.
-        let logged = deps.batched.log_attempts(report.attempts);
-        let next = record_outcome(deps, event, &row, verb, &call, report.result, elapsed_ms).await;
-        logged.await;
+        let next = record_outcome(deps, event, &row, verb, &call, report, elapsed_ms).await;
         match next? {
             AfterCall::Done(outcome) => return Ok(outcome),
             AfterCall::SyncAgain => kind = EventKind::Change,
@@ -160,13 +157,81 @@ enum AfterCall {
     SyncAgain,
 }
 
-/// Records what the call did: a success (and whether a newer change is owed), or a failure
-/// ([`record_failure`]).
+/// Records what the call did, and its attempts in the attempt log: a recorded success writes
+/// them in its own statement; any other outcome queues them first, so they are written beside
+/// it, and waits for them before the event is done (an acknowledged event's attempts are in the
+/// log).
 async fn record_outcome(
     deps: &SyncDeps,
     event: &SyncEvent,
     row: &SyncRow,
     verb: Verb,
+    call: &ExternalCall,
+    report: CallReport,
+    elapsed_ms: u64,
+) -> Result<AfterCall, DbStepFailed> {
+    let CallReport { result, attempts } = report;
+    if result.is_ok() && verb != Verb::Delete {
+        return record_success(deps, event, row, call, result, attempts, elapsed_ms).await;
+    }
+    let logged = deps.batched.log_attempts(attempts);
+    let next = record_other_outcome(deps, event, row, call, result, elapsed_ms).await;
+    logged.await;
+    next
+}
+
+/// A successful create or update: recorded with its attempts in one batched statement.
+async fn record_success(
+    deps: &SyncDeps,
+    event: &SyncEvent,
+    row: &SyncRow,
+    call: &ExternalCall,
+    result: Result<Answer, CallError>,
+    attempts: Vec<NewAttempt>,
+    elapsed_ms: u64,
+) -> Result<AfterCall, DbStepFailed> {
+    let id = row.id();
+    deps.metrics.record_call(call.verb(), &result);
+    synced(deps, event, row, &result, call, elapsed_ms);
+    let current = db_step("record the success", id, || {
+        deps.batched
+            .record_synced(id, row.version(), attempts.clone())
+    })
+    .await?;
+    Ok(match current {
+        Some(current) if current > row.version() => AfterCall::SyncAgain,
+        _ => AfterCall::Done(Outcome::Synced),
+    })
+}
+
+/// What every success counts and logs.
+fn synced(
+    deps: &SyncDeps,
+    event: &SyncEvent,
+    row: &SyncRow,
+    result: &Result<Answer, CallError>,
+    call: &ExternalCall,
+    elapsed_ms: u64,
+) {
+    crate::crash::point("after_call");
+    tracing::debug!(
+        order_id = row.id(),
+        version = row.version(),
+        verb = call.verb(),
+        status = result.as_ref().map_or(0, |answer| answer.status),
+        duration_ms = elapsed_ms,
+        "synced"
+    );
+    deps.metrics.record_lag(event.committed_at_ms);
+    deps.metrics.synced.inc();
+}
+
+/// A delete that succeeded (the tombstone is purged), a failure ([`record_failure`]), or a call
+/// abandoned at shutdown.
+async fn record_other_outcome(
+    deps: &SyncDeps,
+    event: &SyncEvent,
+    row: &SyncRow,
     call: &ExternalCall,
     result: Result<Answer, CallError>,
     elapsed_ms: u64,
@@ -177,33 +242,14 @@ async fn record_outcome(
     }
     deps.metrics.record_call(call.verb(), &result);
     let error = match result {
-        Ok(answer) => {
-            crate::crash::point("after_call");
-            tracing::debug!(
-                order_id = id,
-                version = row.version(),
-                verb = call.verb(),
-                status = answer.status,
-                duration_ms = elapsed_ms,
-                "synced"
-            );
-            deps.metrics.record_lag(event.committed_at_ms);
-            deps.metrics.synced.inc();
-            if verb == Verb::Delete {
-                db_step("purge the tombstone", id, || {
-                    queries::purge_tombstone(&deps.bookkeeping, id)
-                })
-                .await?;
-                return Ok(AfterCall::Done(Outcome::Synced));
-            }
-            let current = db_step("record the success", id, || {
-                deps.batched.record_synced(id, row.version())
+        Ok(_) => {
+            // Only a delete's success comes here: its tombstone goes.
+            synced(deps, event, row, &result, call, elapsed_ms);
+            db_step("purge the tombstone", id, || {
+                queries::purge_tombstone(&deps.bookkeeping, id)
             })
             .await?;
-            return Ok(match current {
-                Some(current) if current > row.version() => AfterCall::SyncAgain,
-                _ => AfterCall::Done(Outcome::Synced),
-            });
+            return Ok(AfterCall::Done(Outcome::Synced));
         }
         Err(error) => error,
     };
