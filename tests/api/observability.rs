@@ -340,7 +340,7 @@ async fn json_logs_have_one_line_per_request_and_per_call_attempt_with_their_fie
             attempts[0]["status"].as_str(),
             attempts[1]["status"].as_str()
         ),
-        (Some("503"), Some("ok"))
+        (Some("503"), Some("200"))
     );
     for attempt in attempts {
         assert_eq!(
