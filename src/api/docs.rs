@@ -25,7 +25,8 @@ use super::{admin, health, inbound, metrics, orders, sync_view};
         orders::delete_order,
         sync_view::list_attempts,
         sync_view::explain_sync,
-        inbound::update_from_inbound,
+        inbound::put_inbound,
+        inbound::patch_inbound,
         health::check_health,
         metrics::actor_metrics,
         metrics::prometheus_metrics,
@@ -36,7 +37,7 @@ use super::{admin, health, inbound, metrics, orders, sync_view};
         admin::discard_order,
     ),
     components(schemas(orders::OrderIn, orders::OrderOut, orders::SyncOut, orders::OrderPageOut, sync_view::AttemptPageOut, sync_view::SyncExplanationOut, metrics::HistoryOut, super::ErrorBody)),
-    modifiers(&AdminToken),
+    modifiers(&AdminToken, &OrderLinks),
     tags(
         (name = "orders", description = "Orders; every change is synced to the external API"),
         (name = "inbound", description = "The external system writing back (never echoed)"),
@@ -60,8 +61,85 @@ impl Modify for AdminToken {
     }
 }
 
+/// Links from the order `POST /orders` creates to every operation that takes an order's id, so
+/// a client (or a stateful fuzzer) can follow a created order through the API.
+struct OrderLinks;
+
+/// The operations that take an order's id as `{id}`.
+const TAKE_AN_ORDER_ID: [&str; 10] = [
+    "get_order",
+    "replace_order",
+    "patch_order",
+    "delete_order",
+    "list_attempts",
+    "explain_sync",
+    "retry_order",
+    "discard_order",
+    "put_inbound",
+    "patch_inbound",
+];
+
+impl Modify for OrderLinks {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::link::Link;
+        use utoipa::openapi::RefOr;
+        let created = openapi
+            .paths
+            .paths
+            .get_mut("/orders")
+            .and_then(|item| item.post.as_mut())
+            .and_then(|post| post.responses.responses.get_mut("201"));
+        let Some(RefOr::T(created)) = created else {
+            return;
+        };
+        for operation in TAKE_AN_ORDER_ID {
+            created.links.insert(
+                operation.to_string(),
+                RefOr::T(
+                    Link::builder()
+                        .operation_id(operation)
+                        .parameter("id", "$response.body#/id")
+                        .build(),
+                ),
+            );
+        }
+    }
+}
+
 pub async fn openapi_json() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
+    HttpResponse::Ok().json(document())
+}
+
+/// The document as served. utoipa 5.5 writes a link's `operationId` and `operationRef` as
+/// `operation_id` and `operation_ref` (its `Link` lacks the camel-case renaming), which no
+/// OpenAPI tool reads: they are renamed here.
+pub fn document() -> serde_json::Value {
+    let mut document = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    if let Some(paths) = document.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        let responses = paths
+            .values_mut()
+            .filter_map(|item| item.as_object_mut())
+            .flat_map(|item| item.values_mut())
+            .filter_map(|operation| operation.get_mut("responses"))
+            .filter_map(|responses| responses.as_object_mut())
+            .flat_map(|responses| responses.values_mut());
+        for response in responses {
+            let Some(links) = response.get_mut("links").and_then(|l| l.as_object_mut()) else {
+                continue;
+            };
+            for link in links.values_mut().filter_map(|l| l.as_object_mut()) {
+                for (snake, camel) in [
+                    ("operation_id", "operationId"),
+                    ("operation_ref", "operationRef"),
+                ] {
+                    if let Some(value) = link.remove(snake) {
+                        link.insert(camel.to_string(), value);
+                    }
+                }
+            }
+        }
+    }
+    document
 }
 
 const VIEWER: &str = r##"<!doctype html>

@@ -19,8 +19,9 @@ pub enum ApiError {
     Validation(FieldErrors),
     #[error("{0}")]
     NotFound(String),
+    /// `allow` lists the methods the path takes (the `Allow` header).
     #[error("method not allowed")]
-    MethodNotAllowed,
+    MethodNotAllowed { allow: &'static str },
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     /// A body of a type or coding the route does not take (see `super::edge`).
@@ -71,7 +72,7 @@ impl ApiError {
     pub(crate) fn from_status(status: StatusCode) -> Self {
         match status {
             StatusCode::NOT_FOUND => Self::NotFound(String::new()),
-            StatusCode::METHOD_NOT_ALLOWED => Self::MethodNotAllowed,
+            StatusCode::METHOD_NOT_ALLOWED => Self::MethodNotAllowed { allow: "" },
             StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge { limit: 0 },
             StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType(String::new()),
             StatusCode::REQUEST_TIMEOUT => Self::RequestTimeout,
@@ -89,7 +90,7 @@ impl ApiError {
             Self::BadRequest(_) => "bad_request",
             Self::Validation(_) => "validation_failed",
             Self::NotFound(_) => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::RequestTimeout => "request_timeout",
@@ -109,7 +110,7 @@ impl ResponseError for ApiError {
             Self::MalformedJson(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -139,6 +140,9 @@ impl ResponseError for ApiError {
             }
             Self::Unauthorized | Self::BadToken => {
                 response.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            Self::MethodNotAllowed { allow } if !allow.is_empty() => {
+                response.insert_header(("Allow", *allow));
             }
             _ => {}
         }

@@ -14,10 +14,32 @@ use super::{webhook, ApiError, AppState};
 use crate::db::{self, InboundOutcome};
 use crate::domain::InboundUpdate;
 
-#[utoipa::path(method(put, patch), path = "/inbound/{id}", tag = "inbound", params(("id" = i64, Path, description = "The order's id")),
+#[utoipa::path(put, path = "/inbound/{id}", tag = "inbound", params(("id" = i64, Path, description = "The order's id")),
     request_body(content = serde_json::Value, description = "`{\"order\": {\"status\": \"delivered\", \"delivered_on\": 1749000000}}`, or the same as a form (`order[status]=...&order[delivered_on]=...`)"),
     responses((status = 200, description = "`{\"message\": \"Order record updated successfully.\"}`"), (status = 404, body = crate::api::ErrorBody), (status = 422, body = crate::api::ErrorBody)))]
-pub async fn update_from_inbound(
+pub async fn put_inbound(
+    state: web::Data<AppState>,
+    id: web::Path<i64>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    update_from_inbound(state, id, req, body).await
+}
+
+/// The reference took the write-back as `PUT` or `PATCH` alike; so does this.
+#[utoipa::path(patch, path = "/inbound/{id}", tag = "inbound", params(("id" = i64, Path, description = "The order's id")),
+    request_body(content = serde_json::Value, description = "As `PUT /inbound/{id}`"),
+    responses((status = 200, description = "`{\"message\": \"Order record updated successfully.\"}`"), (status = 404, body = crate::api::ErrorBody), (status = 422, body = crate::api::ErrorBody)))]
+pub async fn patch_inbound(
+    state: web::Data<AppState>,
+    id: web::Path<i64>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    update_from_inbound(state, id, req, body).await
+}
+
+async fn update_from_inbound(
     state: web::Data<AppState>,
     id: web::Path<i64>,
     req: HttpRequest,

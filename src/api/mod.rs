@@ -83,12 +83,22 @@ impl AppState {
 }
 
 /// Registers the routes of `role` (a worker serves the operator's routes alone), and the
-/// extractor settings that turn bad input into `ApiError`s.
+/// extractor settings that turn bad input into `ApiError`s. Every path is a resource whose other
+/// methods are answered 405 with `Allow` naming the ones it takes.
 pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize, role: Role) {
-    cfg.route("/health", web::get().to(health::check_health))
-        .route("/metrics/actors", web::get().to(metrics::actor_metrics))
-        .route("/metrics/history", web::get().to(metrics::metrics_history))
-        .route("/metrics", web::get().to(metrics::prometheus_metrics));
+    cfg.service(get_only("/health", web::get().to(health::check_health)))
+        .service(get_only(
+            "/metrics/actors",
+            web::get().to(metrics::actor_metrics),
+        ))
+        .service(get_only(
+            "/metrics/history",
+            web::get().to(metrics::metrics_history),
+        ))
+        .service(get_only(
+            "/metrics",
+            web::get().to(metrics::prometheus_metrics),
+        ));
     if !role.serves_api() {
         return;
     }
@@ -104,17 +114,23 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize, role: Role
     .app_data(web::PayloadConfig::new(max_body_bytes))
     .app_data(web::PathConfig::default().error_handler(|err, _req| path_error(err).into()))
     .app_data(web::QueryConfig::default().error_handler(|err, _req| query_error(err).into()))
-    .route("/", web::get().to(dashboard::show_dashboard))
-    .route("/dashboard.js", web::get().to(dashboard::dashboard_script))
-    .route("/dashboard.css", web::get().to(dashboard::dashboard_styles))
-    .route("/openapi.json", web::get().to(docs::openapi_json))
-    .route("/docs", web::get().to(docs::show_docs))
-    .route("/docs/{asset}", web::get().to(docs::docs_asset))
+    .service(get_only("/", web::get().to(dashboard::show_dashboard)))
+    .service(get_only(
+        "/dashboard.js",
+        web::get().to(dashboard::dashboard_script),
+    ))
+    .service(get_only(
+        "/dashboard.css",
+        web::get().to(dashboard::dashboard_styles),
+    ))
+    .service(get_only("/openapi.json", web::get().to(docs::openapi_json)))
+    .service(get_only("/docs", web::get().to(docs::show_docs)))
+    .service(get_only("/docs/{asset}", web::get().to(docs::docs_asset)))
     .service(
         web::resource("/orders")
             .route(web::post().to(orders::create_order))
             .route(web::get().to(orders::list_orders))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(not_allowed("GET, POST")),
     )
     .service(
         web::resource("/orders/{id}")
@@ -122,37 +138,65 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize, role: Role
             .route(web::put().to(orders::replace_order))
             .route(web::patch().to(orders::patch_order))
             .route(web::delete().to(orders::delete_order))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(not_allowed("GET, PUT, PATCH, DELETE")),
+    )
+    .service(get_only(
+        "/orders/{id}/attempts",
+        web::get().to(sync_view::list_attempts),
+    ))
+    .service(get_only(
+        "/orders/{id}/sync",
+        web::get().to(sync_view::explain_sync),
+    ))
+    .service(get_only(
+        "/admin/orders",
+        web::get().to(admin::list_failed_orders),
+    ))
+    // Before `/admin/orders/{id}`, which would otherwise take `retry-all` for an id.
+    .service(
+        web::resource("/admin/orders/retry-all")
+            .route(web::post().to(admin::retry_all_dead))
+            .default_service(not_allowed("POST")),
     )
     .service(
-        web::resource("/orders/{id}/attempts")
-            .route(web::get().to(sync_view::list_attempts))
-            .default_service(web::to(method_not_allowed)),
+        web::resource("/admin/orders/{id}/retry")
+            .route(web::post().to(admin::retry_order))
+            .default_service(not_allowed("POST")),
     )
     .service(
-        web::resource("/orders/{id}/sync")
-            .route(web::get().to(sync_view::explain_sync))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::scope("/admin")
-            .route("/orders", web::get().to(admin::list_failed_orders))
-            .route("/orders/retry-all", web::post().to(admin::retry_all_dead))
-            .route("/orders/{id}/retry", web::post().to(admin::retry_order))
-            .route("/orders/{id}", web::delete().to(admin::discard_order)),
+        web::resource("/admin/orders/{id}")
+            .route(web::delete().to(admin::discard_order))
+            .default_service(not_allowed("DELETE")),
     )
     .service(
         web::resource("/inbound/{id}")
-            .route(inbound_route(web::put()))
-            .route(inbound_route(web::patch()))
-            .default_service(web::to(method_not_allowed)),
+            .route(inbound_route(web::put(), inbound::put_inbound))
+            .route(inbound_route(web::patch(), inbound::patch_inbound))
+            .default_service(not_allowed("PUT, PATCH")),
     );
 }
 
+/// A path that takes `GET` alone.
+fn get_only(path: &str, get: actix_web::Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(get)
+        .default_service(not_allowed("GET"))
+}
+
+/// Answers 405 with `Allow: allow`, in the one error shape.
+fn not_allowed(allow: &'static str) -> actix_web::Route {
+    web::to(move || async move { Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow }) })
+}
+
 /// The write-back takes JSON or a form; anything else is refused before its handler runs.
-fn inbound_route(method: actix_web::Route) -> actix_web::Route {
+fn inbound_route<F, Args>(method: actix_web::Route, handler: F) -> actix_web::Route
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
     method
-        .to(inbound::update_from_inbound)
+        .to(handler)
         .wrap(actix_web::middleware::from_fn(edge::require_json_or_form))
 }
 
@@ -163,10 +207,6 @@ pub async fn route_not_found(req: HttpRequest) -> Result<HttpResponse, ApiError>
         req.method(),
         req.path()
     )))
-}
-
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
 }
 
 fn json_error(err: JsonPayloadError, limit: usize) -> ApiError {

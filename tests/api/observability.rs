@@ -1,7 +1,9 @@
 //! The metrics endpoints move exactly as a known sequence of events says, the Prometheus text
-//! parses, every route is in the OpenAPI document, and logs are one line per request and per
-//! call attempt.
+//! parses, every route is in the OpenAPI document (with unique operation ids, and every path
+//! answers other methods 405 with `Allow`), and logs are one line per request and per call
+//! attempt.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -268,6 +270,72 @@ async fn every_route_is_in_the_openapi_document_and_every_documented_route_is_se
         .await
         .unwrap();
     assert_eq!(bundle.status(), 200);
+}
+
+#[actix_web::test]
+async fn every_path_answers_an_unknown_method_405_with_allow_naming_the_methods_it_takes() {
+    let app = spawn_app_with(&[("ADMIN_TOKEN", "t0ken"), ("SYNC_ENGINE", "false")]).await;
+    let mut takes: std::collections::BTreeMap<&str, BTreeSet<String>> = Default::default();
+    for (method, _, concrete) in ROUTES {
+        takes
+            .entry(*concrete)
+            .or_default()
+            .insert(method.to_uppercase());
+    }
+    for page in [
+        "/",
+        "/dashboard.js",
+        "/dashboard.css",
+        "/openapi.json",
+        "/docs",
+        "/docs/swagger-ui.css",
+    ] {
+        takes.entry(page).or_default().insert("GET".into());
+    }
+    for (path, methods) in takes {
+        let response = app
+            .http
+            .request(reqwest::Method::TRACE, app.url(path))
+            .bearer_auth("t0ken")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "TRACE {path}");
+        let allow: BTreeSet<String> = response.headers()["allow"]
+            .to_str()
+            .unwrap()
+            .split(", ")
+            .map(str::to_string)
+            .collect();
+        assert_eq!(allow, methods, "Allow of {path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "method_not_allowed", "{path}");
+    }
+}
+
+#[actix_web::test]
+async fn operation_ids_are_unique_and_the_created_orders_links_reach_real_operations() {
+    let app = spawn_app_with(&[("SYNC_ENGINE", "false")]).await;
+    let doc = app.get_json("/openapi.json").await;
+    let mut ids = BTreeSet::new();
+    for operations in doc["paths"].as_object().unwrap().values() {
+        for operation in operations.as_object().unwrap().values() {
+            let id = operation["operationId"].as_str().expect("an operationId");
+            assert!(ids.insert(id.to_string()), "operationId {id} is used twice");
+        }
+    }
+    let links = doc["paths"]["/orders"]["post"]["responses"]["201"]["links"]
+        .as_object()
+        .expect("links from the created order");
+    assert_eq!(links.len(), 10, "{links:?}");
+    for link in links.values() {
+        let target = link["operationId"].as_str().unwrap();
+        assert!(
+            ids.contains(target),
+            "a link to {target}, which does not exist"
+        );
+        assert_eq!(link["parameters"]["id"], "$response.body#/id");
+    }
 }
 
 #[actix_web::test]
