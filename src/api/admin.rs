@@ -30,10 +30,12 @@ fn require_admin(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
 #[into_params(parameter_in = Query)]
 pub struct FailedQuery {
     /// `dead` or `retrying`; both when omitted.
+    #[param(pattern = "^(dead|retrying)$")]
     state: Option<String>,
     /// The `next_cursor` of the previous page.
     cursor: Option<i64>,
     /// 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     per_page: Option<i64>,
 }
 

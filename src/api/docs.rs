@@ -36,8 +36,8 @@ use super::{admin, health, inbound, metrics, orders, sync_view};
         admin::retry_all_dead,
         admin::discard_order,
     ),
-    components(schemas(orders::OrderIn, orders::OrderOut, orders::SyncOut, orders::OrderPageOut, sync_view::AttemptPageOut, sync_view::SyncExplanationOut, metrics::HistoryOut, super::ErrorBody)),
-    modifiers(&AdminToken, &OrderLinks),
+    components(schemas(orders::OrderIn, orders::OrderPatchIn, inbound::InboundJson, inbound::InboundOrder, inbound::InboundForm, orders::OrderOut, orders::SyncOut, orders::OrderPageOut, sync_view::AttemptPageOut, sync_view::SyncExplanationOut, metrics::HistoryOut, super::ErrorBody)),
+    modifiers(&AdminToken, &OrderLinks, &CommonErrors),
     tags(
         (name = "orders", description = "Orders; every change is synced to the external API"),
         (name = "inbound", description = "The external system writing back (never echoed)"),
@@ -57,6 +57,74 @@ impl Modify for AdminToken {
                 "admin_token",
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
             );
+        }
+    }
+}
+
+/// Declares, on every operation, the errors that the service's common layers can answer with,
+/// so no answer is undocumented: 400 (an id or query that does not parse, a body that is not
+/// JSON), 401 (`API_TOKENS` set, or a bad admin token), 405 is per path (`Allow`), 422 (a rule
+/// broken), 503 (PostgreSQL unreachable), and for a body 408 (too slow), 413 (too large) and
+/// 415 (a type or coding the route does not take). Added here, not by hand on each handler, so
+/// a new route cannot miss them. `/health` (200/503) and the pages without data keep their own.
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if path == "/health" {
+                continue;
+            }
+            let operations = [
+                item.get.as_mut(),
+                item.post.as_mut(),
+                item.put.as_mut(),
+                item.patch.as_mut(),
+                item.delete.as_mut(),
+            ];
+            for operation in operations.into_iter().flatten() {
+                let mut common = vec![
+                    ("401", "Missing or wrong bearer token"),
+                    (
+                        "503",
+                        "PostgreSQL cannot be reached right now (with Retry-After)",
+                    ),
+                ];
+                let takes_input = path.contains('{')
+                    || operation.request_body.is_some()
+                    || operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                if takes_input {
+                    common.push((
+                        "400",
+                        "An id or query value that does not parse, or a body that is not JSON",
+                    ));
+                    common.push(("422", "A value breaks a rule; `fields` names each"));
+                }
+                if operation.request_body.is_some() {
+                    common.push(("408", "The body did not arrive in time"));
+                    common.push(("413", "The body is larger than MAX_BODY_BYTES"));
+                    common.push(("415", "A body type or coding the route does not take"));
+                }
+                for (status, description) in common {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| error(description).into());
+                }
+            }
         }
     }
 }
@@ -110,7 +178,7 @@ pub async fn openapi_json() -> HttpResponse {
     HttpResponse::Ok().json(document())
 }
 
-/// The document as served. utoipa 5.5 writes a link's `operationId` and `operationRef` as
+/// The document as served, with what utoipa cannot state added. utoipa 5.5 writes a link's `operationId` and `operationRef` as
 /// `operation_id` and `operation_ref` (its `Link` lacks the camel-case renaming), which no
 /// OpenAPI tool reads: they are renamed here.
 pub fn document() -> serde_json::Value {
@@ -138,6 +206,21 @@ pub fn document() -> serde_json::Value {
                 }
             }
         }
+    }
+    // A rule between two fields, which utoipa's attributes cannot state: `delivered_at` is
+    // null or absent unless the status is `delivered` (`OrderFields::checked`).
+    if let Some(order) = document
+        .pointer_mut("/components/schemas/OrderIn")
+        .and_then(|o| o.as_object_mut())
+    {
+        order.insert(
+            "if".into(),
+            serde_json::json!({"properties": {"status": {"const": "delivered"}}}),
+        );
+        order.insert(
+            "else".into(),
+            serde_json::json!({"properties": {"delivered_at": {"type": "null"}}}),
+        );
     }
     document
 }
@@ -179,4 +262,33 @@ pub async fn docs_asset(asset: web::Path<String>) -> HttpResponse {
         .content_type(content_type)
         .insert_header(("Cache-Control", "public, max-age=86400"))
         .body(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::document;
+    use crate::domain::{Money, MAX_EPOCH_SECONDS};
+
+    /// The numbers written in the schema's attributes are the domain's own: a changed rule
+    /// that is not changed in the document too fails here.
+    #[test]
+    fn the_documents_bounds_are_the_domains() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        for body in ["OrderIn", "OrderPatchIn"] {
+            for field in ["amount", "tax"] {
+                let money = &schemas[body]["properties"][field];
+                assert_eq!(money["maximum"], Money::MAX, "{body}.{field}");
+                assert_eq!(money["minimum"], 0, "{body}.{field}");
+            }
+            assert_eq!(schemas[body]["additionalProperties"], false, "{body}");
+        }
+        let epoch = &schemas["InboundOrder"]["properties"]["delivered_on"]["oneOf"][0];
+        assert_eq!(epoch["maximum"], MAX_EPOCH_SECONDS);
+        let list = doc["paths"]["/orders"]["get"]["parameters"]
+            .as_array()
+            .expect("parameters");
+        let page = list.iter().find(|p| p["name"] == "page").expect("page");
+        assert_eq!(page["schema"]["maximum"], super::super::orders::MAX_PAGE);
+    }
 }

@@ -14,8 +14,63 @@ use super::{webhook, ApiError, AppState};
 use crate::db::{self, InboundOutcome};
 use crate::domain::InboundUpdate;
 
+/// The write-back as JSON. Keys beside `order` are ignored, as the reference ignored them.
+#[derive(utoipa::ToSchema, serde::Deserialize)]
+#[allow(dead_code)] // read by the OpenAPI document only
+pub struct InboundJson {
+    order: InboundOrder,
+}
+
+/// What the external system writes back: `status`, `delivered_on`, or both.
+#[derive(utoipa::ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // read by the OpenAPI document only
+pub struct InboundOrder {
+    #[schema(nullable = false, pattern = "^(pending|delivered|canceled)$")]
+    status: Option<String>,
+    /// The delivery time in epoch seconds (0 to 99999999999): a number, or a string of digits.
+    #[schema(nullable = false, schema_with = epoch_seconds_schema)]
+    delivered_on: Option<i64>,
+}
+
+/// The write-back as a form, as the reference's clients sent it.
+#[derive(utoipa::ToSchema, serde::Deserialize)]
+#[allow(dead_code)] // read by the OpenAPI document only
+pub struct InboundForm {
+    #[serde(rename = "order[status]")]
+    #[schema(nullable = false, pattern = "^(pending|delivered|canceled)$")]
+    status: Option<String>,
+    #[serde(rename = "order[delivered_on]")]
+    #[schema(
+        nullable = false,
+        pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*\+?[0-9]{1,11}[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
+    delivered_on: Option<String>,
+}
+
+/// Epoch seconds as `crate::domain::InboundUpdate` takes them: a whole number from 0 to
+/// `MAX_EPOCH_SECONDS`, or a string of 1 to 11 digits (an optional `+`, whitespace around it).
+fn epoch_seconds_schema() -> utoipa::openapi::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, SchemaType, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(SchemaType::Type(Type::Integer))
+                .minimum(Some(0))
+                .maximum(Some(crate::domain::MAX_EPOCH_SECONDS)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(SchemaType::Type(Type::String))
+                .pattern(Some(r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*\+?[0-9]{1,11}[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$")),
+        )
+        .examples([serde_json::json!(1_749_000_000)])
+        .build()
+        .into()
+}
+
 #[utoipa::path(put, path = "/inbound/{id}", tag = "inbound", params(("id" = i64, Path, description = "The order's id")),
-    request_body(content = serde_json::Value, description = "`{\"order\": {\"status\": \"delivered\", \"delivered_on\": 1749000000}}`, or the same as a form (`order[status]=...&order[delivered_on]=...`)"),
+    request_body(content((InboundJson = "application/json"), (InboundForm = "application/x-www-form-urlencoded")), description = "`{\"order\": {\"status\": \"delivered\", \"delivered_on\": 1749000000}}`, or the same as a form (`order[status]=...&order[delivered_on]=...`)"),
     responses((status = 200, description = "`{\"message\": \"Order record updated successfully.\"}`"), (status = 404, body = crate::api::ErrorBody), (status = 422, body = crate::api::ErrorBody)))]
 pub async fn put_inbound(
     state: web::Data<AppState>,
@@ -28,7 +83,7 @@ pub async fn put_inbound(
 
 /// The reference took the write-back as `PUT` or `PATCH` alike; so does this.
 #[utoipa::path(patch, path = "/inbound/{id}", tag = "inbound", params(("id" = i64, Path, description = "The order's id")),
-    request_body(content = serde_json::Value, description = "As `PUT /inbound/{id}`"),
+    request_body(content((InboundJson = "application/json"), (InboundForm = "application/x-www-form-urlencoded")), description = "As `PUT /inbound/{id}`"),
     responses((status = 200, description = "`{\"message\": \"Order record updated successfully.\"}`"), (status = 404, body = crate::api::ErrorBody), (status = 422, body = crate::api::ErrorBody)))]
 pub async fn patch_inbound(
     state: web::Data<AppState>,

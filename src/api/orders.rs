@@ -89,27 +89,35 @@ pub struct OrderPageOut {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Page number (from 1); the answer then has `total`. `page` × `per_page` may be 10,000 at
-    /// most: go further with `cursor`.
+    /// Page number, 1 to 100; the answer then has `total`. Numbered pages reach the first 10,000
+    /// orders (100 pages of 100): go further with `cursor`.
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 100)]
     page: Option<String>,
     /// Orders per page, 1 to 100 (default 25).
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 100)]
     per_page: Option<String>,
     /// The `next_cursor` of the previous page (not with `page`).
+    #[param(value_type = Option<i64>, minimum = 1)]
     cursor: Option<String>,
     /// `pending`, `delivered` or `canceled`.
+    #[param(value_type = Option<String>, pattern = "^(pending|delivered|canceled)$")]
     status: Option<String>,
     /// `pending`, `synced`, `retrying` or `dead` (also accepted as `sync.state`).
     #[serde(alias = "sync.state")]
+    #[param(value_type = Option<String>, pattern = "^(pending|synced|retrying|dead)$")]
     sync_state: Option<String>,
 }
 
 /// A full order, as `POST` and `PUT` take it (documentation: the handlers parse the JSON into
-/// `crate::domain::OrderFields`, which enforces these rules).
-#[derive(utoipa::ToSchema)]
+/// `crate::domain::OrderFields`, which enforces these rules; the patterns say exactly what
+/// `AddressLine::new` and `Pincode::new` accept: leading and trailing whitespace (Rust's
+/// `char::is_whitespace`) is trimmed, and what is left has no control character).
+#[derive(utoipa::ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)] // read by the OpenAPI document only
 pub struct OrderIn {
     /// `pending`, `delivered` or `canceled`.
-    #[schema(example = "delivered")]
+    #[schema(example = "delivered", pattern = "^(pending|delivered|canceled)$")]
     status: String,
     /// RFC 3339.
     #[schema(example = "2025-06-01T10:00:00Z")]
@@ -118,33 +126,107 @@ pub struct OrderIn {
     #[schema(example = "2025-06-04T10:00:00Z")]
     delivered_at: Option<DateTime<Utc>>,
     /// Minor units, 0 to 10^12.
-    #[schema(example = 1000)]
+    #[schema(example = 1000, minimum = 0, maximum = 1_000_000_000_000_i64)]
     amount: i64,
     /// Minor units, 0 to 10^12.
-    #[schema(example = 180)]
+    #[schema(example = 180, minimum = 0, maximum = 1_000_000_000_000_i64)]
     tax: i64,
-    /// 1 to 200 characters (as are city, state and country).
-    #[schema(example = "12 MG Road")]
+    /// 1 to 200 characters once trimmed, no control characters (as are city, state and
+    /// country).
+    #[schema(
+        example = "12 MG Road",
+        pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\x00-\x1f\x7f-\x9f]{0,198}[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     street_address: String,
-    #[schema(example = "Pune")]
+    #[schema(
+        example = "Pune",
+        pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\x00-\x1f\x7f-\x9f]{0,198}[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     city: String,
-    #[schema(example = "Maharashtra")]
+    #[schema(
+        example = "Maharashtra",
+        pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\x00-\x1f\x7f-\x9f]{0,198}[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     state: String,
-    #[schema(example = "India")]
+    #[schema(
+        example = "India",
+        pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\x00-\x1f\x7f-\x9f]{0,198}[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     country: String,
-    /// 3 to 10 letters, digits, spaces or hyphens; kept as text.
-    #[schema(example = "411001")]
+    /// 3 to 10 letters, digits, spaces or hyphens once trimmed, starting with a letter or digit;
+    /// kept as text. A whole number (100 to 9999999999) is taken too.
+    #[schema(example = "411001", schema_with = pincode_schema)]
     pincode: String,
+}
+
+/// Any subset of an order's fields, as `PATCH` takes it; `"delivered_at": null` clears it.
+#[derive(utoipa::ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // read by the OpenAPI document only
+pub struct OrderPatchIn {
+    #[schema(nullable = false, pattern = "^(pending|delivered|canceled)$")]
+    status: Option<String>,
+    #[schema(nullable = false)]
+    placed_at: Option<DateTime<Utc>>,
+    delivered_at: Option<DateTime<Utc>>,
+    #[schema(nullable = false, minimum = 0, maximum = 1_000_000_000_000_i64)]
+    amount: Option<i64>,
+    #[schema(nullable = false, minimum = 0, maximum = 1_000_000_000_000_i64)]
+    tax: Option<i64>,
+    #[schema(
+        nullable = false,
+        pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\x00-\x1f\x7f-\x9f]{0,198}[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
+    street_address: Option<String>,
+    #[schema(
+        nullable = false,
+        pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\x00-\x1f\x7f-\x9f]{0,198}[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
+    city: Option<String>,
+    #[schema(
+        nullable = false,
+        pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\x00-\x1f\x7f-\x9f]{0,198}[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
+    state: Option<String>,
+    #[schema(
+        nullable = false,
+        pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\x00-\x1f\x7f-\x9f]{0,198}[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
+    country: Option<String>,
+    #[schema(nullable = false, schema_with = pincode_schema)]
+    pincode: Option<String>,
+}
+
+/// A pincode: text of 3 to 10 letters, digits, spaces or hyphens, or a whole number of 3 to 10
+/// digits.
+fn pincode_schema() -> utoipa::openapi::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, SchemaType, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(SchemaType::Type(Type::String))
+                .pattern(Some(r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9][A-Za-z0-9 -]{1,8}[A-Za-z0-9-][\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$")),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(SchemaType::Type(Type::Integer))
+                .minimum(Some(100))
+                .maximum(Some(9_999_999_999_i64)),
+        )
+        .build()
+        .into()
 }
 
 const DEFAULT_PER_PAGE: u64 = 25;
 const MAX_PER_PAGE: u64 = 100;
 
-/// The deepest a numbered page may reach (`page` × `per_page`). PostgreSQL reads and discards
-/// every row before a numbered page (`OFFSET`), so page 400,000 costs a scan of ten million rows,
-/// each time it is asked for; a cursor page seeks straight to its place in the index whatever
-/// its depth. Deeper pages are refused (422) with a pointer to `cursor`.
-const MAX_NUMBERED_ROWS: u64 = 10_000;
+/// The last numbered page. PostgreSQL reads and discards every row before a numbered page
+/// (`OFFSET`), so page 400,000 costs a scan of ten million rows, each time it is asked for; a
+/// cursor page seeks straight to its place in the index whatever its depth. With at most 100 per
+/// page, numbered pages reach the first 10,000 orders; further ones are refused (422) with a
+/// pointer to `cursor`. (Until 2026-11-28 the bound was `page` × `per_page` ≤ 10,000, which no
+/// OpenAPI schema can state: a generated client could not know page 401 was refused.)
+pub(super) const MAX_PAGE: u64 = 100;
 
 impl ListQuery {
     fn parse(self) -> Result<(OrderFilter, PageRequest), FieldErrors> {
@@ -164,8 +246,21 @@ impl ListQuery {
         };
         let per_page =
             number("per_page", self.per_page, 1, MAX_PER_PAGE).unwrap_or(DEFAULT_PER_PAGE);
-        let page = number("page", self.page, 1, u64::from(u32::MAX));
         let cursor = number("cursor", self.cursor, 1, i64::MAX as u64).map(|c| c as i64);
+        let page = self.page.and_then(|raw| match raw.parse::<u64>() {
+            Ok(page) if (1..=MAX_PAGE).contains(&page) => Some(page),
+            _ => {
+                errors.insert(
+                    "page".into(),
+                    format!(
+                        "must be an integer from 1 to {MAX_PAGE}: numbered pages reach the \
+                         first {} orders; use cursor (each page's next_cursor) to go further",
+                        MAX_PAGE * MAX_PER_PAGE
+                    ),
+                );
+                None
+            }
+        });
         let status = self.status.and_then(|s| {
             s.parse()
                 .map_err(|e| errors.insert("status".into(), e))
@@ -176,15 +271,6 @@ impl ListQuery {
                 .map_err(|e| errors.insert("sync.state".into(), e))
                 .ok()
         });
-        if page.is_some_and(|page| page.saturating_mul(per_page) > MAX_NUMBERED_ROWS) {
-            errors.insert(
-                "page".into(),
-                format!(
-                    "numbered pages reach the first {MAX_NUMBERED_ROWS} orders only \
-                     (page × per_page); use cursor (each page's next_cursor) to go further"
-                ),
-            );
-        }
         if page.is_some() && cursor.is_some() {
             errors.insert(
                 "cursor".into(),
@@ -261,7 +347,7 @@ pub async fn replace_order(
 }
 
 #[utoipa::path(patch, path = "/orders/{id}", tag = "orders", params(("id" = i64, Path, description = "The order's id")),
-    request_body(content = serde_json::Value, description = "Any subset of the order's fields; `\"delivered_at\": null` clears it"),
+    request_body = OrderPatchIn,
     responses((status = 200, body = OrderOut), (status = 404, body = crate::api::ErrorBody), (status = 415, body = crate::api::ErrorBody), (status = 422, body = crate::api::ErrorBody)))]
 pub async fn patch_order(
     state: web::Data<AppState>,

@@ -21,8 +21,10 @@ const MAX_PER_PAGE: i64 = 100;
 #[into_params(parameter_in = Query)]
 pub struct AttemptsQuery {
     /// The `next_cursor` of the previous page.
+    #[param(value_type = Option<i64>, minimum = 1)]
     cursor: Option<String>,
     /// Attempts per page, 1 to 100 (default 20).
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 100)]
     per_page: Option<String>,
 }
 

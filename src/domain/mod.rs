@@ -60,6 +60,6 @@ mod snapshot;
 pub use event::{EventKind, SyncEvent};
 pub use order::{
     AddressLine, FieldErrors, InboundUpdate, Money, OrderFields, OrderPatch, OrderStatus, Pincode,
-    SyncState,
+    SyncState, MAX_EPOCH_SECONDS,
 };
 pub use snapshot::OrderSnapshot;

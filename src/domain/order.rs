@@ -426,15 +426,25 @@ fn timestamp(value: &Value) -> Result<DateTime<Utc>, String> {
 
 fn money(value: &Value) -> Result<Money, String> {
     match value {
-        Value::Number(n) => match n.as_i64() {
+        Value::Number(n) => match whole_number(n) {
             Some(units) => Money::new(units),
-            None if n.is_f64() && n.as_f64().is_some_and(|f| f.fract() != 0.0) => {
+            None if n.as_f64().is_some_and(|f| f.fract() != 0.0) => {
                 Err("must be a whole number of minor units".into())
             }
             None => Err(format!("must be between 0 and {}", Money::MAX)),
         },
         _ => Err("must be an integer (minor units)".into()),
     }
+}
+
+/// The number as an `i64` when it is a whole number: `1000` or `1000.0`, which JSON Schema (and
+/// so the OpenAPI document) counts as the same integer.
+fn whole_number(n: &serde_json::Number) -> Option<i64> {
+    n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && (i64::MIN as f64..i64::MAX as f64).contains(f))
+            .map(|f| f as i64)
+    })
 }
 
 fn address_line(value: &Value) -> Result<AddressLine, String> {
@@ -445,20 +455,36 @@ fn address_line(value: &Value) -> Result<AddressLine, String> {
 fn pincode(value: &Value) -> Result<Pincode, String> {
     match value {
         Value::String(s) => Pincode::new(s),
-        Value::Number(n) if n.is_u64() => Pincode::new(&n.to_string()),
+        Value::Number(n) => match whole_number(n) {
+            Some(digits) if digits >= 0 => Pincode::new(&digits.to_string()),
+            _ => Err("must be a string of 3 to 10 letters, digits, spaces or hyphens".into()),
+        },
         _ => Err("must be a string of 3 to 10 letters, digits, spaces or hyphens".into()),
     }
 }
 
+/// The latest `delivered_on` taken: 11 digits of epoch seconds (the year 5138). Earlier than
+/// 1970 is refused too. Both bounds are in the OpenAPI document, as a range and as a pattern.
+pub const MAX_EPOCH_SECONDS: i64 = 99_999_999_999;
+
+/// Epoch seconds from 0 to [`MAX_EPOCH_SECONDS`]: a whole number, or a string of 1 to 11 digits
+/// (an optional `+`, surrounding whitespace trimmed), as forms send it.
 fn epoch_seconds(value: &Value) -> Result<DateTime<Utc>, String> {
     let seconds = match value {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.trim().parse::<i64>().ok(),
+        Value::Number(n) => whole_number(n),
+        Value::String(s) => {
+            let digits = s.trim();
+            let digits = digits.strip_prefix('+').unwrap_or(digits);
+            let well_formed =
+                (1..=11).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+            well_formed.then(|| digits.parse::<i64>().ok()).flatten()
+        }
         _ => None,
     };
     seconds
+        .filter(|s| (0..=MAX_EPOCH_SECONDS).contains(s))
         .and_then(|s| DateTime::from_timestamp(s, 0))
-        .ok_or_else(|| "must be a time in epoch seconds".to_string())
+        .ok_or_else(|| format!("must be a time in epoch seconds, 0 to {MAX_EPOCH_SECONDS}"))
 }
 
 #[cfg(test)]
@@ -466,6 +492,21 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_whole_number_written_with_a_fraction_is_the_same_integer() {
+        let money_of = |v: Value| money(&v).map(|m| m.minor_units());
+        assert_eq!(money_of(json!(1000.0)), Ok(1000));
+        assert!(money_of(json!(1000.5))
+            .unwrap_err()
+            .contains("whole number"));
+        assert!(money_of(json!(1e30)).is_err());
+        assert_eq!(
+            pincode(&json!(411001.0)).map(|p| p.as_str().to_string()),
+            Ok("411001".to_string())
+        );
+        assert!(pincode(&json!(-100)).is_err());
+    }
 
     #[test]
     fn the_entity_stores_states_under_the_names_sqlx_and_json_use() {

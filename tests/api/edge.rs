@@ -229,9 +229,9 @@ async fn a_numbered_page_beyond_the_first_10000_orders_is_refused_with_422_point
     let app = spawn_api_only().await;
     for (query, page_error) in [
         ("page=100&per_page=100", false),
-        ("page=400", false),
+        ("page=100", false),
         ("page=101&per_page=100", true),
-        ("page=401", true),
+        ("page=101&per_page=1", true),
         ("page=4294967295&per_page=100", true),
     ] {
         let response = app
