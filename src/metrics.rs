@@ -35,6 +35,14 @@ pub struct HistoryPoint {
     pub lag_p95_ms: u64,
 }
 
+/// The chart's last 15 minutes, and what the next point's rate is measured from.
+struct History {
+    points: VecDeque<HistoryPoint>,
+    /// `events_synced_total` when the last point was taken.
+    synced_then: u64,
+    taken_at: Instant,
+}
+
 /// Lag percentiles over the recent window, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct LagSummary {
@@ -85,8 +93,7 @@ pub struct SyncMetrics {
     calls: IntCounterVec,
     lag: Histogram,
     lag_window: Mutex<VecDeque<(Instant, Duration)>>,
-    /// The chart's last 15 minutes, and the synced count at the last point.
-    history: Mutex<(VecDeque<HistoryPoint>, u64, Instant)>,
+    history: Mutex<History>,
     // Set at scrape time.
     pub throttle_tokens: Gauge,
     pub throttle_waiters: IntGauge,
@@ -254,7 +261,11 @@ impl SyncMetrics {
             calls,
             lag,
             lag_window: Mutex::new(VecDeque::new()),
-            history: Mutex::new((VecDeque::new(), 0, Instant::now())),
+            history: Mutex::new(History {
+                points: VecDeque::new(),
+                synced_then: 0,
+                taken_at: Instant::now(),
+            }),
             throttle_tokens: float_gauge(
                 &r,
                 "throttle_tokens",
@@ -396,30 +407,29 @@ impl SyncMetrics {
         let Ok(mut history) = self.history.lock() else {
             return;
         };
-        let (points, last_synced, last_at) = &mut *history;
-        let seconds = last_at.elapsed().as_secs_f64();
+        let seconds = history.taken_at.elapsed().as_secs_f64();
         let synced_per_sec = if seconds > 0.0 {
-            synced.saturating_sub(*last_synced) as f64 / seconds
+            synced.saturating_sub(history.synced_then) as f64 / seconds
         } else {
             0.0
         };
-        if points.len() == HISTORY_POINTS {
-            points.pop_front();
+        if history.points.len() == HISTORY_POINTS {
+            history.points.pop_front();
         }
-        points.push_back(HistoryPoint {
+        history.points.push_back(HistoryPoint {
             at_ms: chrono::Utc::now().timestamp_millis(),
             synced_per_sec: (synced_per_sec * 100.0).round() / 100.0,
             lag_p95_ms,
         });
-        *last_synced = synced;
-        *last_at = Instant::now();
+        history.synced_then = synced;
+        history.taken_at = Instant::now();
     }
 
     /// The chart's points, oldest first: up to the last 15 minutes.
     pub fn history(&self) -> Vec<HistoryPoint> {
         self.history
             .lock()
-            .map(|history| history.0.iter().copied().collect())
+            .map(|history| history.points.iter().copied().collect())
             .unwrap_or_default()
     }
 

@@ -209,14 +209,12 @@ async fn the_dashboard_shows_the_apis_numbers_and_its_retry_button_retries_a_dea
             .filter(|t| t.contains("address rejected"))
     })
     .await;
-    let shots = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
     browser
         .execute("window.scrollTo(0, 0)", vec![])
         .await
         .unwrap();
     let png = browser.screenshot().await.expect("a screenshot");
-    std::fs::write(shots.join("dashboard.png"), &png).unwrap();
+    save_screenshot("dashboard.png", &png);
     assert!(png.len() > 10_000, "the screenshot is an image of the page");
 
     // The external API accepts it now; the retry button syncs it.
@@ -241,6 +239,13 @@ async fn the_dashboard_shows_the_apis_numbers_and_its_retry_button_retries_a_dea
     let violations = policy_violations(&browser).await;
     assert!(violations.is_empty(), "{violations:#?}");
     browser.close().await.ok();
+}
+
+/// Keeps a screenshot as a test artifact, under `target/tmp/screenshots/`.
+fn save_screenshot(name: &str, png: &[u8]) {
+    let shots = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    std::fs::write(shots.join(name), png).unwrap();
 }
 
 /// The operator types the admin token and saves it.
@@ -400,11 +405,9 @@ async fn an_order_is_looked_up_from_its_failed_row_and_the_chart_opens_on_the_se
     let attempt = text_of(&browser, "#lookup-timeline li").await.unwrap();
     assert!(attempt.contains("POST version 1 → 422"), "{attempt}");
     assert!(attempt.contains("address rejected"), "{attempt}");
-    let shots = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
     let lookup = browser.find(Locator::Css("#lookup")).await.unwrap();
     let png = lookup.screenshot().await.expect("a screenshot");
-    std::fs::write(shots.join("order-lookup.png"), &png).unwrap();
+    save_screenshot("order-lookup.png", &png);
 
     // Retried, it syncs; the lookup follows, and a lookup by typing the id shows the same.
     click(
