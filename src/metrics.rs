@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::external::CallError;
@@ -111,6 +111,13 @@ pub struct SyncMetrics {
     pub orders: IntGaugeVec,
     /// 1 while the sync engine runs (or relays, with `ROLE=api`); 0 when it failed or is off.
     pub engine_up: IntGauge,
+    /// Audit checks this instance made, by verdict (`crate::db::jobs::Verdict`).
+    pub audit_checks: IntCounterVec,
+    /// 1 while outbound calls are paused (`POST /admin/sync/pause`), for every instance.
+    pub sync_paused: IntGauge,
+    /// Set at scrape time: running jobs by kind, and the oldest one's progress (0 to 1).
+    pub jobs_running: IntGaugeVec,
+    pub job_progress: GaugeVec,
 }
 
 impl Default for SyncMetrics {
@@ -178,6 +185,26 @@ impl SyncMetrics {
         )
         .expect("a valid metric");
         r.register(Box::new(lag.clone())).expect("a unique metric");
+        let audit_checks = IntCounterVec::new(
+            Opts::new(
+                "order_sync_audit_checks_total",
+                "Orders an audit compared with the external copy, by verdict (matching, skipped, errors, repaired_missing, repaired_different, repaired_stray).",
+            ),
+            &["verdict"],
+        )
+        .expect("a valid metric");
+        r.register(Box::new(audit_checks.clone()))
+            .expect("a unique metric");
+        let job_progress = GaugeVec::new(
+            Opts::new(
+                "order_sync_job_progress_ratio",
+                "Progress of the oldest running job of each kind (audit, resync), from 0 to 1.",
+            ),
+            &["kind"],
+        )
+        .expect("a valid metric");
+        r.register(Box::new(job_progress.clone()))
+            .expect("a unique metric");
         Self {
             events_received: counter(
                 &r,
@@ -322,6 +349,19 @@ impl SyncMetrics {
                 "engine_up",
                 "1 while the sync engine runs (ROLE=api: while it relays); 0 when it failed or is off.",
             ),
+            audit_checks,
+            sync_paused: gauge(
+                &r,
+                "sync_paused",
+                "1 while outbound calls are paused for every instance (POST /admin/sync/pause).",
+            ),
+            jobs_running: gauge_vec(
+                &r,
+                "jobs_running",
+                "Audit and resync jobs running, by kind.",
+                "kind",
+            ),
+            job_progress,
             registry: r,
         }
     }

@@ -28,6 +28,7 @@ use crate::engine::actors::{BatchedQueries, SyncDeps};
 use crate::engine::backlog::dispatcher::InFlight;
 use crate::engine::backlog::keys::Keys;
 use crate::engine::cluster::leases::Leases;
+use crate::engine::cluster::pause::PauseSwitch;
 use crate::engine::cluster::rate_limit::ClusterRateLimit;
 use crate::engine::cluster::InstanceId;
 use crate::engine::{EngineParts, EngineState, SyncEngine};
@@ -118,9 +119,18 @@ impl Application {
         let rate_limit =
             ClusterRateLimit::new(redis.clone(), keys.rate_limit(), rate_per_sec, burst);
         let throttle = Throttle::start_cluster_wide(max_concurrent, rate_limit);
+        let job_settings = settings.job_settings();
+        // The audits' share: a GCRA key of its own, with no burst, so audits never bunch up.
+        let audit_rate = ClusterRateLimit::new(
+            redis.clone(),
+            keys.audit_rate_limit(),
+            job_settings.audit_rate(),
+            1,
+        );
         let instance = InstanceId::generate(settings.instance_id.as_deref());
         let leases = Leases::new(instance.clone(), keys.clone(), settings.lease_times());
         let pool = db.get_postgres_connection_pool().clone();
+        let pool_for_pause = pool.clone();
         let bookkeeping =
             db::bookkeeping_pool(&settings.database_url, settings.database_max_connections())
                 .await
@@ -145,6 +155,7 @@ impl Application {
             metrics: metrics.clone(),
             calls_in_flight: calls_in_flight.clone(),
             attempt_log_on: settings.attempt_retention().kept_per_order > 0,
+            audit_rate: Some(audit_rate),
             shutdown: shutdown.clone(),
         });
         let role = settings.role;
@@ -171,6 +182,7 @@ impl Application {
                 order_actor_idle: settings.order_actor_idle(),
                 reconcile_quiet: settings.reconcile_quiet(),
                 attempt_retention: settings.attempt_retention(),
+                jobs: job_settings,
                 relay_only: !role.syncs(),
                 shutdown: shutdown.clone(),
             }))
@@ -193,6 +205,8 @@ impl Application {
             .map(|a| a.port())
             .unwrap_or(settings.port);
 
+        let throttle_for_pause = throttle.clone();
+        let metrics_for_pause = metrics.clone();
         let leases_to_release = engine
             .as_ref()
             .filter(|_| role.syncs())
@@ -222,7 +236,14 @@ impl Application {
             started_at: std::time::Instant::now(),
             calls_in_flight,
             delayed_retry_limit: settings.retry_policy().delayed_limit,
+            pause: PauseSwitch::new(throttle_for_pause, metrics_for_pause),
         });
+        actix_rt::spawn(
+            state
+                .pause
+                .clone()
+                .keep_watching(pool_for_pause, shutdown.clone()),
+        );
         actix_rt::spawn(crate::metrics::keep_history(
             state.metrics.clone(),
             shutdown.clone(),

@@ -9,6 +9,7 @@ mod m20261126_000001_create_orders;
 mod m20261126_000002_create_outbox;
 mod m20261127_000003_create_inbound_webhooks;
 mod m20261128_000004_create_sync_attempts;
+mod m20261128_000005_create_sync_jobs;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000002_create_outbox::Migration),
             Box::new(m20261127_000003_create_inbound_webhooks::Migration),
             Box::new(m20261128_000004_create_sync_attempts::Migration),
+            Box::new(m20261128_000005_create_sync_jobs::Migration),
         ]
     }
 }
@@ -44,6 +46,7 @@ mod tests {
                 "m20261126_000002_create_outbox",
                 "m20261127_000003_create_inbound_webhooks",
                 "m20261128_000004_create_sync_attempts",
+                "m20261128_000005_create_sync_jobs",
             ]
         );
     }

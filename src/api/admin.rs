@@ -11,7 +11,7 @@ use crate::db::admin::{self, AdminChange};
 use crate::domain::{FieldErrors, SyncState};
 
 /// Checks the bearer token in constant time (the comparison must not tell how much matched).
-fn require_admin(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+pub(super) fn require_admin(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
     let Some(expected) = &state.admin_token else {
         return Err(ApiError::NotFound(
             "the admin endpoints are off (ADMIN_TOKEN is unset)".into(),

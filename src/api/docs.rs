@@ -8,7 +8,7 @@ use actix_web::{web, HttpResponse};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, health, inbound, metrics, orders, sync_view};
+use super::{admin, control, health, inbound, metrics, orders, sync_view};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -35,13 +35,19 @@ use super::{admin, health, inbound, metrics, orders, sync_view};
         admin::retry_order,
         admin::retry_all_dead,
         admin::discard_order,
+        control::start_audit,
+        control::start_resync,
+        control::list_jobs,
+        control::get_job,
+        control::pause_sync,
+        control::resume_sync,
     ),
-    components(schemas(orders::OrderIn, orders::OrderPatchIn, inbound::InboundJson, inbound::InboundOrder, inbound::InboundForm, orders::OrderOut, orders::SyncOut, orders::OrderPageOut, sync_view::AttemptPageOut, sync_view::SyncExplanationOut, metrics::HistoryOut, super::ErrorBody)),
+    components(schemas(orders::OrderIn, orders::OrderPatchIn, inbound::InboundJson, inbound::InboundOrder, inbound::InboundForm, orders::OrderOut, orders::SyncOut, orders::OrderPageOut, sync_view::AttemptPageOut, sync_view::SyncExplanationOut, metrics::HistoryOut, control::JobRangeIn, control::JobOut, control::JobListOut, control::SyncSwitchOut, crate::db::jobs::Job, super::ErrorBody)),
     modifiers(&AdminToken, &OrderLinks, &CommonErrors),
     tags(
         (name = "orders", description = "Orders; every change is synced to the external API"),
         (name = "inbound", description = "The external system writing back (never echoed)"),
-        (name = "admin", description = "The dead set: needs `Authorization: Bearer $ADMIN_TOKEN`"),
+        (name = "admin", description = "The dead set, audits, resyncs and the pause switch: needs `Authorization: Bearer $ADMIN_TOKEN`"),
         (name = "operations", description = "Health and metrics"),
     )
 )]

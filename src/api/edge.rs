@@ -193,7 +193,7 @@ pub async fn require_json_or_form(
 }
 
 /// `application/json`, as actix-web's JSON extractor recognises it (`*/json`, `*/*+json`).
-fn is_json(mime: &mime::Mime) -> bool {
+pub(super) fn is_json(mime: &mime::Mime) -> bool {
     mime.subtype() == mime::JSON || mime.suffix() == Some(mime::JSON)
 }
 

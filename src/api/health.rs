@@ -14,7 +14,7 @@ use crate::engine::EngineState;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[utoipa::path(get, path = "/health", tag = "operations",
-    responses((status = 200, description = "PostgreSQL and Redis answer, and the sync engine runs (`engine`: `ok`, or `off` with `SYNC_ENGINE=false`)"), (status = 503, description = "One of them is down, or the sync engine failed; the body names which")))]
+    responses((status = 200, description = "PostgreSQL and Redis answer, and the sync engine runs (`engine`: `ok`, or `off` with `SYNC_ENGINE=false`; `sync`: `running`, or `paused` by an operator)"), (status = 503, description = "One of them is down, or the sync engine failed; the body names which")))]
 pub async fn check_health(state: web::Data<AppState>) -> HttpResponse {
     let postgres =
         tokio::time::timeout(PROBE_TIMEOUT, state.db.execute_unprepared("SELECT 1")).await;
@@ -36,6 +36,8 @@ pub async fn check_health(state: web::Data<AppState>) -> HttpResponse {
         "redis": word(redis_ok),
         "engine": engine.describe(),
         "external": state.external_api,
+        // Paused by an operator (`POST /admin/sync/pause`): healthy, and making no calls.
+        "sync": if state.pause.is_paused() { "paused" } else { "running" },
     });
     if let Some(leases) = &state.leases {
         // Which instance answered, and its share of the backlog (a rolling deploy's progress).

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::AppState;
 use crate::db;
+use crate::db::jobs::{Job, Verdict, AUDIT, RESYNC};
 use crate::domain::SyncState;
 use crate::engine::actors::messages::{GetMailboxStats, MailboxStats};
 use crate::engine::actors::throttle::ThrottleState;
@@ -32,6 +33,8 @@ struct Gathered {
     instances: Vec<LiveInstance>,
     /// Orders by sync state: pending, retrying, dead.
     orders: Vec<(SyncState, i64)>,
+    /// Running jobs with their progress, oldest first.
+    jobs: Vec<(Job, f64)>,
 }
 
 async fn gather(state: &AppState) -> Gathered {
@@ -66,7 +69,13 @@ async fn gather(state: &AppState) -> Gathered {
             .find(|(s, _)| *s == state)
             .map_or(0, |(_, n)| *n)
     };
+    let mut jobs = Vec::new();
+    for job in db::jobs::running_jobs(pool).await.unwrap_or_default() {
+        let progress = db::jobs::progress(pool, &job).await.map_or(0.0, |(p, _)| p);
+        jobs.push((job, progress));
+    }
     let gathered = Gathered {
+        jobs,
         throttle: state.throttle.state().await,
         mailbox,
         shards,
@@ -118,6 +127,16 @@ fn record(state: &AppState, g: &Gathered) {
         crate::engine::EngineState::Running | crate::engine::EngineState::RelayOnly
     );
     m.engine_up.set(i64::from(engine_up));
+    m.sync_paused.set(i64::from(state.pause.is_paused()));
+    for kind in [AUDIT, RESYNC] {
+        let running: Vec<_> = g.jobs.iter().filter(|(job, _)| job.kind == kind).collect();
+        m.jobs_running
+            .with_label_values(&[kind])
+            .set(running.len() as i64);
+        m.job_progress
+            .with_label_values(&[kind])
+            .set(running.first().map_or(0.0, |(_, progress)| *progress));
+    }
 }
 
 #[utoipa::path(get, path = "/metrics/actors", tag = "operations",
@@ -173,6 +192,16 @@ pub async fn actor_metrics(state: web::Data<AppState>) -> HttpResponse {
         "orders": g.orders.iter().map(|(state, count)| (state.to_string(), json!(count))).collect::<serde_json::Map<_, _>>(),
         "lag_ms": m.lag_summary(),
         "uptime_secs": state.started_at.elapsed().as_secs(),
+        "sync": if state.pause.is_paused() { "paused" } else { "running" },
+        // The cluster's running jobs (from PostgreSQL), and the checks this instance made.
+        "jobs": g.jobs.iter().map(|(job, progress)| json!({
+            "id": job.id, "kind": job.kind, "sampled": job.sampled, "progress": progress,
+            "total": job.total, "queued": job.queued, "checked": job.checked,
+            "matching": job.matching, "skipped": job.skipped, "errors": job.errors,
+            "repaired_missing": job.repaired_missing, "repaired_different": job.repaired_different,
+            "repaired_stray": job.repaired_stray,
+        })).collect::<Vec<_>>(),
+        "audit_checks": Verdict::ALL.iter().map(|v| (v.as_str().to_string(), json!(m.audit_checks.with_label_values(&[v.as_str()]).get()))).collect::<serde_json::Map<_, _>>(),
     }))
 }
 

@@ -3,6 +3,7 @@
 
 mod admin;
 pub mod auth;
+mod control;
 mod dashboard;
 mod docs;
 pub(crate) mod edge;
@@ -66,6 +67,8 @@ pub struct AppState {
     pub calls_in_flight: crate::engine::actors::attempt_log::CallsInFlight,
     /// `DELAYED_RETRY_LIMIT`, for `GET /orders/{id}/sync`.
     pub delayed_retry_limit: u32,
+    /// Whether outbound calls are paused (cluster-wide), for `/health` and the admin routes.
+    pub pause: crate::engine::cluster::pause::PauseSwitch,
 }
 
 impl AppState {
@@ -167,6 +170,31 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize, role: Role
         web::resource("/admin/orders/{id}")
             .route(web::delete().to(admin::discard_order))
             .default_service(not_allowed("DELETE")),
+    )
+    .service(
+        web::resource("/admin/audit")
+            .route(web::post().to(control::start_audit))
+            .default_service(not_allowed("POST")),
+    )
+    .service(
+        web::resource("/admin/resync")
+            .route(web::post().to(control::start_resync))
+            .default_service(not_allowed("POST")),
+    )
+    .service(get_only("/admin/jobs", web::get().to(control::list_jobs)))
+    .service(get_only(
+        "/admin/jobs/{id}",
+        web::get().to(control::get_job),
+    ))
+    .service(
+        web::resource("/admin/sync/pause")
+            .route(web::post().to(control::pause_sync))
+            .default_service(not_allowed("POST")),
+    )
+    .service(
+        web::resource("/admin/sync/resume")
+            .route(web::post().to(control::resume_sync))
+            .default_service(not_allowed("POST")),
     )
     .service(
         web::resource("/inbound/{id}")

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod attempts;
 pub mod entity;
+pub mod jobs;
 mod orders;
 pub mod outbox;
 pub mod sync;

@@ -12,6 +12,10 @@ pub enum EventKind {
     /// was claimed, so a duplicate of this retry is a no-op once the attempt has been made), or
     /// an operator asked for a retry (`attempt: None`).
     Retry { attempt: Option<i32> },
+    /// An audit job (`crate::engine::jobs`) asks the order's actor to compare the external
+    /// copy with the order, and to repair it if they differ. Handled in the order's mailbox, so
+    /// its `GET` never overlaps the order's other calls.
+    Audit { job: i64 },
 }
 
 impl EventKind {
@@ -19,6 +23,7 @@ impl EventKind {
         match self {
             Self::Change => "change",
             Self::Retry { .. } => "retry",
+            Self::Audit { .. } => "audit",
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The sync engine as one thing that owns its tasks: the outbox relay, the dispatcher and its
-//! acknowledger, the scheduler (delayed retries and the reconciler), the attempt log's pruner and
-//! the progress log, next to the actors (supervisor, order actors, throttle) they feed.
+//! acknowledger, the scheduler (delayed retries and the reconciler), the attempt log's pruner,
+//! the operator's jobs (audits and resyncs) and the progress log, next to the actors (supervisor, order actors, throttle) they feed.
 //!
 //! Each task is watched. One that ends while the service is not shutting down (a panic, or a
 //! return it should never make) is logged and started again after a backoff (0.1 s doubling to
@@ -34,6 +34,7 @@ pub mod actors;
 pub mod attempt_pruner;
 pub mod backlog;
 pub mod cluster;
+pub mod jobs;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -107,6 +108,8 @@ pub struct EngineParts {
     pub order_actor_idle: Duration,
     pub reconcile_quiet: Duration,
     pub attempt_retention: attempt_pruner::AttemptRetention,
+    /// How audits and resyncs run.
+    pub jobs: jobs::JobSettings,
     /// `ROLE=api`: run the relay alone (no leases, no reads, no calls).
     pub relay_only: bool,
     pub shutdown: CancellationToken,
@@ -200,6 +203,18 @@ impl SyncEngine {
                         shutdown.clone(),
                     ))
                 })
+            }),
+            ("jobs", {
+                let runner = jobs::JobRunner {
+                    pool: parts.pool.clone(),
+                    redis: parts.redis.clone(),
+                    keys: parts.keys.clone(),
+                    instance: parts.leases.instance().clone(),
+                    settings: parts.jobs,
+                    relay_wake_up: parts.relay_wake_up.clone(),
+                    shutdown: parts.shutdown.clone(),
+                };
+                Box::new(move || Box::pin(runner.clone().run()))
             }),
             ("progress-log", {
                 let (metrics, in_flight, redis, keys, shutdown) = (

@@ -16,12 +16,14 @@ use super::payload::ExternalOrder;
 use super::untrusted::{clean_error_text, parse_retry_after, MAX_ERROR_CHARS};
 use crate::config::Secret;
 
-/// The one call that brings the external API to an order's current state.
+/// One call to the external API: the one that brings it to an order's current state, or an
+/// audit's read of its copy (`version`: ours when it was read, for the attempt log).
 #[derive(Debug, Clone)]
 pub enum ExternalCall {
     Create(ExternalOrder),
     Update(ExternalOrder),
     Delete { id: i64, version: i64 },
+    Get { id: i64, version: i64 },
 }
 
 impl ExternalCall {
@@ -30,13 +32,14 @@ impl ExternalCall {
             Self::Create(_) => "POST",
             Self::Update(_) => "PUT",
             Self::Delete { .. } => "DELETE",
+            Self::Get { .. } => "GET",
         }
     }
 
     pub fn id_and_version(&self) -> (i64, i64) {
         match self {
             Self::Create(order) | Self::Update(order) => (order.id, order.version),
-            Self::Delete { id, version } => (*id, *version),
+            Self::Delete { id, version } | Self::Get { id, version } => (*id, *version),
         }
     }
 
@@ -57,6 +60,9 @@ pub struct Answer {
     pub status: u16,
     /// The start of the body, cleaned ([`clean_error_text`], at most [`EXCERPT_CHARS`]).
     pub excerpt: String,
+    /// A `GET`'s answer: the external copy when the body is a JSON object (`None` for 404, or
+    /// for a body that is not one, which an audit counts as an error, not as drift).
+    pub copy: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Why a call did not succeed.
@@ -148,7 +154,8 @@ impl ExternalClient {
     }
 
     /// Makes one call, within `EXTERNAL_TIMEOUT_MS` from the first byte sent to the last byte
-    /// read. A `DELETE` answered 404 is a success: the order is already gone.
+    /// read. A `DELETE` answered 404 is a success: the order is already gone; so is a `GET`
+    /// answered 404: the order is absent there.
     pub async fn send(&self, call: &ExternalCall) -> Result<Answer, CallError> {
         // Dropping the call on timeout drops its connection too, so nothing of it lingers.
         tokio::time::timeout(self.timeout, self.exchange(call))
@@ -166,6 +173,7 @@ impl ExternalClient {
             ExternalCall::Delete { id, .. } => {
                 self.http.delete(format!("{}/v1/orders/{id}", self.base))
             }
+            ExternalCall::Get { id, .. } => self.http.get(format!("{}/v1/orders/{id}", self.base)),
         }
         .insert_header(("Authorization", format!("Bearer {}", self.token.expose())))
         .insert_header(("Content-Type", "application/json"))
@@ -181,7 +189,7 @@ impl ExternalClient {
             ExternalCall::Create(order) | ExternalCall::Update(order) => {
                 request.send_json(order).await
             }
-            ExternalCall::Delete { .. } => request.send().await,
+            ExternalCall::Delete { .. } | ExternalCall::Get { .. } => request.send().await,
         };
         let mut response = sent.map_err(|e| match e {
             awc::error::SendRequestError::Timeout => CallError::Timeout,
@@ -191,18 +199,30 @@ impl ExternalClient {
             other => CallError::Connect(clean_error_text(&other.to_string(), MAX_ERROR_CHARS)),
         })?;
         let status = response.status();
-        if status.is_success()
-            || (matches!(call, ExternalCall::Delete { .. }) && status == StatusCode::NOT_FOUND)
-        {
-            // What a success says is not acted on: its start is kept for the attempt log, and it
-            // is read to the end (within a bound) so the connection can be reused.
+        let absent_is_fine = matches!(call, ExternalCall::Delete { .. } | ExternalCall::Get { .. });
+        if status.is_success() || (absent_is_fine && status == StatusCode::NOT_FOUND) {
+            // What a success says is not acted on (but for a GET's copy, which an audit compares):
+            // its start is kept for the attempt log, and it is read to the end (within a bound)
+            // so the connection can be reused.
             let body = read_at_most(&mut response, MAX_SUCCESS_BODY_BYTES)
                 .await
                 .unwrap_or_default();
             let start = &body[..body.len().min(4 * EXCERPT_CHARS)];
+            let copy = match call {
+                ExternalCall::Get { .. } if status.is_success() => {
+                    serde_json::from_slice::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|value| match value {
+                            serde_json::Value::Object(fields) => Some(fields),
+                            _ => None,
+                        })
+                }
+                _ => None,
+            };
             return Ok(Answer {
                 status: status.as_u16(),
                 excerpt: clean_error_text(&String::from_utf8_lossy(start), EXCERPT_CHARS),
+                copy,
             });
         }
         let retry_after = response

@@ -30,6 +30,9 @@ const MAX_ERROR_CHARS: usize = 500;
 /// it (and its in-flight slot) for as long as the database misbehaves.
 pub(crate) async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
     let id = event.order_id;
+    if let EventKind::Audit { job } = event.kind {
+        return super::audit::audit_order(deps, id, job).await;
+    }
     match sync_to_current_state(deps, &event).await {
         Ok(outcome) => outcome,
         Err(DbStepFailed::Unavailable { step }) => {

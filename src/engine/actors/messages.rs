@@ -28,6 +28,8 @@ pub enum Outcome {
     Synced,
     /// Nothing to do: already synced (coalesced), gone, parked or dead.
     Skipped,
+    /// An audit check was made and counted (a repair it found is a change of its own).
+    Audited,
     /// A tombstone that was never created remotely was removed without a call.
     Purged,
     /// Quick retries were used up; the order waits for its delayed retry.

@@ -9,6 +9,7 @@
 //! - [`batched`] — the event path's read, recorded success and attempt log, many orders per
 //!   statement.
 //! - [`attempt_log`] — each call attempt as a row of the attempt log, and the calls in flight.
+//! - [`audit`] — one audit check: compare the external copy with the order, repair a difference.
 //!
 //! No module here imports one that imports it back: `messages` and `deps` import no actor,
 //! `event_path` uses `decision`, `calls` and `db_step`, and `order_sync` uses `event_path`.
@@ -16,6 +17,7 @@
 //!   for everyone after a 429.
 
 pub mod attempt_log;
+mod audit;
 pub mod batched;
 mod calls;
 mod db_step;

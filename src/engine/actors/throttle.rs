@@ -50,6 +50,11 @@ struct PauseCalls {
     until: Instant,
 }
 
+/// An operator paused (`true`) or resumed outbound calls (`crate::engine::jobs::watch_pause`).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SetSyncPaused(bool);
+
 /// Sent by a dropped permit: its slot is free.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -72,6 +77,8 @@ pub struct ThrottleState {
     pub in_flight: u32,
     /// Milliseconds until issuing resumes, when paused.
     pub paused_for_ms: Option<u64>,
+    /// An operator paused outbound calls: no slot is handed out until they resume.
+    pub sync_paused: bool,
 }
 
 /// One of the `MAX_CONCURRENT_CALLS` slots; dropping it frees the slot.
@@ -134,6 +141,7 @@ impl Throttle {
             slot_waiters: VecDeque::new(),
             token_waiters: VecDeque::new(),
             paused_until: None,
+            sync_paused: false,
             wake_up: None,
         }
         .start();
@@ -145,6 +153,12 @@ impl Throttle {
         let (reply, permit) = oneshot::channel();
         self.addr.do_send(AcquireSlot { reply });
         permit.await.ok()
+    }
+
+    /// While paused no slot is handed out, so no call starts (calls that already hold one
+    /// finish); callers wait in order, and are served when calls resume.
+    pub fn set_sync_paused(&self, paused: bool) {
+        self.addr.do_send(SetSyncPaused(paused));
     }
 
     pub fn pause_for(&self, delay: Duration) {
@@ -178,6 +192,8 @@ pub struct ThrottleActor {
     slot_waiters: VecDeque<oneshot::Sender<CallPermit>>,
     token_waiters: VecDeque<oneshot::Sender<()>>,
     paused_until: Option<Instant>,
+    /// An operator paused outbound calls: slots wait.
+    sync_paused: bool,
     /// The timer that serves token waiters once a token or the end of a pause is due.
     wake_up: Option<SpawnHandle>,
 }
@@ -198,7 +214,7 @@ impl ThrottleActor {
     /// Hands out free slots, then tokens, each in arrival order; then, if someone still waits for
     /// a token, sets a timer for when the next one (or the end of a pause) is due.
     fn serve(&mut self, ctx: &mut Context<Self>) {
-        while self.in_flight < self.max_concurrent {
+        while !self.sync_paused && self.in_flight < self.max_concurrent {
             let Some(waiter) = self.slot_waiters.pop_front() else {
                 break;
             };
@@ -314,6 +330,15 @@ impl Handler<TakeToken> for ThrottleActor {
     }
 }
 
+impl Handler<SetSyncPaused> for ThrottleActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetSyncPaused, ctx: &mut Context<Self>) {
+        self.sync_paused = msg.0;
+        self.serve(ctx);
+    }
+}
+
 impl Handler<ReleaseSlot> for ThrottleActor {
     type Result = ();
 
@@ -376,6 +401,7 @@ impl Handler<GetThrottleState> for ThrottleActor {
                 .paused_until
                 .filter(|until| *until > now)
                 .map(|until| (until - now).as_millis() as u64),
+            sync_paused: self.sync_paused,
         })
     }
 }
@@ -398,6 +424,23 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    #[actix_rt::test]
+    async fn no_slot_is_handed_out_while_calls_are_paused() {
+        let throttle = Throttle::start(10_000, 100, 10);
+        throttle.set_sync_paused(true);
+        let waiting = throttle.acquire();
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), &mut waiting)
+                .await
+                .is_err()
+        );
+        throttle.set_sync_paused(false);
+        assert!(tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .is_ok_and(|permit| permit.is_some()));
     }
 
     #[actix_rt::test]

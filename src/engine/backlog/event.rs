@@ -16,11 +16,12 @@ impl SyncEvent {
             ("kind", self.kind.as_str().to_string()),
             ("committed_at_ms", self.committed_at_ms.to_string()),
         ];
-        if let EventKind::Retry {
-            attempt: Some(attempt),
-        } = self.kind
-        {
-            fields.push(("attempt", attempt.to_string()));
+        match self.kind {
+            EventKind::Retry {
+                attempt: Some(attempt),
+            } => fields.push(("attempt", attempt.to_string())),
+            EventKind::Audit { job } => fields.push(("job", job.to_string())),
+            _ => {}
         }
         fields
     }
@@ -38,6 +39,11 @@ impl SyncEvent {
             // Entries written before retries carried their attempt have none: honoured as before.
             "retry" => EventKind::Retry {
                 attempt: text("attempt").and_then(|a| a.parse().ok()),
+            },
+            // An instance older than audits drops these as unreadable; the job moves on without
+            // them after a while (`crate::engine::jobs`).
+            "audit" => EventKind::Audit {
+                job: number("job")?,
             },
             _ => return None,
         };
@@ -68,6 +74,18 @@ mod tests {
             .map(|(k, v)| (k.to_string(), Value::BulkString(v.into_bytes())))
             .collect();
         assert_eq!(SyncEvent::from_fields(&fields), Some(event));
+        let audit = SyncEvent {
+            order_id: 42,
+            version: 0,
+            kind: EventKind::Audit { job: 9 },
+            committed_at_ms: 1_700_000_000_123,
+        };
+        let fields = audit
+            .fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Value::BulkString(v.into_bytes())))
+            .collect();
+        assert_eq!(SyncEvent::from_fields(&fields), Some(audit));
     }
 
     #[test]

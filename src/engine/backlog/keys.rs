@@ -66,6 +66,11 @@ impl Keys {
     pub fn rate_limit(&self) -> String {
         format!("{{{}}}:rate", self.prefix)
     }
+
+    /// The audits' share of the rate (`AUDIT_RATE_SHARE`): a GCRA key of its own.
+    pub fn audit_rate_limit(&self) -> String {
+        format!("{{{}}}:rate:audit", self.prefix)
+    }
 }
 
 #[cfg(test)]

@@ -7,11 +7,13 @@
 //!   entries. So one order's events are never handled by two instances at once.
 //! - [`rate_limit`]: the external API's rate limit, enforced across every instance by one Lua
 //!   script (GCRA) in Redis.
+//! - [`pause`]: the operator's switch that stops outbound calls on every instance.
 //!
 //! Outcomes are recorded in PostgreSQL as compare-and-sets on the version (`crate::db::sync`),
 //! so a late write from an instance whose lease ran out cannot overwrite a newer one.
 
 pub mod leases;
+pub mod pause;
 pub mod rate_limit;
 
 use std::fmt;

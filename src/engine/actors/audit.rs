@@ -1,0 +1,219 @@
+//! One audit check, in the order's own actor (so its `GET` never overlaps the order's other
+//! calls): read the order, and unless a sync is owed, read the external copy and compare them
+//! field by field. A difference is repaired by writing a new version of the order with its
+//! outbox row (`crate::db::jobs`), which the engine then syncs like any change.
+//!
+//! | here | there | verdict |
+//! |---|---|---|
+//! | pending, retrying or dead | (not read) | skipped |
+//! | synced | 404 | missing: a create is owed |
+//! | synced | different fields | different: an update is owed |
+//! | no row (deleted and purged, or an id never used) | present | stray: a delete is owed |
+//! | synced, or no row | same fields, or 404 | matching |
+//!
+//! The `GET` waits for a token of the audit's share of the rate (`AUDIT_RATE_SHARE`, its own
+//! GCRA key) before it takes a throttle slot, and then takes a token of the rate limit like any
+//! call: the external API's limit counts every call, and audits never take more than their share.
+
+use serde_json::{Map, Value};
+
+use super::attempt_log::{attempt_row, CallInFlight};
+use super::db_step::{db_step, DbStepFailed};
+use super::deps::SyncDeps;
+use super::messages::Outcome;
+use crate::db::jobs::{self, Verdict};
+use crate::db::sync::{self as queries, SyncRow};
+use crate::domain::SyncState;
+use crate::engine::cluster::rate_limit::Grant;
+use crate::external::payload::ExternalOrder;
+use crate::external::{CallError, ExternalCall};
+
+/// Checks order `id` for audit `job` and counts the verdict.
+pub(crate) async fn audit_order(deps: &SyncDeps, id: i64, job: i64) -> Outcome {
+    let verdict = match check(deps, id).await {
+        Ok(Some(verdict)) => verdict,
+        // Shutting down, or the shard moved: the event stays for whoever handles it next.
+        Ok(None) => return Outcome::Abandoned,
+        Err(DbStepFailed::Unavailable { .. }) => return Outcome::Deferred,
+        Err(DbStepFailed::Rejected { step, code }) => {
+            tracing::warn!(order_id = id, job, step, code, "audit check failed");
+            Verdict::Error
+        }
+    };
+    deps.metrics
+        .audit_checks
+        .with_label_values(&[verdict.as_str()])
+        .inc();
+    if !matches!(verdict, Verdict::Matching | Verdict::Skipped) {
+        tracing::info!(order_id = id, job, verdict = verdict.as_str(), "audit");
+    }
+    let counted = db_step("count the audit check", id, || {
+        jobs::record_check(&deps.bookkeeping, job, verdict)
+    })
+    .await;
+    if let Err(error) = counted {
+        tracing::warn!(order_id = id, job, ?error, "could not count an audit check");
+    }
+    Outcome::Audited
+}
+
+/// The verdict, or `None` when the check was not made (shutdown, or the shard moved).
+async fn check(deps: &SyncDeps, id: i64) -> Result<Option<Verdict>, DbStepFailed> {
+    let row = db_step("load the order", id, || queries::load(&deps.pool, id)).await?;
+    if row
+        .as_ref()
+        .is_some_and(|row| row.sync_state != SyncState::Synced || row.deleted)
+    {
+        return Ok(Some(Verdict::Skipped));
+    }
+    let version = row.as_ref().map_or(0, SyncRow::version);
+    let call = ExternalCall::Get { id, version };
+    let Some(answer) = read_external_copy(deps, &call).await else {
+        return Ok(None);
+    };
+    let remote = match answer {
+        Ok(answer) if answer.status == 404 => None,
+        Ok(answer) => match answer.copy {
+            Some(copy) => Some(copy),
+            None => return Ok(Some(Verdict::Error)),
+        },
+        Err(_) => return Ok(Some(Verdict::Error)),
+    };
+    let verdict = match (row, remote) {
+        (None, None) => Verdict::Matching,
+        (None, Some(copy)) => {
+            let remote_version = copy.get("version").and_then(Value::as_i64).unwrap_or(0);
+            let repaired = db_step("write the stray copy's tombstone", id, || {
+                jobs::repair_stray(&deps.pool, id, remote_version)
+            })
+            .await?;
+            repaired_or_skipped(repaired, Verdict::RepairedStray)
+        }
+        (Some(row), None) => {
+            let repaired = db_step("queue the missing order's create", id, || {
+                jobs::repair_missing(&deps.pool, id, row.version())
+            })
+            .await?;
+            repaired_or_skipped(repaired, Verdict::RepairedMissing)
+        }
+        (Some(row), Some(copy)) => {
+            let differing = differing_fields(&row, &copy);
+            if differing.is_empty() {
+                Verdict::Matching
+            } else {
+                tracing::info!(order_id = id, fields = ?differing, "the external copy differs");
+                let repaired = db_step("queue the differing order's update", id, || {
+                    jobs::repair_different(&deps.pool, id, row.version())
+                })
+                .await?;
+                repaired_or_skipped(repaired, Verdict::RepairedDifferent)
+            }
+        }
+    };
+    Ok(Some(verdict))
+}
+
+/// A repair written, or none because the order changed since it was read (its own sync will
+/// send the latest state).
+fn repaired_or_skipped(repaired: bool, verdict: Verdict) -> Verdict {
+    if repaired {
+        verdict
+    } else {
+        Verdict::Skipped
+    }
+}
+
+/// The fields of what we would send that the external copy has otherwise. `version` is left out:
+/// a copy edited by hand may keep its version, and one with only a different version holds the
+/// same order. Fields the copy has beyond ours are the external side's own.
+fn differing_fields(row: &SyncRow, copy: &Map<String, Value>) -> Vec<String> {
+    let Ok(Value::Object(ours)) = serde_json::to_value(ExternalOrder::from(&row.order)) else {
+        return Vec::new();
+    };
+    ours.into_iter()
+        .filter(|(field, value)| field != "version" && copy.get(field) != Some(value))
+        .map(|(field, _)| field)
+        .collect()
+}
+
+/// Makes the audit's `GET`: a token of the audit share, a throttle slot, the shard's fence, a
+/// token of the rate limit. `None` when it could not be made (shutdown, or the shard moved).
+async fn read_external_copy(
+    deps: &SyncDeps,
+    call: &ExternalCall,
+) -> Option<Result<crate::external::Answer, CallError>> {
+    if !take_audit_token(deps).await {
+        return None;
+    }
+    let permit = tokio::select! {
+        permit = deps.throttle.acquire() => permit?,
+        _ = deps.shutdown.cancelled() => return None,
+    };
+    let (id, version) = call.id_and_version();
+    let fence = deps.leases.fence(id)?;
+    let token = tokio::select! {
+        token = permit.take_token() => token,
+        _ = deps.shutdown.cancelled() => false,
+    };
+    if !token || !fence.may_call() {
+        return None;
+    }
+    let attempted_at = chrono::Utc::now();
+    let in_flight = deps.calls_in_flight.start(
+        id,
+        CallInFlight {
+            version,
+            verb: call.verb(),
+            since: attempted_at,
+            attempt: 1,
+        },
+    );
+    let started = std::time::Instant::now();
+    let result = deps.client.send(call).await;
+    let took = started.elapsed();
+    drop(in_flight);
+    drop(permit);
+    deps.metrics.record_call(call.verb(), &result);
+    if let Err(CallError::Status {
+        status: 429,
+        retry_after: Some(delay),
+        ..
+    }) = &result
+    {
+        deps.throttle.pause_for(*delay);
+    }
+    if deps.attempt_log_on {
+        let instance = deps.leases.instance().to_string();
+        let logged = deps.batched.log_attempts(vec![attempt_row(
+            call,
+            &result,
+            attempted_at,
+            took,
+            &instance,
+        )]);
+        logged.await;
+    }
+    Some(result)
+}
+
+/// Waits for a token of the audits' share of the rate; `false` on shutdown. Without a share
+/// limiter (no Redis: unit tests), at once.
+async fn take_audit_token(deps: &SyncDeps) -> bool {
+    let Some(share) = &deps.audit_rate else {
+        return true;
+    };
+    loop {
+        let wait = match share.take(1).await {
+            Ok(Grant::Calls(_)) => return true,
+            Ok(Grant::WaitFor(wait)) => wait,
+            Err(error) => {
+                tracing::warn!(%error, "cannot take an audit token from Redis; waiting");
+                std::time::Duration::from_millis(500)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = deps.shutdown.cancelled() => return false,
+        }
+    }
+}
