@@ -112,8 +112,15 @@ fn read_range(req: &HttpRequest, body: &[u8]) -> Result<JobRangeIn, ApiError> {
             "the body must be JSON, sent with Content-Type: application/json".into(),
         ));
     }
-    let range: JobRangeIn = serde_json::from_slice(body)
+    let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::MalformedJson(format!("the body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::MalformedJson(
+            "the body must be a JSON object: {\"from_id\": 1, \"to_id\": 100}".into(),
+        ));
+    }
+    let range: JobRangeIn = serde_json::from_value(value)
+        .map_err(|e| ApiError::MalformedJson(format!("the body is not a range of ids: {e}")))?;
     let mut errors = FieldErrors::new();
     for (field, value) in [("from_id", range.from_id), ("to_id", range.to_id)] {
         if value.is_some_and(|id| id < 1) {

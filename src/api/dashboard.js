@@ -91,7 +91,8 @@ function renderDetails(m) {
     ["lag samples", int(lag.samples)], null,
     ["rate limit (all instances)", `${int(t.rate_per_sec)} / s`], ["burst", int(t.burst)],
     ["max concurrent (this instance)", int(t.max_concurrent)],
-    ["waiters", int(t.waiters)], ["paused", paused],
+    ["waiters", int(t.waiters)], ["backing off (Retry-After)", paused],
+    ["syncing", m.sync === "paused" ? "paused by an operator" : "running"],
   ]);
   fillKv($("#details-events"), [
     ["skipped", int(ev.skipped)], ["purged", int(ev.purged)], ["retried", int(ev.retried)],
@@ -201,23 +202,28 @@ function saveApiToken() {
 $("#save-api-token").addEventListener("click", saveApiToken);
 $("#api-token").addEventListener("keydown", (ev) => { if (ev.key === "Enter") saveApiToken(); });
 
-// The development banner: /health (open) says where external calls go.
+// The development banner: /health (open) says where external calls go. It says whether syncing
+// is paused too, for viewers whose figures are refused (no API token).
 async function loadHealth() {
+  const epoch = syncEpoch;
   try {
     const r = await request("/health");
     $("#fake-banner").hidden = r.body?.external !== "built-in fake";
+    setSyncState(r.body?.sync, epoch);
   } catch (_) { /* the metrics loop reports an unreachable service */ }
 }
 
 // ---- metrics ---------------------------------------------------------------
 async function loadMetrics() {
   const status = $("#status-line");
+  const epoch = syncEpoch;
   let m;
   try {
     const r = await request("/metrics/actors", { headers: apiHeaders() });
     if (r.status === 401) {
       status.textContent = apiToken ? "the API token was refused (401)" : "enter the API token (401)";
       status.className = "down"; status.title = "API_TOKENS is set on the server";
+      await loadHealth();     // the paused banner still shows
       return;
     }
     if (!r.ok || !r.body || typeof r.body !== "object") throw new Error(`HTTP ${r.status}`);
@@ -229,6 +235,8 @@ async function loadMetrics() {
   }
   status.textContent = `updated ${clock(new Date())}`;
   status.className = "ok"; status.title = "";
+  setSyncState(m.sync, epoch);
+  runningJobsSeen = Array.isArray(m.jobs) && m.jobs.length > 0;
   // a rendering bug must not stop the loop or pass for a network error
   await loadHistory();
   try { renderCards(m); renderDetails(m); drawChart(); } catch (e) { console.error(e); }
@@ -266,6 +274,7 @@ function syncButtons() {
   for (const b of document.querySelectorAll("#failed-orders tbody button")) {
     b.disabled = busy.has(b.dataset.orderId);
   }
+  syncControls();
 }
 
 function formatWhen(s) {
@@ -365,11 +374,207 @@ function saveToken() {
   token = $("#admin-token").value.trim();
   try { token ? sessionStorage.setItem(TOKEN_KEY, token) : sessionStorage.removeItem(TOKEN_KEY); } catch (_) { /* ignore */ }
   showMessage(token ? "" : "Token cleared", "");
-  lastSignature = "";
+  controlMessage("", "");
+  lastSignature = ""; lastJobsSignature = ""; jobsStale = true;
   refresh();
 }
 $("#save-token").addEventListener("click", saveToken);
 $("#admin-token").addEventListener("keydown", (ev) => { if (ev.key === "Enter") saveToken(); });
+
+// ---- admin: keep the external copy honest (audit, full resync, pause) -------
+let syncState = null;          // "running" or "paused" (every instance), once known
+let syncEpoch = 0;             // bumped by a switch: answers asked for before it are stale
+let runningJobsSeen = false;   // /metrics/actors lists a running job (of any instance)
+let jobsStale = true;          // load the jobs at the next refresh
+let jobsRunning = false;       // the last list loaded had a running job
+let jobsLoadedAt = 0;
+let lastJobsSignature = "";
+let controlFromList = false;   // whether #control-message shows a list error
+
+function controlMessage(text, kind, fromList = false) {
+  const box = $("#control-message");
+  box.textContent = text; box.className = kind; controlFromList = fromList;
+}
+
+// Shows whether syncing runs: the banner at the top (for everyone), the state and the switch.
+function setSyncState(value, epoch) {
+  if ((value !== "paused" && value !== "running") || epoch !== syncEpoch) return;
+  syncState = value;
+  const paused = value === "paused";
+  $("#paused-banner").hidden = !paused;
+  const pill = $("#sync-state");
+  pill.textContent = paused ? "sync: paused" : "sync: running";
+  pill.className = `pill ${value}`;
+  const toggle = $("#sync-toggle");
+  toggle.textContent = paused ? "Resume syncing" : "Pause syncing";
+  toggle.classList.toggle("primary", paused);
+  syncControls();
+}
+
+function syncControls() {
+  const none = !token;
+  $("#start-audit").disabled = none || busy.has("audit");
+  $("#start-resync").disabled = none || busy.has("resync");
+  $("#sync-toggle").disabled = none || busy.has("sync") || syncState == null;
+  $("#banner-resume").disabled = busy.has("sync");
+  $("#banner-resume").classList.toggle("hidden", none);
+  $("#banner-hint").classList.toggle("hidden", !none);
+  $("#control-hint").classList.toggle("hidden", !none);
+}
+
+// An admin error, with the fields a 422 names.
+function controlError(r) {
+  const fields = r.body?.error?.fields;
+  if (r.status === 422 && fields && typeof fields === "object") {
+    const said = Object.entries(fields).map(([k, v]) => `${k} ${Array.isArray(v) ? v.join(", ") : String(v)}`);
+    if (said.length) return `${said.join("; ")} (422)`;
+  }
+  return adminError(r, false);
+}
+
+// Runs one control action (a POST, with a JSON body when given) and reports its result.
+async function control(key, path, body, describe) {
+  if (busy.has(key)) return;
+  busy.add(key); syncControls();
+  try {
+    const opts = { method: "POST", headers: authHeaders() };
+    if (body && Object.keys(body).length) {
+      opts.body = JSON.stringify(body);
+      opts.headers = { ...opts.headers, "Content-Type": "application/json" };
+    }
+    const r = await request(path, opts);
+    if (r.ok) controlMessage(describe(r.body ?? {}), "ok");
+    else controlMessage(controlError(r), "error");
+  } catch (e) {
+    controlMessage(`Cannot reach the service: ${e?.message ?? e}`, "error");
+  } finally {
+    busy.delete(key); syncControls();
+    jobsStale = true;
+    refresh();
+  }
+}
+
+// The optional id range: {} for every id, or null (after saying why) when it is not valid.
+function jobRange() {
+  const range = {};
+  for (const [key, sel, name] of [["from_id", "#job-from", "from"], ["to_id", "#job-to", "to"]]) {
+    const v = $(sel).value.trim();
+    if (!v) continue;
+    if (!/^[1-9][0-9]{0,14}$/.test(v)) {
+      controlMessage(`The ${name} id is a positive whole number, or empty`, "error");
+      return null;
+    }
+    range[key] = Number(v);
+  }
+  if (range.from_id != null && range.to_id != null && range.to_id < range.from_id) {
+    controlMessage("The to id must not be below the from id", "error");
+    return null;
+  }
+  return range;
+}
+
+function rangeText(r) {
+  if (r.from_id == null && r.to_id == null) return "every order";
+  if (r.to_id == null) return `every order from id ${r.from_id}`;
+  return `orders ${r.from_id ?? 1} to ${r.to_id}`;
+}
+
+function startJob(kind) {
+  const range = jobRange();
+  if (range == null) return;
+  const what = rangeText(range);
+  const question = kind === "audit"
+    ? `Audit ${what}: read the external API's copy of each one (one GET per id, at the audit's share `
+      + "of the rate limit) and repair what differs: a missing or different copy is sent again, a copy "
+      + "of a deleted order is deleted. Start?"
+    : `Resync sends the current state of ${what} to the external API again, one call per order at `
+      + "the rate limit. Start?";
+  if (!confirm(question)) return;
+  const name = kind === "audit" ? "Audit" : "Resync";
+  control(kind, `/admin/${kind}`, range,
+    (job) => `${name} started: job ${int(job.id)}, ids ${int(job.from_id)} to ${int(job.to_id)}`);
+}
+
+function switchSync() {
+  if (syncState == null) return;
+  const pause = syncState !== "paused";
+  const question = pause
+    ? "Pause syncing on every instance? No calls are made to the external API until you resume; "
+      + "orders still change here, and their changes are kept and sent on resume."
+    : "Resume syncing on every instance? The changes kept while paused are sent to the external API, "
+      + "at the rate limit.";
+  if (!confirm(question)) return;
+  control("sync", pause ? "/admin/sync/pause" : "/admin/sync/resume", null, (b) => {
+    syncEpoch += 1;
+    setSyncState(b.sync, syncEpoch);
+    return b.sync === "paused"
+      ? `Syncing paused on every instance at ${formatWhen(b.since)}`
+      : `Syncing resumed at ${formatWhen(b.since)}: the changes kept are being sent`;
+  });
+}
+
+$("#start-audit").addEventListener("click", () => startJob("audit"));
+$("#start-resync").addEventListener("click", () => startJob("resync"));
+$("#sync-toggle").addEventListener("click", switchSync);
+$("#banner-resume").addEventListener("click", () => { if (syncState === "paused") switchSync(); });
+
+function jobCounts(j) {
+  if (j?.kind === "resync") return `sent ${int(j.sent)} of ${int(j.total)} orders · ${int(j.queued)} queued`;
+  const repaired = num(j?.repaired_missing) + num(j?.repaired_different) + num(j?.repaired_stray);
+  return `checked ${int(j?.checked)} of ${int(j?.total)} · ${int(j?.matching)} matching · `
+    + `repaired ${int(repaired)} (${int(j?.repaired_missing)} missing, ${int(j?.repaired_different)} different, `
+    + `${int(j?.repaired_stray)} stray) · ${int(j?.skipped)} skipped · ${int(j?.errors)} errors`;
+}
+
+function renderJobs(jobs) {
+  const sig = JSON.stringify(jobs);
+  if (sig === lastJobsSignature) return;
+  lastJobsSignature = sig;
+  const rows = jobs.map((j) => {
+    const id = int(j?.id), status = String(j?.status ?? "?"), kind = String(j?.kind ?? "?");
+    const p = Math.min(Math.max(num(j?.progress), 0), 1);
+    const pct = status === "done" ? Math.round(p * 100) : Math.floor(p * 100);
+    return el("tr", { "data-job-id": id, "data-status": status, "data-kind": kind },
+      el("td", { class: "id", text: id }),
+      el("td", { text: j?.sampled ? `${kind} (sample)` : kind }),
+      el("td", {}, el("span", { class: `pill ${status}`, text: status })),
+      el("td", { class: "num", text: `${int(j?.from_id)}–${int(j?.to_id)}` }),
+      el("td", {},
+        el("progress", { class: `job-progress ${status}`, max: "1", value: String(p), "aria-label": `job ${id} progress` }),
+        el("span", { class: "pct", text: `${pct}%` })),
+      el("td", { class: "counts", text: jobCounts(j) }),
+      el("td", { text: formatWhen(j?.created_at) }));
+  });
+  $("#jobs tbody").replaceChildren(...rows);
+  $("#jobs").classList.toggle("hidden", !jobs.length);
+  $("#jobs-empty").classList.toggle("hidden", jobs.length > 0);
+}
+
+function clearJobs() {
+  lastJobsSignature = ""; jobsRunning = false;
+  $("#jobs tbody").replaceChildren();
+  $("#jobs").classList.add("hidden");
+  $("#jobs-empty").classList.add("hidden");
+}
+
+// The jobs, every refresh while one runs (here or on any instance); else now and then.
+async function loadJobs() {
+  if (!token) { clearJobs(); return; }
+  const due = jobsStale || jobsRunning || runningJobsSeen || Date.now() - jobsLoadedAt > 15000;
+  if (!due) return;
+  try {
+    const r = await request("/admin/jobs", { headers: authHeaders() });
+    jobsLoadedAt = Date.now();
+    if (!r.ok) { clearJobs(); controlMessage(adminError(r, true), "error", true); return; }
+    if (controlFromList) controlMessage("", "");
+    jobsStale = false;
+    const jobs = Array.isArray(r.body?.jobs) ? r.body.jobs : [];
+    jobsRunning = jobs.some((j) => j?.status === "running");
+    renderJobs(jobs);
+  } catch (_) {
+    // the status line already reports network trouble; keep the last list
+  }
+}
 
 // ---- order lookup: the sync explanation, the order, its attempts as a timeline ----
 let lookedUp = null, olderCursor = null, expanded = false;
@@ -462,6 +667,7 @@ async function refresh() {
   try {
     await loadMetrics();
     await loadAdmin();
+    await loadJobs();
     // the order looked up follows its sync, unless older attempts were opened
     if (lookedUp != null && !expanded) await lookUp(lookedUp);
   } finally {

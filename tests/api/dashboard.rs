@@ -1,6 +1,7 @@
 //! The dashboard in a real headless browser (Debian's chromium, driven through chromedriver
 //! with fantoccini): the page shows the numbers the API reports, and its retry button retries a
-//! dead order. A screenshot is saved as a test artifact (`target/tmp/screenshots/`). Swagger UI
+//! dead order; its controls pause and resume syncing (with a banner) and follow an audit to its
+//! end. Screenshots are saved as test artifacts (`target/tmp/screenshots/`). Swagger UI
 //! works too. Both run under the service's content security policy, and the browser's log
 //! must show no violation of it.
 
@@ -11,7 +12,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
 use crate::external::{ExternalApi, TOKEN};
-use crate::helpers::{spawn_api_only, spawn_app_with, wait_for, TestApp};
+use crate::helpers::{id_of, spawn_api_only, spawn_app_with, wait_for, TestApp};
 use crate::process::free_port;
 
 const ADMIN: &str = "dash_s3cret";
@@ -442,6 +443,165 @@ async fn an_order_is_looked_up_from_its_failed_row_and_the_chart_opens_on_the_se
     unknown.send_keys("999999").await.unwrap();
     click(&browser, "#lookup-go").await;
     wait_for_text(&browser, "#lookup-message", "No order 999999").await;
+    let violations = policy_violations(&browser).await;
+    assert!(violations.is_empty(), "{violations:#?}");
+    browser.close().await.ok();
+}
+
+/// Clicks a button that asks for confirmation, checks that the dialog says `says`, and accepts.
+async fn click_and_confirm(browser: &Client, css: &str, says: &str) {
+    click(browser, css).await;
+    let question = wait_for(
+        "the confirmation dialog",
+        Duration::from_secs(10),
+        || async { browser.get_alert_text().await.ok() },
+    )
+    .await;
+    assert!(question.contains(says), "{css} asks: {question:?}");
+    browser
+        .accept_alert()
+        .await
+        .expect("the dialog is accepted");
+}
+
+/// Waits until the element is shown (or hidden).
+async fn wait_until_shown(browser: &Client, css: &str, shown: bool) {
+    let what = format!("{css} to be {}", if shown { "shown" } else { "hidden" });
+    wait_for(&what, Duration::from_secs(20), || async {
+        let element = browser.find(Locator::Css(css)).await.ok()?;
+        (element.is_displayed().await.ok()? == shown).then_some(())
+    })
+    .await;
+}
+
+async fn attr_of(browser: &Client, css: &str, name: &str) -> Option<String> {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .ok()?
+        .attr(name)
+        .await
+        .ok()?
+}
+
+#[actix_web::test]
+async fn the_dashboard_pauses_and_resumes_syncing_and_follows_an_audit_to_its_end() {
+    // The built-in fake external API keeps what it is sent, so an audit can read it back.
+    let app = spawn_app_with(&[("ADMIN_TOKEN", ADMIN)]).await;
+    for _ in 0..3 {
+        let id = id_of(&app.create_order().await);
+        app.wait_until_synced(id).await;
+    }
+    let driver = ChromeDriver::start().await;
+    let browser = driver.browser().await;
+    browser
+        .goto(&app.url("/"))
+        .await
+        .expect("the dashboard loads");
+    wait_for_text(&browser, "#sync-state", "sync: running").await;
+    wait_until_shown(&browser, "#paused-banner", false).await;
+    wait_until_shown(&browser, "#control-hint", true).await;
+
+    // The operator enters the token and pauses syncing: the banner says so, and so does /health.
+    enter_admin_token(&browser).await;
+    wait_until_shown(&browser, "#control-hint", false).await;
+    wait_for_text(&browser, "#sync-toggle", "Pause syncing").await;
+    click_and_confirm(
+        &browser,
+        "#sync-toggle",
+        "No calls are made to the external API until you resume",
+    )
+    .await;
+    wait_until_shown(&browser, "#paused-banner", true).await;
+    let banner = text_of(&browser, "#paused-banner").await.unwrap();
+    assert!(
+        banner.contains("Syncing is paused: no calls are made to the external API"),
+        "{banner}"
+    );
+    wait_for_text(&browser, "#sync-state", "sync: paused").await;
+    wait_for_text(&browser, "#sync-toggle", "Resume syncing").await;
+    assert_eq!(app.get_json("/health").await["sync"], "paused");
+    assert_eq!(app.actor_metrics().await["sync"], "paused");
+    // A change made while paused is kept, and sent on resume.
+    let kept = id_of(&app.create_order().await);
+    browser
+        .execute("window.scrollTo(0, 0)", vec![])
+        .await
+        .unwrap();
+    let png = browser.screenshot().await.expect("a screenshot");
+    save_screenshot("dashboard-paused.png", &png);
+
+    // The banner's button resumes.
+    click_and_confirm(
+        &browser,
+        "#banner-resume",
+        "Resume syncing on every instance?",
+    )
+    .await;
+    wait_until_shown(&browser, "#paused-banner", false).await;
+    wait_for_text(&browser, "#sync-toggle", "Pause syncing").await;
+    assert_eq!(app.get_json("/health").await["sync"], "running");
+    app.wait_until_synced(kept).await;
+
+    // An audit of every order: its row gets a progress bar, which the page follows to the end.
+    click_and_confirm(&browser, "#start-audit", "Audit every order").await;
+    let row = "#jobs tbody tr[data-kind=\"audit\"]";
+    let id = wait_for("the audit's row", Duration::from_secs(20), || async {
+        attr_of(&browser, row, "data-job-id").await
+    })
+    .await;
+    let message = text_of(&browser, "#control-message")
+        .await
+        .unwrap_or_default();
+    assert!(
+        message.starts_with(&format!("Audit started: job {id}")),
+        "{message:?}"
+    );
+    let done = format!("#jobs tbody tr[data-job-id=\"{id}\"][data-status=\"done\"]");
+    wait_for("the audit to be done", Duration::from_secs(60), || async {
+        attr_of(&browser, &done, "data-job-id").await
+    })
+    .await;
+    let job: Value = app
+        .http
+        .get(app.url(&format!("/admin/jobs/{id}")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("request sent")
+        .json()
+        .await
+        .expect("a job");
+    assert_eq!(job["status"], "done");
+    assert_eq!(job["total"], 4, "{job}");
+    assert_eq!(job["checked"], job["total"], "{job}");
+    let bar = format!("{done} progress.job-progress");
+    let value: f64 = attr_of(&browser, &bar, "value")
+        .await
+        .expect("the row has a progress bar")
+        .parse()
+        .unwrap();
+    assert!(
+        (value - job["progress"].as_f64().unwrap()).abs() < 1e-9,
+        "{value} {job}"
+    );
+    let counts = text_of(&browser, &format!("{done} .counts")).await.unwrap();
+    let expected = format!(
+        "checked {} of {} · {} matching",
+        job["checked"], job["total"], job["matching"]
+    );
+    assert!(counts.starts_with(&expected), "{counts:?} {expected:?}");
+    browser
+        .execute(
+            "document.querySelector('#control').scrollIntoView()",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let control = browser.find(Locator::Css("#control")).await.unwrap();
+    let png = control.screenshot().await.expect("a screenshot");
+    save_screenshot("dashboard-jobs.png", &png);
+
     let violations = policy_violations(&browser).await;
     assert!(violations.is_empty(), "{violations:#?}");
     browser.close().await.ok();

@@ -35,6 +35,10 @@ impl Recorder {
         self.0.lock().expect("recorder lock").clone()
     }
 
+    pub fn push(&self, call: Call) {
+        self.0.lock().expect("recorder lock").push(call);
+    }
+
     pub fn calls_for(&self, order_id: i64) -> Vec<Call> {
         self.calls()
             .into_iter()

@@ -206,6 +206,12 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("post", "/admin/orders/retry-all", "/admin/orders/retry-all"),
     ("post", "/admin/orders/{id}/retry", "/admin/orders/1/retry"),
     ("delete", "/admin/orders/{id}", "/admin/orders/1"),
+    ("post", "/admin/audit", "/admin/audit"),
+    ("post", "/admin/resync", "/admin/resync"),
+    ("get", "/admin/jobs", "/admin/jobs"),
+    ("get", "/admin/jobs/{id}", "/admin/jobs/1"),
+    ("post", "/admin/sync/pause", "/admin/sync/pause"),
+    ("post", "/admin/sync/resume", "/admin/sync/resume"),
 ];
 
 #[actix_web::test]
