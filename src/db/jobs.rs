@@ -130,6 +130,9 @@ pub async fn start_sampled_audit(
     let highest: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(HIGHEST_ID.to_string()))
         .fetch_one(&mut *txn)
         .await?;
+    if highest == 0 {
+        return Ok(None); // no order yet
+    }
     let last_end: Option<i64> =
         sqlx::query_scalar("SELECT to_id FROM sync_jobs WHERE sampled ORDER BY id DESC LIMIT 1")
             .fetch_optional(&mut *txn)

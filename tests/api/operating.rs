@@ -660,3 +660,56 @@ async fn the_operators_routes_refuse_bad_input_and_strangers_and_change_nothing(
         (202, &json!(1), &json!(1))
     );
 }
+
+#[actix_web::test]
+async fn continuous_audits_walk_every_id_in_turn_and_wrap_around() {
+    let api = StoreApi::start(Duration::ZERO).await;
+    let app = spawn_app_syncing_to(
+        &api.url(),
+        &[
+            ("ADMIN_TOKEN", ADMIN),
+            ("AUDIT_INTERVAL_SECS", "1"),
+            ("AUDIT_SAMPLE_SIZE", "2"),
+        ],
+    )
+    .await;
+    app.create_orders(5).await;
+    app.wait_until_all_synced(5).await;
+    // Lost behind the service's back: a continuous audit finds it with no operator asking.
+    let lost: i64 = 5;
+    api.set(lost, None);
+    let jobs = wait_for(
+        "four continuous audits",
+        Duration::from_secs(60),
+        || async {
+            let jobs = app.admin_get("/admin/jobs").await["jobs"].clone();
+            let done: Vec<Value> = jobs
+                .as_array()?
+                .iter()
+                .rev()
+                .filter(|job| job["status"] == "done")
+                .cloned()
+                .collect();
+            (done.len() >= 4).then_some(done)
+        },
+    )
+    .await;
+    let ranges: Vec<(i64, i64)> = jobs
+        .iter()
+        .map(|job| {
+            (
+                job["from_id"].as_i64().unwrap(),
+                job["to_id"].as_i64().unwrap(),
+            )
+        })
+        .take(4)
+        .collect();
+    assert_eq!(ranges, [(1, 2), (3, 4), (5, 5), (1, 2)]);
+    assert!(jobs.iter().all(|job| job["sampled"] == true));
+    wait_for(
+        "the lost order to be sent again",
+        Duration::from_secs(20),
+        || async { api.get(lost).map(|_| ()) },
+    )
+    .await;
+}

@@ -74,8 +74,16 @@ async fn check(deps: &SyncDeps, id: i64) -> Result<Option<Verdict>, DbStepFailed
     let remote = match answer {
         Ok(answer) if answer.status == 404 => None,
         Ok(answer) => match answer.copy {
-            Some(copy) => Some(copy),
-            None => return Ok(Some(Verdict::Error)),
+            Some(copy) if is_copy_of(&copy, id) => Some(copy),
+            // Not an order, or another one: the answer is wrong, which no repair can fix.
+            _ => {
+                tracing::warn!(
+                    order_id = id,
+                    answer = answer.excerpt,
+                    "the external API's answer to GET is not this order's copy"
+                );
+                return Ok(Some(Verdict::Error));
+            }
         },
         Err(_) => return Ok(Some(Verdict::Error)),
     };
@@ -120,6 +128,15 @@ fn repaired_or_skipped(repaired: bool, verdict: Verdict) -> Verdict {
         verdict
     } else {
         Verdict::Skipped
+    }
+}
+
+/// Whether the answer is order `id`'s copy: its `id` names it (as a number, or as text).
+fn is_copy_of(copy: &Map<String, Value>, id: i64) -> bool {
+    match copy.get("id") {
+        Some(Value::Number(n)) => n.as_i64() == Some(id),
+        Some(Value::String(s)) => s.trim().parse::<i64>().ok() == Some(id),
+        _ => false,
     }
 }
 
@@ -215,5 +232,68 @@ async fn take_audit_token(deps: &SyncDeps) -> bool {
             _ = tokio::time::sleep(wait) => {}
             _ = deps.shutdown.cancelled() => return false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use serde_json::json;
+
+    use super::*;
+    use crate::domain::{OrderSnapshot, OrderStatus};
+
+    fn row() -> SyncRow {
+        SyncRow {
+            order: OrderSnapshot {
+                id: 7,
+                version: 3,
+                status: OrderStatus::Pending,
+                placed_at: Utc::now(),
+                delivered_at: None,
+                amount: 100,
+                tax: 18,
+                street_address: "12 MG Road".into(),
+                city: "Pune".into(),
+                state: "MH".into(),
+                country: "India".into(),
+                pincode: "411001".into(),
+            },
+            deleted: false,
+            sync_state: SyncState::Synced,
+            synced_version: 3,
+            sync_attempts: 0,
+            create_sent: true,
+            marked_now: false,
+        }
+    }
+
+    fn as_sent(row: &SyncRow) -> Map<String, Value> {
+        match serde_json::to_value(ExternalOrder::from(&row.order)) {
+            Ok(Value::Object(fields)) => fields,
+            other => panic!("an object, not {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_copy_differs_in_the_fields_we_send_and_not_in_its_version_or_its_own_fields() {
+        let row = row();
+        let mut copy = as_sent(&row);
+        copy.insert("version".into(), json!(1));
+        copy.insert("received_at".into(), json!("yesterday"));
+        assert!(differing_fields(&row, &copy).is_empty());
+        copy.insert("cost".into(), json!("118"));
+        copy.remove("address");
+        assert_eq!(differing_fields(&row, &copy), ["address", "cost"]);
+    }
+
+    #[test]
+    fn only_an_answer_naming_the_order_is_its_copy() {
+        let copy = |id: Value| Map::from_iter([("id".to_string(), id)]);
+        assert!(is_copy_of(&copy(json!(7)), 7));
+        assert!(is_copy_of(&copy(json!(" 7")), 7));
+        assert!(!is_copy_of(&copy(json!(8)), 7));
+        assert!(!is_copy_of(&copy(json!(null)), 7));
+        assert!(!is_copy_of(&Map::new(), 7));
     }
 }
