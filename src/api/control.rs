@@ -97,7 +97,7 @@ async fn start_job(
         .json(out))
 }
 
-/// The optional body: nothing, or a JSON object with `from_id` and `to_id`.
+/// The optional body: nothing (or `null`), or a JSON object with `from_id` and `to_id`.
 fn read_range(req: &HttpRequest, body: &[u8]) -> Result<JobRangeIn, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(JobRangeIn::default());
@@ -114,6 +114,9 @@ fn read_range(req: &HttpRequest, body: &[u8]) -> Result<JobRangeIn, ApiError> {
     }
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::MalformedJson(format!("the body is not valid JSON: {e}")))?;
+    if value.is_null() {
+        return Ok(JobRangeIn::default()); // as an empty body
+    }
     if !value.is_object() {
         return Err(ApiError::MalformedJson(
             "the body must be a JSON object: {\"from_id\": 1, \"to_id\": 100}".into(),
