@@ -405,33 +405,31 @@ pub async fn record_check(pool: &PgPool, job: i64, verdict: Verdict) -> Result<(
     Ok(())
 }
 
-/// The external API lost the order: it is owed a create again. `seen`: the version the audit
-/// compared; nothing changes if the order moved on since (or is no longer synced).
-pub async fn repair_missing(pool: &PgPool, id: i64, seen: i64) -> Result<bool, sqlx::Error> {
-    let repaired = sqlx::query(
-        "WITH repaired AS (
-             UPDATE orders SET version = version + 1, synced_version = 0, create_sent_at = NULL,
-                    sync_state = $3, sync_attempts = 0, sync_next_attempt_at = NULL
-             WHERE id = $1 AND version = $2 AND sync_state = $4 AND deleted_at IS NULL
-             RETURNING id, version)
-         INSERT INTO outbox (order_id, version, action) SELECT id, version, $5 FROM repaired",
-    )
-    .bind(id)
-    .bind(seen)
-    .bind(SyncState::Pending)
-    .bind(SyncState::Synced)
-    .bind(ChangeAction::Create)
-    .execute(pool)
-    .await?;
-    Ok(repaired.rows_affected() == 1)
+/// What an audit found wrong with a live order's external copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drift {
+    /// The external API lost it: a create is owed again (`synced_version` back to 0).
+    Missing,
+    /// Its copy differs: an update is owed.
+    Different,
 }
 
-/// The external copy differs from the order: it is owed an update (a new version).
-pub async fn repair_different(pool: &PgPool, id: i64, seen: i64) -> Result<bool, sqlx::Error> {
+/// Makes the order's next version owe the repair of `drift`, with its outbox row. `seen`: the
+/// version the audit compared; nothing changes (`false`) if the order moved on since, or is no
+/// longer synced: its own sync sends the latest state.
+pub async fn repair_copy(
+    pool: &PgPool,
+    id: i64,
+    seen: i64,
+    drift: Drift,
+) -> Result<bool, sqlx::Error> {
+    let missing = drift == Drift::Missing;
     let repaired = sqlx::query(
         "WITH repaired AS (
              UPDATE orders SET version = version + 1, sync_state = $3, sync_attempts = 0,
-                    sync_next_attempt_at = NULL
+                    sync_next_attempt_at = NULL,
+                    synced_version = CASE WHEN $6 THEN 0 ELSE synced_version END,
+                    create_sent_at = CASE WHEN $6 THEN NULL ELSE create_sent_at END
              WHERE id = $1 AND version = $2 AND sync_state = $4 AND deleted_at IS NULL
              RETURNING id, version)
          INSERT INTO outbox (order_id, version, action) SELECT id, version, $5 FROM repaired",
@@ -440,7 +438,12 @@ pub async fn repair_different(pool: &PgPool, id: i64, seen: i64) -> Result<bool,
     .bind(seen)
     .bind(SyncState::Pending)
     .bind(SyncState::Synced)
-    .bind(ChangeAction::Update)
+    .bind(if missing {
+        ChangeAction::Create
+    } else {
+        ChangeAction::Update
+    })
+    .bind(missing)
     .execute(pool)
     .await?;
     Ok(repaired.rows_affected() == 1)

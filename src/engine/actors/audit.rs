@@ -21,7 +21,7 @@ use super::attempt_log::{attempt_row, CallInFlight};
 use super::db_step::{db_step, DbStepFailed};
 use super::deps::SyncDeps;
 use super::messages::Outcome;
-use crate::db::jobs::{self, Verdict};
+use crate::db::jobs::{self, Drift, Verdict};
 use crate::db::sync::{self as queries, SyncRow};
 use crate::domain::SyncState;
 use crate::engine::cluster::rate_limit::Grant;
@@ -99,7 +99,7 @@ async fn check(deps: &SyncDeps, id: i64) -> Result<Option<Verdict>, DbStepFailed
         }
         (Some(row), None) => {
             let repaired = db_step("queue the missing order's create", id, || {
-                jobs::repair_missing(&deps.pool, id, row.version())
+                jobs::repair_copy(&deps.pool, id, row.version(), Drift::Missing)
             })
             .await?;
             repaired_or_skipped(repaired, Verdict::RepairedMissing)
@@ -111,7 +111,7 @@ async fn check(deps: &SyncDeps, id: i64) -> Result<Option<Verdict>, DbStepFailed
             } else {
                 tracing::info!(order_id = id, fields = ?differing, "the external copy differs");
                 let repaired = db_step("queue the differing order's update", id, || {
-                    jobs::repair_different(&deps.pool, id, row.version())
+                    jobs::repair_copy(&deps.pool, id, row.version(), Drift::Different)
                 })
                 .await?;
                 repaired_or_skipped(repaired, Verdict::RepairedDifferent)
