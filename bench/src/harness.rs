@@ -1,7 +1,7 @@
 //! What every figure needs: a database of its own, the service and the fake external API as
 //! child processes (release builds, so their memory is theirs alone), and small HTTP helpers.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -90,16 +90,32 @@ pub struct ChildProcess {
 
 impl ChildProcess {
     pub fn spawn(binary: &str, env: &[(&str, String)], port: u16) -> anyhow::Result<Self> {
-        let child = Command::new(self::binary(binary)?)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        Self::spawn_logging_to(binary, env, port, None)
+    }
+
+    /// [`Self::spawn`], its log (stderr) written to `log` rather than to the bench's own stderr
+    /// when given. `RUST_LOG` in `env` overrides the default level (`BENCH_CHILD_LOG`).
+    pub fn spawn_logging_to(
+        binary: &str,
+        env: &[(&str, String)],
+        port: u16,
+        log: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        let mut command = Command::new(self::binary(binary)?);
+        command
             .env(
                 "RUST_LOG",
                 std::env::var("BENCH_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("start {binary}"))?;
+            .stdout(Stdio::null());
+        if let Some(log) = log {
+            let file = std::fs::File::create(log)
+                .with_context(|| format!("create the log file {}", log.display()))?;
+            command.stderr(file);
+        }
+        let child = command.spawn().with_context(|| format!("start {binary}"))?;
         Ok(Self { child, port })
     }
 
@@ -168,6 +184,17 @@ pub async fn start_service(
     fake: &ChildProcess,
     extra: &[(&str, &str)],
 ) -> anyhow::Result<ChildProcess> {
+    start_service_logging_to(db, fake, extra, None).await
+}
+
+/// [`start_service`], its log written to `log` when given. `extra` overrides the defaults here
+/// (`REDIS_PREFIX`, `RUST_LOG`, ...).
+pub async fn start_service_logging_to(
+    db: &BenchDb,
+    fake: &ChildProcess,
+    extra: &[(&str, &str)],
+    log: Option<&Path>,
+) -> anyhow::Result<ChildProcess> {
     let port = free_port()?;
     let mut env = vec![
         ("PORT", port.to_string()),
@@ -178,7 +205,7 @@ pub async fn start_service(
         ("EXTERNAL_API_URL", fake.url("")),
     ];
     env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
-    let mut service = ChildProcess::spawn("order-sync", &env, port)?;
+    let mut service = ChildProcess::spawn_logging_to("order-sync", &env, port, log)?;
     service.wait_ready("/health").await?;
     Ok(service)
 }

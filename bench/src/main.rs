@@ -40,6 +40,17 @@ pub struct Scale {
     grant_requests: u64,
     /// Figure 1's PostgreSQL yardstick: how long pgbench runs.
     pgbench_duration: Duration,
+    /// Figure 10: orders seeded, synced and audited; `RATE_LIMIT_PER_SEC` of the audits at the
+    /// default share and at share 1; how long after the first check the rate is steady; how
+    /// long it is measured at the default share and at the service's defaults; how long the
+    /// audit at share 1 may run; how long the share's limiter alone is measured.
+    audit_orders: u64,
+    audit_rate_limit: u32,
+    audit_ramp: Duration,
+    audit_window: Duration,
+    audit_default_window: Duration,
+    audit_ceiling_within: Duration,
+    audit_limiter_duration: Duration,
     long_timeout: Duration,
 }
 
@@ -65,6 +76,15 @@ impl Scale {
             instance_rate_duration: Duration::from_secs(5),
             grant_requests: 20_000,
             pgbench_duration: Duration::from_secs(10),
+            // 200 checks/s at the default share, 10/s at the defaults, 2,000/s at share 1: the
+            // whole figure, the sync of 100,000 orders included, in about four minutes.
+            audit_orders: 100_000,
+            audit_rate_limit: 2_000,
+            audit_ramp: Duration::from_secs(5),
+            audit_window: Duration::from_secs(40),
+            audit_default_window: Duration::from_secs(30),
+            audit_ceiling_within: Duration::from_secs(60),
+            audit_limiter_duration: Duration::from_secs(10),
             long_timeout: Duration::from_secs(900),
         };
         match std::env::var("BENCH_MODE").unwrap_or_default().as_str() {
@@ -94,6 +114,14 @@ impl Scale {
                 instance_rate_duration: Duration::from_secs(2),
                 grant_requests: 500,
                 pgbench_duration: Duration::from_secs(1),
+                // 50 checks/s: 200 ids take 4 s at the default share.
+                audit_orders: 200,
+                audit_rate_limit: 500,
+                audit_ramp: Duration::from_millis(500),
+                audit_window: Duration::from_secs(2),
+                audit_default_window: Duration::from_secs(2),
+                audit_ceiling_within: Duration::from_secs(10),
+                audit_limiter_duration: Duration::from_secs(1),
                 long_timeout: Duration::from_secs(120),
             }),
             other => Err(format!(
@@ -189,6 +217,10 @@ async fn run(scale: &Scale) -> anyhow::Result<Vec<Row>> {
     if wanted(9) {
         eprintln!("[bench] figure 9: rate-limit grants");
         rows.push(figures::rate_limit_grants(scale).await?);
+    }
+    if wanted(10) {
+        eprintln!("[bench] figure 10: the audit's rate at its share");
+        rows.extend(figures::audit_rate(scale).await?);
     }
     Ok(rows)
 }

@@ -43,6 +43,16 @@ impl RetryPolicy {
     }
 }
 
+/// The audits' share of the rate: its cluster-wide limit, asked by one waiting check at a time
+/// (the lock is fair, so checks take turns in order). With every waiting check asking at once,
+/// each token's moment found a crowd asking Redis, a limit with no burst lost the tokens asked
+/// for late, and audits ran 8-10% under their share at 200/s with ~260 script calls per check
+/// (BENCHMARKS.md, figure 10).
+pub struct AuditShare {
+    pub limit: crate::engine::cluster::rate_limit::ClusterRateLimit,
+    pub turn: tokio::sync::Mutex<()>,
+}
+
 /// What every order actor shares. Not `Send` (awc), so it lives on one arbiter.
 pub struct SyncDeps {
     /// Reads, and the create mark, which must be durable before the `POST` goes out.
@@ -63,7 +73,7 @@ pub struct SyncDeps {
     /// Whether call attempts are written to the attempt log (`ATTEMPTS_KEPT_PER_ORDER` > 0).
     pub attempt_log_on: bool,
     /// The audits' share of the rate (`AUDIT_RATE_SHARE`), cluster-wide; `None`: no share.
-    pub audit_rate: Option<crate::engine::cluster::rate_limit::ClusterRateLimit>,
+    pub audit_rate: Option<AuditShare>,
     /// Cancelled on SIGTERM: no new call starts; calls in flight finish.
     pub shutdown: CancellationToken,
 }
