@@ -213,16 +213,12 @@ async fn read_external_copy(
     Some(result)
 }
 
-/// Waits for a token of the audits' share of the rate, in turn with this instance's other
-/// waiting checks ([`AuditShare`](super::deps::AuditShare)); `false` on shutdown. Without a share
+/// Waits for a token of the audits' share of the rate ([`AuditShare`](super::deps::AuditShare));
+/// `false` on shutdown. Without a share
 /// limiter (no Redis: unit tests), at once.
 async fn take_audit_token(deps: &SyncDeps) -> bool {
     let Some(share) = &deps.audit_rate else {
         return true;
-    };
-    let _turn = tokio::select! {
-        turn = share.turn.lock() => turn,
-        _ = deps.shutdown.cancelled() => return false,
     };
     loop {
         let wait = match share.limit.take(1).await {

@@ -43,11 +43,12 @@ impl RetryPolicy {
     }
 }
 
-/// The audits' share of the rate: its cluster-wide limit, asked by one waiting check at a time
-/// (the lock is fair, so checks take turns in order). With every waiting check asking at once,
-/// each token's moment found a crowd asking Redis, a limit with no burst lost the tokens asked
-/// for late, and audits ran 8-10% under their share at 200/s with ~260 script calls per check
-/// (BENCHMARKS.md, figure 10).
+/// The audits' share of the rate: its cluster-wide limit, with a burst of 50 ms of the share
+/// (`startup.rs`). Every waiting check asks it; with no burst a check asking a little late lost
+/// its token for good, and audits ran 8-10% under their share at 200/s (BENCHMARKS.md, figure
+/// 10). Asking one check at a time (a fair lock, `turn`) cut Redis's script calls from ~260 per
+/// check to ~3, but an audit under load stalled with it in CI; it is not taken until that is
+/// understood.
 pub struct AuditShare {
     pub limit: crate::engine::cluster::rate_limit::ClusterRateLimit,
     pub turn: tokio::sync::Mutex<()>,
