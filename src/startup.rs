@@ -119,17 +119,18 @@ impl Application {
         let (rate_per_sec, burst, max_concurrent) = settings.throttle_limits();
         let rate_limit =
             ClusterRateLimit::new(redis.clone(), keys.rate_limit(), rate_per_sec, burst);
-        let throttle = Throttle::start_cluster_wide(max_concurrent, rate_limit);
+        let throttle = Throttle::start_cluster_wide(max_concurrent, rate_limit.clone());
         let job_settings = settings.job_settings();
-        // The audits' share: a GCRA key of its own, with a burst of 50 ms of it, so that a check
-        // asking a little late does not lose its token for good (with a burst of 1 audits ran
-        // a quarter under their share at 200/s: BENCHMARKS.md, figure 10).
-        let audit_rate = ClusterRateLimit::new(
-            redis.clone(),
-            keys.audit_rate_limit(),
-            job_settings.audit_rate(),
-            (job_settings.audit_rate() / 20).max(1),
-        );
+        let audit_share = AuditShare {
+            whole: rate_limit,
+            share: ClusterRateLimit::new(
+                redis.clone(),
+                keys.audit_rate_limit(),
+                job_settings.audit_rate(),
+                (job_settings.audit_rate() / 20).max(1),
+            ),
+            slots: tokio::sync::Semaphore::new(job_settings.audit_slots(max_concurrent)),
+        };
         let instance = InstanceId::generate(settings.instance_id.as_deref());
         let leases = Leases::new(instance.clone(), keys.clone(), settings.lease_times());
         let pool = db.get_postgres_connection_pool().clone();
@@ -158,10 +159,7 @@ impl Application {
             metrics: metrics.clone(),
             calls_in_flight: calls_in_flight.clone(),
             attempt_log_on: settings.attempt_retention().kept_per_order > 0,
-            audit_rate: Some(AuditShare {
-                limit: audit_rate,
-                turn: tokio::sync::Mutex::new(()),
-            }),
+            audit_rate: Some(audit_share),
             shutdown: shutdown.clone(),
         });
         let role = settings.role;

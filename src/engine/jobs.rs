@@ -67,6 +67,12 @@ impl JobSettings {
         ((f64::from(self.rate_per_sec) * self.audit_share).floor() as u32).max(1)
     }
 
+    /// The call slots (of `max_concurrent`, `MAX_CONCURRENT_CALLS`) audit checks may hold: their
+    /// share, rounded up, at least one.
+    pub fn audit_slots(&self, max_concurrent: u32) -> usize {
+        ((f64::from(max_concurrent) * self.audit_share).ceil() as usize).max(1)
+    }
+
     /// Audit checks kept queued.
     fn audit_window(&self) -> i64 {
         (f64::from(self.audit_rate()) * QUEUED_SECS).ceil().max(1.0) as i64

@@ -90,7 +90,18 @@ impl TestApp {
     }
 }
 
-/// The most calls any one-second window holds.
+/// How long after its token a call may arrive at the recorder on a busy machine (the client's
+/// and the recorder's scheduling); `instances.rs` allows the same.
+const DELIVERY: Duration = Duration::from_millis(40);
+
+/// The most calls any one second may see, counted as they arrive, at `rate` per second after a
+/// burst of `burst`: tokens are granted within the limit, and the calls granted in one second
+/// and `DELIVERY` may arrive within one second.
+fn most_in_a_second(rate: usize, burst: usize) -> usize {
+    rate + burst + (rate as f64 * DELIVERY.as_secs_f64()).floor() as usize
+}
+
+/// The most calls that arrived within any one second.
 fn busiest_second(calls: &[&Call]) -> usize {
     let mut arrivals: Vec<Instant> = calls.iter().map(|c| c.arrived).collect();
     arrivals.sort();
@@ -211,14 +222,16 @@ async fn an_audit_under_load_keeps_to_its_share_and_never_overlaps_an_orders_cal
         ],
     )
     .await;
-    let ids = app.create_orders(40).await;
-    app.wait_until_all_synced(40).await;
+    // Half the orders change at twice the rate limit while the audit runs; the other half
+    // stay quiet, so the audit has orders to read back.
+    let ids = app.create_orders(80).await;
+    app.wait_until_all_synced(80).await;
+    let (changing, quiet) = ids.split_at(40);
     let before = api.recorder.calls().len();
 
     let (status, job) = app.admin_post("/admin/audit", Value::Null).await;
     assert_eq!(status, 202);
     let job_id = job["id"].as_i64().unwrap();
-    // Changes at twice the rate limit, round the orders, until the audit is done.
     let mut amount = 1;
     // Orders with a change pending when their turn came were skipped, without a GET.
     let checked_remotely;
@@ -227,7 +240,7 @@ async fn an_audit_under_load_keeps_to_its_share_and_never_overlaps_an_orders_cal
     loop {
         let job = app.admin_get(&format!("/admin/jobs/{job_id}")).await;
         if job["status"] == "done" {
-            assert_eq!(job["checked"], 40, "{job}");
+            assert_eq!(job["checked"], 80, "{job}");
             checked_remotely = job["checked"].as_u64().unwrap() - job["skipped"].as_u64().unwrap();
             break;
         }
@@ -237,12 +250,12 @@ async fn an_audit_under_load_keeps_to_its_share_and_never_overlaps_an_orders_cal
         );
         for _ in 0..8 {
             pace.tick().await;
-            let id = ids[amount % ids.len()];
+            let id = changing[amount % changing.len()];
             amount += 1;
             app.patch_order(id, &json!({"amount": amount})).await;
         }
     }
-    app.wait_until_all_synced(40).await;
+    app.wait_until_all_synced(80).await;
 
     let calls = api.recorder.calls();
     let after: Vec<&Call> = calls[before..].iter().collect();
@@ -252,13 +265,20 @@ async fn an_audit_under_load_keeps_to_its_share_and_never_overlaps_an_orders_cal
         .filter(|c| c.method == "GET")
         .collect();
     assert_eq!(gets.len() as u64, checked_remotely);
+    for id in quiet {
+        let reads = gets.iter().filter(|c| c.order_id == *id).count();
+        assert_eq!(reads, 1, "quiet order {id} was read back {reads} times");
+    }
     let busiest_gets = busiest_second(&gets);
     assert!(
-        busiest_gets <= audit_rate + 1,
+        busiest_gets <= most_in_a_second(audit_rate, 1),
         "{busiest_gets} GETs in one second: the share is {audit_rate}/s"
     );
     let busiest = busiest_second(&after);
-    assert!(busiest <= rate + burst, "{busiest} calls in one second");
+    assert!(
+        busiest <= most_in_a_second(rate, burst),
+        "{busiest} calls in one second"
+    );
     // Normal syncing kept the rest of the rate while the audit ran.
     let (first, last) = (gets[0].arrived, gets[gets.len() - 1].arrived);
     let normal = after
@@ -333,7 +353,7 @@ async fn a_gets_token_comes_from_the_rate_limit_like_any_calls() {
     assert!(after.iter().any(|c| c.method == "PUT"));
     let busiest = busiest_second(&after);
     assert!(
-        busiest <= rate + burst,
+        busiest <= most_in_a_second(rate, burst),
         "{busiest} calls (GETs and PUTs) in one second at a limit of {rate}/s"
     );
     let span = after[after.len() - 1].arrived - after[0].arrived;
@@ -384,7 +404,10 @@ async fn a_resync_sends_every_order_once_within_the_rate() {
     }
     assert_eq!(after.len(), 1_000);
     let busiest = busiest_second(&after);
-    assert!(busiest <= rate + burst, "{busiest} calls in one second");
+    assert!(
+        busiest <= most_in_a_second(rate, burst),
+        "{busiest} calls in one second"
+    );
 }
 
 #[actix_web::test]

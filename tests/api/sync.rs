@@ -245,6 +245,77 @@ async fn many_quick_updates_of_one_order_coalesce_into_few_calls_ending_at_the_l
 }
 
 #[actix_web::test]
+async fn orders_changing_faster_than_the_rate_limit_coalesce_and_their_backlog_stays_small() {
+    let api = ExternalApi::start(Duration::ZERO).await;
+    let (orders, rate) = (20, 20);
+    let app = spawn_app_syncing_to(
+        &api.url(),
+        &[("RATE_LIMIT_PER_SEC", "20"), ("RATE_LIMIT_BURST", "2")],
+    )
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..orders {
+        ids.push(id_of(&app.create_order().await));
+    }
+    for &id in &ids {
+        app.wait_until_synced(id).await;
+    }
+    // Changes at twice the rate limit for 8 s, round the orders.
+    let mut pace = tokio::time::interval(Duration::from_millis(1000 / (2 * rate)));
+    let load = Duration::from_secs(8);
+    let started = std::time::Instant::now();
+    let (mut changes, mut most_in_flight) = (0usize, 0);
+    while started.elapsed() < load {
+        pace.tick().await;
+        app.patch_order(ids[changes % orders], &json!({"amount": 1000 + changes}))
+            .await;
+        changes += 1;
+        if changes % 10 == 0 {
+            let metrics = app.actor_metrics().await;
+            let in_flight = metrics["events"]["in_flight"].as_u64().unwrap_or(0);
+            most_in_flight = most_in_flight.max(in_flight);
+        }
+    }
+    // An order whose events queued one per change would owe a call per change: at the rate
+    // that is (changes - 8 s × rate) / rate seconds more. Coalesced, each order owes one call.
+    let drained = std::time::Instant::now();
+    wait_for(
+        "every order synced at its latest version",
+        Duration::from_secs(60),
+        || async {
+            let mut latest = true;
+            for &id in &ids {
+                let order = app.get_order(id).await;
+                latest &= order["sync"]["state"] == "synced"
+                    && order["sync"]["synced_version"] == order["version"];
+            }
+            latest.then_some(())
+        },
+    )
+    .await;
+    let drain = drained.elapsed();
+    eprintln!("{changes} changes to {orders} orders: at most {most_in_flight} events in flight; drained {drain:?} after the load");
+    let owed_one_per_change = (changes as f64 - load.as_secs_f64() * rate as f64) / rate as f64;
+    assert!(
+        drain.as_secs_f64() < 10.0,
+        "{changes} changes to {orders} orders took {drain:?} to drain after the load (one call per change would take {owed_one_per_change:.1} s)"
+    );
+    assert!(
+        most_in_flight <= 4 * orders as u64,
+        "{most_in_flight} events in flight for {orders} orders"
+    );
+    for &id in &ids {
+        let order = app.get_order(id).await;
+        let last = api.recorder.calls_for(id).last().map(|c| c.version);
+        assert_eq!(
+            last,
+            order["version"].as_i64(),
+            "order {id} ends at its latest version"
+        );
+    }
+}
+
+#[actix_web::test]
 async fn an_order_created_and_deleted_before_its_sync_makes_no_call() {
     // One call at a time, and a slow first order: the second order waits for its turn.
     let api = ExternalApi::start(Duration::from_millis(1500)).await;

@@ -11,15 +11,15 @@
 //! | no row (deleted and purged, or an id never used) | present | stray: a delete is owed |
 //! | synced, or no row | same fields, or 404 | matching |
 //!
-//! The `GET` waits for a token of the audit's share of the rate (`AUDIT_RATE_SHARE`, its own
-//! GCRA key) before it takes a throttle slot, and then takes a token of the rate limit like any
-//! call: the external API's limit counts every call, and audits never take more than their share.
+//! The `GET` counts against the rate limit like any call (the external API's limit counts every
+//! call), and against the audits' share of it (`AUDIT_RATE_SHARE`, [`AuditShare`]): one of the
+//! audits' call slots, a throttle slot, then a token of both limits at once.
 
 use serde_json::{Map, Value};
 
 use super::attempt_log::{attempt_row, CallInFlight};
 use super::db_step::{db_step, DbStepFailed};
-use super::deps::SyncDeps;
+use super::deps::{AuditShare, SyncDeps};
 use super::messages::Outcome;
 use crate::db::jobs::{self, Drift, Verdict};
 use crate::db::sync::{self as queries, SyncRow};
@@ -153,24 +153,32 @@ fn differing_fields(row: &SyncRow, copy: &Map<String, Value>) -> Vec<String> {
         .collect()
 }
 
-/// Makes the audit's `GET`: a token of the audit share, a throttle slot, the shard's fence, a
-/// token of the rate limit. `None` when it could not be made (shutdown, or the shard moved).
+/// Makes the audit's `GET`: one of the audits' call slots, a throttle slot, the shard's fence,
+/// and a token of the rate limit and of the audits' share together. `None` when it could not be
+/// made (shutdown, or the shard moved).
 async fn read_external_copy(
     deps: &SyncDeps,
     call: &ExternalCall,
 ) -> Option<Result<crate::external::Answer, CallError>> {
-    if !take_audit_token(deps).await {
-        return None;
-    }
+    let _audit_slot = match &deps.audit_rate {
+        Some(share) => Some(tokio::select! {
+            slot = share.slots.acquire() => slot.ok()?,
+            _ = deps.shutdown.cancelled() => return None,
+        }),
+        None => None,
+    };
     let permit = tokio::select! {
         permit = deps.throttle.acquire() => permit?,
         _ = deps.shutdown.cancelled() => return None,
     };
     let (id, version) = call.id_and_version();
     let fence = deps.leases.fence(id)?;
-    let token = tokio::select! {
-        token = permit.take_token() => token,
-        _ = deps.shutdown.cancelled() => false,
+    let token = match &deps.audit_rate {
+        Some(share) => take_shared_token(deps, share).await,
+        None => tokio::select! {
+            token = permit.take_token() => token,
+            _ = deps.shutdown.cancelled() => false,
+        },
     };
     if !token || !fence.may_call() {
         return None;
@@ -213,19 +221,20 @@ async fn read_external_copy(
     Some(result)
 }
 
-/// Waits for a token of the audits' share of the rate ([`AuditShare`](super::deps::AuditShare));
-/// `false` on shutdown. Without a share
-/// limiter (no Redis: unit tests), at once.
-async fn take_audit_token(deps: &SyncDeps) -> bool {
-    let Some(share) = &deps.audit_rate else {
-        return true;
-    };
+/// Waits for a token of the rate limit and of the audits' share, granted together; `false` on
+/// shutdown. Asked of Redis directly rather than through the throttle's queue, where a token of
+/// the share would wait for one of the rate. While Redis fails, the check waits, as calls do.
+async fn take_shared_token(deps: &SyncDeps, share: &AuditShare) -> bool {
+    let mut redis_failing = false;
     loop {
-        let wait = match share.limit.take(1).await {
+        let wait = match share.whole.take_one_within(&share.share).await {
             Ok(Grant::Calls(_)) => return true,
             Ok(Grant::WaitFor(wait)) => wait,
             Err(error) => {
-                tracing::warn!(%error, "cannot take an audit token from Redis; waiting");
+                if !redis_failing {
+                    tracing::warn!(%error, "cannot take an audit token from Redis; waiting");
+                }
+                redis_failing = true;
                 std::time::Duration::from_millis(500)
             }
         };

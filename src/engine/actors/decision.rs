@@ -6,7 +6,7 @@ use crate::domain::{EventKind, SyncState};
 use crate::external::payload::ExternalOrder;
 use crate::external::ExternalCall;
 
-/// What to do for an order, decided from its current row alone.
+/// What to do for an order, decided from its current row (and, for a change, its version).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Decision {
     Skip(&'static str),
@@ -22,7 +22,16 @@ pub(crate) enum Verb {
     Delete,
 }
 
-pub(crate) fn decide(row: Option<&SyncRow>, kind: EventKind) -> Decision {
+/// `change_version`: the version a change event wrote, on the event's first look. Every call
+/// sends the latest state, so a change whose version an earlier call already carried is done:
+/// the later changes have events of their own, queued behind it. Without this, an order that
+/// changes faster than its calls go out would make one call per change, and its events would
+/// fill the dispatcher's in-flight bound while other orders waited.
+pub(crate) fn decide(
+    row: Option<&SyncRow>,
+    kind: EventKind,
+    change_version: Option<i64>,
+) -> Decision {
     let Some(row) = row else {
         return Decision::Skip("gone");
     };
@@ -43,6 +52,11 @@ pub(crate) fn decide(row: Option<&SyncRow>, kind: EventKind) -> Decision {
         // A change or an operator's retry revives a dead order in the same transaction as it
         // writes its event, so an event that finds it dead is stale.
         (SyncState::Dead, _) => return Decision::Skip("dead"),
+        (SyncState::Pending, EventKind::Change)
+            if change_version.is_some_and(|version| version <= row.synced_version) =>
+        {
+            return Decision::Skip("carried by an earlier call")
+        }
         _ => {}
     }
     if row.version() <= row.synced_version {
@@ -114,52 +128,80 @@ mod tests {
     fn the_decision_follows_the_orders_state() {
         use EventKind::Change;
         let retry = EventKind::Retry { attempt: None };
-        assert_eq!(decide(None, Change), Decision::Skip("gone"));
+        assert_eq!(decide(None, Change, None), Decision::Skip("gone"));
         assert_eq!(
-            decide(Some(&row(3, 3, "synced", false, true)), Change),
+            decide(Some(&row(3, 3, "synced", false, true)), Change, None),
             Decision::Skip("already synced")
         );
         assert_eq!(
-            decide(Some(&row(1, 0, "pending", false, false)), Change),
+            decide(Some(&row(1, 0, "pending", false, false)), Change, None),
             Decision::Call(Verb::Create)
         );
         assert_eq!(
-            decide(Some(&row(4, 2, "pending", false, true)), Change),
+            decide(Some(&row(4, 2, "pending", false, true)), Change, None),
             Decision::Call(Verb::Update)
         );
         assert_eq!(
-            decide(Some(&row(2, 1, "pending", true, true)), Change),
+            decide(Some(&row(2, 1, "pending", true, true)), Change, None),
             Decision::Call(Verb::Delete)
         );
         assert_eq!(
-            decide(Some(&row(2, 0, "pending", true, false)), Change),
+            decide(Some(&row(2, 0, "pending", true, false)), Change, None),
             Decision::PurgeWithoutCall
         );
         // A create may have arrived before a crash: the delete is still owed.
         assert_eq!(
-            decide(Some(&row(2, 0, "pending", true, true)), Change),
+            decide(Some(&row(2, 0, "pending", true, true)), Change, None),
             Decision::Call(Verb::Delete)
         );
         assert_eq!(
-            decide(Some(&row(4, 2, "retrying", false, true)), Change),
+            decide(Some(&row(4, 2, "retrying", false, true)), Change, None),
             Decision::Skip("parked")
         );
         assert_eq!(
-            decide(Some(&row(4, 2, "retrying", false, true)), retry),
+            decide(Some(&row(4, 2, "retrying", false, true)), retry, None),
             Decision::Call(Verb::Update)
         );
         assert_eq!(
-            decide(Some(&row(4, 2, "dead", false, true)), Change),
+            decide(Some(&row(4, 2, "dead", false, true)), Change, None),
             Decision::Skip("dead")
         );
         assert_eq!(
-            decide(Some(&row(4, 2, "dead", false, true)), retry),
+            decide(Some(&row(4, 2, "dead", false, true)), retry, None),
             Decision::Skip("dead")
         );
         // An operator discarded an order never created remotely: synced, yet version 0.
         assert_eq!(
-            decide(Some(&row(4, 0, "synced", false, true)), Change),
+            decide(Some(&row(4, 0, "synced", false, true)), Change, None),
             Decision::Skip("already synced")
+        );
+    }
+
+    #[test]
+    fn a_change_an_earlier_call_carried_makes_no_call() {
+        // Version 4 is owed; a call already sent version 3 (the latest when it went out).
+        let behind = row(4, 3, "pending", false, true);
+        assert_eq!(
+            decide(Some(&behind), EventKind::Change, Some(2)),
+            Decision::Skip("carried by an earlier call")
+        );
+        assert_eq!(
+            decide(Some(&behind), EventKind::Change, Some(3)),
+            Decision::Skip("carried by an earlier call")
+        );
+        assert_eq!(
+            decide(Some(&behind), EventKind::Change, Some(4)),
+            Decision::Call(Verb::Update)
+        );
+        // A retry, or a change looked at again after a failed call, syncs the latest state.
+        let retry = EventKind::Retry { attempt: None };
+        assert_eq!(
+            decide(Some(&behind), retry, Some(2)),
+            Decision::Call(Verb::Update)
+        );
+        assert_eq!(
+            decide(Some(&behind), EventKind::Change, None),
+            Decision::Call(Verb::Update)
         );
     }
 
@@ -170,11 +212,11 @@ mod tests {
         let this_attempt = EventKind::Retry { attempt: Some(3) };
         let earlier_attempt = EventKind::Retry { attempt: Some(2) };
         assert_eq!(
-            decide(Some(&parked), this_attempt),
+            decide(Some(&parked), this_attempt, None),
             Decision::Call(Verb::Update)
         );
         assert_eq!(
-            decide(Some(&parked), earlier_attempt),
+            decide(Some(&parked), earlier_attempt, None),
             Decision::Skip("retry already made")
         );
     }

@@ -12,6 +12,7 @@ use super::attempt_log::CallsInFlight;
 use super::batched::BatchedQueries;
 use super::throttle::Throttle;
 use crate::engine::cluster::leases::Leases;
+use crate::engine::cluster::rate_limit::ClusterRateLimit;
 use crate::external::ExternalClient;
 use crate::metrics::SyncMetrics;
 
@@ -43,15 +44,20 @@ impl RetryPolicy {
     }
 }
 
-/// The audits' share of the rate: its cluster-wide limit, with a burst of 50 ms of the share
-/// (`startup.rs`). Every waiting check asks it; with no burst a check asking a little late lost
-/// its token for good, and audits ran 8-10% under their share at 200/s (BENCHMARKS.md, figure
-/// 10). Asking one check at a time (a fair lock, `turn`) cut Redis's script calls from ~260 per
-/// check to ~3, but an audit under load stalled with it in CI; it is not taken until that is
-/// understood.
+/// What audits may use of the external API's budget (`AUDIT_RATE_SHARE`), so that normal
+/// syncing is never starved: at most their share of the rate and of the call slots.
 pub struct AuditShare {
-    pub limit: crate::engine::cluster::rate_limit::ClusterRateLimit,
-    pub turn: tokio::sync::Mutex<()>,
+    /// The rate limit every call counts against (the throttle's own key).
+    pub whole: ClusterRateLimit,
+    /// The audits' part of it: a key of its own with a burst of 50 ms of the share
+    /// (`startup.rs`), so that a check asking a little late does not lose its turn for good.
+    /// A `GET` takes a token of both at once ([`ClusterRateLimit::take_one_within`]): taken one
+    /// after the other, tokens of the share waited in the throttle's queue for the other and
+    /// went out in bunches above the share.
+    pub share: ClusterRateLimit,
+    /// The audits' part of `MAX_CONCURRENT_CALLS`, taken before a throttle slot: checks waiting
+    /// for their share hold at most these slots, and only these checks ask Redis for tokens.
+    pub slots: tokio::sync::Semaphore,
 }
 
 /// What every order actor shares. Not `Send` (awc), so it lives on one arbiter.

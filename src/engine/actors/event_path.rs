@@ -70,6 +70,8 @@ async fn sync_to_current_state(
     let pool = &deps.pool;
     let id = event.order_id;
     let mut kind = event.kind;
+    // The change's own version, until a failed call makes the event look again.
+    let mut change_version = Some(event.version);
     loop {
         if deps.shutdown.is_cancelled() {
             return Ok(Outcome::Abandoned);
@@ -78,7 +80,7 @@ async fn sync_to_current_state(
             deps.batched.load_marking_create(id)
         })
         .await?;
-        let verb = match decide(row.as_ref(), kind) {
+        let verb = match decide(row.as_ref(), kind, change_version) {
             Decision::Skip(reason) => {
                 tracing::debug!(
                     order_id = id,
@@ -117,7 +119,7 @@ async fn sync_to_current_state(
         // read while holding a slot would cost every call (BENCHMARKS.md, figure 1).
         if asked.elapsed() > RELOAD_AFTER {
             let fresh = db_step("reload the order", id, || queries::load(pool, id)).await?;
-            let mut decision = decide(fresh.as_ref(), kind);
+            let mut decision = decide(fresh.as_ref(), kind, change_version);
             // The create mark is ours and nothing was sent: deleted meanwhile, it was never
             // created remotely.
             let never_sent = fresh.as_ref().is_some_and(|r| r.synced_version == 0);
@@ -148,7 +150,10 @@ async fn sync_to_current_state(
         let next = record_outcome(deps, event, &row, verb, &call, report, elapsed_ms).await;
         match next? {
             AfterCall::Done(outcome) => return Ok(outcome),
-            AfterCall::SyncAgain => kind = EventKind::Change,
+            AfterCall::SyncAgain => {
+                kind = EventKind::Change;
+                change_version = None;
+            }
         }
     }
 }
@@ -156,7 +161,7 @@ async fn sync_to_current_state(
 /// What follows a call's recorded outcome.
 enum AfterCall {
     Done(Outcome),
-    /// A change committed during the call: the order's latest state is owed now.
+    /// A change committed during a failed call: the order's latest state is owed now.
     SyncAgain,
 }
 
@@ -196,15 +201,15 @@ async fn record_success(
     let id = row.id();
     deps.metrics.record_call(call.verb(), &result);
     synced(deps, event, row, &result, call, elapsed_ms);
-    let current = db_step("record the success", id, || {
+    db_step("record the success", id, || {
         deps.batched
             .record_synced(id, row.version(), attempts.clone())
     })
     .await?;
-    Ok(match current {
-        Some(current) if current > row.version() => AfterCall::SyncAgain,
-        _ => AfterCall::Done(Outcome::Synced),
-    })
+    // A change committed during the call is left to its own event, queued behind this one:
+    // syncing it here would keep this event (and the order's queued events, each holding an
+    // in-flight slot) busy for as long as the order keeps changing.
+    Ok(AfterCall::Done(Outcome::Synced))
 }
 
 /// What every success counts and logs.

@@ -55,6 +55,32 @@ end
 return 1"
 );
 
+/// Grants one call of two limits together (`KEYS[1]`: `ARGV[1]`, `ARGV[2]`; `KEYS[2]`:
+/// `ARGV[3]`, `ARGV[4]`), or neither; returns `{granted, microseconds to wait}`. Taking the two
+/// one after the other would let calls granted by the first bunch up while they wait for the
+/// second, and go out faster than the first allows.
+const TAKE_PAIR: &str = r"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local tats = {}
+local wait = 0
+for i = 1, 2 do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local tolerance = interval * (tonumber(ARGV[2 * i]) - 1)
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat < now then tat = now end
+  if tat - tolerance > now then wait = math.max(wait, tat - tolerance - now) end
+  tats[i] = tat
+end
+if wait > 0 then
+  return {0, wait}
+end
+for i = 1, 2 do
+  local tat = tats[i] + tonumber(ARGV[2 * i - 1])
+  redis.call('SET', KEYS[i], string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+end
+return {1, 0}";
+
 /// What one request for calls got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grant {
@@ -73,6 +99,7 @@ pub struct ClusterRateLimit {
     interval_us: f64,
     burst: u32,
     take: Script,
+    take_pair: Script,
     pause: Script,
 }
 
@@ -84,6 +111,7 @@ impl ClusterRateLimit {
             interval_us: 1_000_000.0 / f64::from(rate_per_sec.max(1)),
             burst: burst.max(1),
             take: Script::new(TAKE),
+            take_pair: Script::new(TAKE_PAIR),
             pause: Script::new(PAUSE),
         }
     }
@@ -101,6 +129,25 @@ impl ClusterRateLimit {
             .arg(self.interval_us)
             .arg(self.burst)
             .arg(want.max(1))
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(match granted {
+            0 => Grant::WaitFor(Duration::from_micros(wait_us.max(100))),
+            granted => Grant::Calls(granted),
+        })
+    }
+
+    /// Asks for one call of this limit and of `share` together (a share of this limit kept by
+    /// a part of the work: audits): both grant it, or neither does.
+    pub async fn take_one_within(&self, share: &ClusterRateLimit) -> redis::RedisResult<Grant> {
+        let (granted, wait_us): (u32, u64) = self
+            .take_pair
+            .key(&self.key)
+            .key(&share.key)
+            .arg(self.interval_us)
+            .arg(self.burst)
+            .arg(share.interval_us)
+            .arg(share.burst)
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(match granted {
