@@ -270,6 +270,10 @@ async fn an_audit_under_load_keeps_to_its_share_and_never_overlaps_an_orders_cal
         assert_eq!(reads, 1, "quiet order {id} was read back {reads} times");
     }
     let busiest_gets = busiest_second(&gets);
+    eprintln!(
+        "audit under load: {checked_remotely} of 80 read back, at most {busiest_gets} GETs and {} calls in one second",
+        busiest_second(&after)
+    );
     assert!(
         busiest_gets <= most_in_a_second(audit_rate, 1),
         "{busiest_gets} GETs in one second: the share is {audit_rate}/s"
@@ -404,6 +408,8 @@ async fn a_resync_sends_every_order_once_within_the_rate() {
     }
     assert_eq!(after.len(), 1_000);
     let busiest = busiest_second(&after);
+    let span = after[after.len() - 1].arrived - after[0].arrived;
+    eprintln!("resync: 1,000 PUTs in {span:?}, at most {busiest} in one second");
     assert!(
         busiest <= most_in_a_second(rate, burst),
         "{busiest} calls in one second"
@@ -513,6 +519,7 @@ async fn a_resync_resumes_where_it_was_after_a_sigkill() {
     assert_eq!(sends.len(), 1_000, "every order was sent");
     // Only calls in flight at the kill (their outcome not yet recorded) are sent again.
     let repeated: usize = sends.values().map(|n| n - 1).sum();
+    eprintln!("resync killed after {sent_at_kill} sends; {repeated} sent twice");
     assert!(
         repeated <= max_concurrent,
         "{repeated} repeated sends; at most {max_concurrent} calls were in flight"
