@@ -5,7 +5,8 @@
 use actix_web::http::header::LOCATION;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::admin::{require_admin, store_error};
 use super::{ApiError, AppState};
@@ -17,11 +18,24 @@ use crate::domain::FieldErrors;
 #[serde(deny_unknown_fields)]
 pub struct JobRangeIn {
     /// The first id (default 1).
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
+    #[serde(default, deserialize_with = "whole_id")]
     from_id: Option<i64>,
     /// The last id (default: the highest id handed out). Not below `from_id`.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
+    #[serde(default, deserialize_with = "whole_id")]
     to_id: Option<i64>,
+}
+
+/// An id sent as a JSON number: `5271`, or `5271.0`, which JSON Schema (and so the OpenAPI
+/// document) counts as the same integer. `null` is the default.
+fn whole_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    crate::domain::whole_number(&number)
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("{number} is not a whole number of an i64")))
 }
 
 /// A job and how far it got.

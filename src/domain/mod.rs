@@ -59,7 +59,7 @@ mod snapshot;
 
 pub use event::{EventKind, SyncEvent};
 pub use order::{
-    AddressLine, FieldErrors, InboundUpdate, Money, OrderFields, OrderPatch, OrderStatus, Pincode,
-    SyncState, MAX_EPOCH_SECONDS,
+    whole_number, AddressLine, FieldErrors, InboundUpdate, Money, OrderFields, OrderPatch,
+    OrderStatus, Pincode, SyncState, MAX_EPOCH_SECONDS,
 };
 pub use snapshot::OrderSnapshot;

@@ -439,7 +439,7 @@ fn money(value: &Value) -> Result<Money, String> {
 
 /// The number as an `i64` when it is a whole number: `1000` or `1000.0`, which JSON Schema (and
 /// so the OpenAPI document) counts as the same integer.
-fn whole_number(n: &serde_json::Number) -> Option<i64> {
+pub fn whole_number(n: &serde_json::Number) -> Option<i64> {
     n.as_i64().or_else(|| {
         n.as_f64()
             .filter(|f| f.fract() == 0.0 && (i64::MIN as f64..i64::MAX as f64).contains(f))

@@ -642,6 +642,9 @@ async fn the_operators_routes_refuse_bad_input_and_strangers_and_change_nothing(
             (r#"{"from": 1}"#, 400, None),
             (r#"{"from_id": "one"}"#, 400, None),
             (r#"{"from_id": 1e400}"#, 400, None),
+            (r#"{"from_id": 1.5}"#, 400, None),
+            (r#"{"from_id": 1e30}"#, 400, None),
+            (r#"{"from_id": 0.0}"#, 422, Some("from_id")),
             ("[1, 2]", 400, None),
             ("\u{0}", 400, None),
         ] {
@@ -683,6 +686,15 @@ async fn the_operators_routes_refuse_bad_input_and_strangers_and_change_nothing(
         .await
         .unwrap();
     assert_eq!(form.status(), 415);
+    // 1.0 is the integer 1, as JSON Schema counts it.
+    let (status, job) = app
+        .admin_post("/admin/resync", json!({"from_id": 1.0, "to_id": 1.0}))
+        .await;
+    assert_eq!(
+        (status, &job["from_id"], &job["to_id"]),
+        (202, &json!(1), &json!(1)),
+        "{job}"
+    );
     // With an empty body the job covers every id.
     let (status, job) = app.admin_post("/admin/audit", Value::Null).await;
     assert_eq!(
