@@ -114,7 +114,12 @@ async fn refused_retried_and_successful_calls_give_the_exact_attempt_list_and_ex
             pair[0]["id"].as_i64() > pair[1]["id"].as_i64(),
             "newest first"
         );
-        assert!(pair[0]["attempted_at"].as_str() >= pair[1]["attempted_at"].as_str());
+        // As times: RFC 3339 text drops trailing zero digits, so `.120Z` sorts below `.120456Z`.
+        let at = |attempt: &Value| {
+            chrono::DateTime::parse_from_rfc3339(attempt["attempted_at"].as_str().unwrap())
+                .expect("an RFC 3339 time")
+        };
+        assert!(at(&pair[0]) >= at(&pair[1]), "newest first");
     }
     for attempt in &attempts {
         assert_eq!(attempt["order_id"], id);
