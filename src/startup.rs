@@ -159,7 +159,7 @@ impl Application {
             metrics: metrics.clone(),
             calls_in_flight: calls_in_flight.clone(),
             attempt_log_on: settings.attempt_retention().kept_per_order > 0,
-            audit_rate: Some(audit_share),
+            audit_share: Some(audit_share),
             shutdown: shutdown.clone(),
         });
         let role = settings.role;

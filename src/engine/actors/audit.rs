@@ -160,7 +160,7 @@ async fn read_external_copy(
     deps: &SyncDeps,
     call: &ExternalCall,
 ) -> Option<Result<crate::external::Answer, CallError>> {
-    let _audit_slot = match &deps.audit_rate {
+    let _audit_slot = match &deps.audit_share {
         Some(share) => Some(tokio::select! {
             slot = share.slots.acquire() => slot.ok()?,
             _ = deps.shutdown.cancelled() => return None,
@@ -173,7 +173,7 @@ async fn read_external_copy(
     };
     let (id, version) = call.id_and_version();
     let fence = deps.leases.fence(id)?;
-    let token = match &deps.audit_rate {
+    let token = match &deps.audit_share {
         Some(share) => take_shared_token(deps, share).await,
         None => tokio::select! {
             token = permit.take_token() => token,

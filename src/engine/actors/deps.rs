@@ -79,8 +79,8 @@ pub struct SyncDeps {
     pub calls_in_flight: CallsInFlight,
     /// Whether call attempts are written to the attempt log (`ATTEMPTS_KEPT_PER_ORDER` > 0).
     pub attempt_log_on: bool,
-    /// The audits' share of the rate (`AUDIT_RATE_SHARE`), cluster-wide; `None`: no share.
-    pub audit_rate: Option<AuditShare>,
+    /// What audits may use of the rate and the call slots (`AUDIT_RATE_SHARE`); `None`: no share.
+    pub audit_share: Option<AuditShare>,
     /// Cancelled on SIGTERM: no new call starts; calls in flight finish.
     pub shutdown: CancellationToken,
 }
