@@ -247,6 +247,18 @@ pub struct Settings {
     /// Ids one continuous audit checks.
     #[serde(default = "defaults::audit_sample_size")]
     pub audit_sample_size: Bounded<1, 10_000_000>,
+    /// Failed calls for different orders in a row (no connection, timeouts, 5xx, 408, 429) that
+    /// turn the external API `down` for the whole cluster (`engine::cluster::destination`).
+    #[serde(default = "defaults::external_api_down_after")]
+    pub external_api_down_after: Bounded<1, 1_000>,
+    /// The longest wait between two probes of a down external API, in milliseconds (probes back
+    /// off from 1 s, doubling). It bounds how long the API's return goes unnoticed.
+    #[serde(default = "defaults::external_api_probe_max_ms")]
+    pub external_api_probe_max_ms: Bounded<100, 3_600_000>,
+    /// How long the throttle takes to open fully once the external API is back, in
+    /// milliseconds: a tenth of `MAX_CONCURRENT_CALLS` at first, all of them at the end.
+    #[serde(default = "defaults::external_api_ramp_ms")]
+    pub external_api_ramp_ms: Bounded<0, 600_000>,
 }
 
 mod defaults {
@@ -354,6 +366,17 @@ mod defaults {
     pub fn audit_sample_size() -> Bounded<1, 10_000_000> {
         Bounded::in_range(1_000)
     }
+    /// Five: 2% of calls failing at random make five in a row once in 300 million calls.
+    pub fn external_api_down_after() -> Bounded<1, 1_000> {
+        Bounded::in_range(5)
+    }
+    /// Three seconds: a returning API is noticed within 3 s, at one call per 3 s while down.
+    pub fn external_api_probe_max_ms() -> Bounded<100, 3_600_000> {
+        Bounded::in_range(3_000)
+    }
+    pub fn external_api_ramp_ms() -> Bounded<0, 600_000> {
+        Bounded::in_range(2_000)
+    }
 }
 
 /// What each component needs, in its own units: the one place a setting's number becomes a
@@ -408,6 +431,16 @@ impl Settings {
     }
 
     /// The shard leases' timings: the lease itself, and the call it must outlast.
+    /// How the external API's health is judged and probed.
+    pub fn destination(&self) -> crate::engine::cluster::destination::DestinationSettings {
+        crate::engine::cluster::destination::DestinationSettings {
+            down_after: self.external_api_down_after.get_u32(),
+            probe_max: Duration::from_millis(self.external_api_probe_max_ms.get()),
+            ramp: Duration::from_millis(self.external_api_ramp_ms.get()),
+            probe_lease: self.external_timeout() + Duration::from_secs(1),
+        }
+    }
+
     pub fn lease_times(&self) -> crate::engine::cluster::leases::LeaseTimes {
         crate::engine::cluster::leases::LeaseTimes::new(
             Duration::from_millis(self.shard_lease_ms.get()),
@@ -487,6 +520,9 @@ impl fmt::Debug for Settings {
             .field("audit_rate_share", &self.audit_rate_share)
             .field("audit_interval_secs", &self.audit_interval_secs)
             .field("audit_sample_size", &self.audit_sample_size)
+            .field("external_api_down_after", &self.external_api_down_after)
+            .field("external_api_probe_max_ms", &self.external_api_probe_max_ms)
+            .field("external_api_ramp_ms", &self.external_api_ramp_ms)
             .finish()
     }
 }
@@ -783,6 +819,9 @@ mod tests {
             ("SHARDS", "0"),
             ("SHARDS", "1025"),
             ("SHARD_LEASE_MS", "999"),
+            ("EXTERNAL_API_DOWN_AFTER", "0"),
+            ("EXTERNAL_API_PROBE_MAX_MS", "99"),
+            ("EXTERNAL_API_RAMP_MS", "600001"),
         ];
         for (name, value) in cases {
             let err = Settings::from_vars(vars(&[(name, value)]))
@@ -830,6 +869,9 @@ mod tests {
             ("AUDIT_RATE_SHARE", "0.001"),
             ("AUDIT_INTERVAL_SECS", "0"),
             ("AUDIT_SAMPLE_SIZE", "1"),
+            ("EXTERNAL_API_DOWN_AFTER", "1"),
+            ("EXTERNAL_API_PROBE_MAX_MS", "100"),
+            ("EXTERNAL_API_RAMP_MS", "0"),
         ];
         let highest = [
             ("PORT", "65535"),
@@ -855,6 +897,9 @@ mod tests {
             ("AUDIT_RATE_SHARE", "1"),
             ("AUDIT_INTERVAL_SECS", "604800"),
             ("AUDIT_SAMPLE_SIZE", "10000000"),
+            ("EXTERNAL_API_DOWN_AFTER", "1000"),
+            ("EXTERNAL_API_PROBE_MAX_MS", "3600000"),
+            ("EXTERNAL_API_RAMP_MS", "600000"),
         ];
         for ends in [lowest, highest] {
             if let Err(err) = Settings::from_vars(vars(&ends)) {

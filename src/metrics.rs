@@ -115,6 +115,12 @@ pub struct SyncMetrics {
     pub audit_checks: IntCounterVec,
     /// 1 while outbound calls are paused (`POST /admin/sync/pause`), for every instance.
     pub sync_paused: IntGauge,
+    /// Set at scrape time: 1 while the external API is healthy for the cluster, 0 while it is
+    /// down or being probed (`engine::cluster::destination`); how long it has been so; and the
+    /// probes this instance sent.
+    pub external_api_up: IntGauge,
+    pub external_api_state_seconds: Gauge,
+    pub external_api_probes: IntCounter,
     /// Set at scrape time: running jobs by kind, and the oldest one's progress (0 to 1).
     pub jobs_running: IntGaugeVec,
     pub job_progress: GaugeVec,
@@ -354,6 +360,21 @@ impl SyncMetrics {
                 &r,
                 "sync_paused",
                 "1 while outbound calls are paused for every instance (POST /admin/sync/pause).",
+            ),
+            external_api_up: gauge(
+                &r,
+                "external_api_up",
+                "1 while the external API is healthy for the cluster; 0 while it is down (calls wait) or being probed.",
+            ),
+            external_api_state_seconds: float_gauge(
+                &r,
+                "external_api_state_seconds",
+                "Seconds the external API has been in its current state (healthy, down, probing).",
+            ),
+            external_api_probes: counter(
+                &r,
+                "external_api_probes_total",
+                "Probes of a down external API this instance sent (one call at a time for the cluster).",
             ),
             jobs_running: gauge_vec(
                 &r,

@@ -28,6 +28,7 @@ use crate::engine::actors::throttle::Throttle;
 use crate::engine::actors::{BatchedQueries, SyncDeps};
 use crate::engine::backlog::dispatcher::InFlight;
 use crate::engine::backlog::keys::Keys;
+use crate::engine::cluster::destination::{Destination, DestinationWatcher};
 use crate::engine::cluster::leases::Leases;
 use crate::engine::cluster::pause::PauseSwitch;
 use crate::engine::cluster::rate_limit::ClusterRateLimit;
@@ -142,6 +143,16 @@ impl Application {
         // The trusted roots are read here, once; every call's handshake shares them.
         let tls = crate::external::tls::client_config()?;
         let calls_in_flight = CallsInFlight::default();
+        let destination = Destination::new(settings.destination());
+        actix_rt::spawn(destination.clone().keep_watching(DestinationWatcher {
+            redis: redis.clone(),
+            keys: keys.clone(),
+            instance: instance.to_string(),
+            pool: pool.clone(),
+            retry_scale: settings.retry_policy().delayed_scale,
+            throttle: throttle.clone(),
+            shutdown: shutdown.clone(),
+        }));
         let deps = Rc::new(SyncDeps {
             pool: pool.clone(),
             bookkeeping: bookkeeping.clone(),
@@ -154,6 +165,7 @@ impl Application {
                 tls,
             ),
             throttle: throttle.clone(),
+            destination: destination.clone(),
             leases: leases.clone(),
             retry: settings.retry_policy(),
             metrics: metrics.clone(),
@@ -241,6 +253,7 @@ impl Application {
             calls_in_flight,
             delayed_retry_limit: settings.retry_policy().delayed_limit,
             pause: PauseSwitch::new(throttle_for_pause, metrics_for_pause),
+            destination,
         });
         actix_rt::spawn(
             state

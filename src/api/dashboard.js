@@ -83,8 +83,25 @@ function smallTable(headers, rows, emptyText) {
   return el("table", {}, el("thead", {}, head), el("tbody", {}, ...body));
 }
 
+// The outage banner: "External API down since 14:02:10, next probe in 3 s, 3,120 orders
+// waiting". While it is down, calls wait and one probe at a time checks it (ARCHITECTURE.md).
+function renderApiDown(api) {
+  const banner = $("#api-down-banner");
+  const down = api && (api.state === "down" || api.state === "probing");
+  banner.hidden = !down;
+  if (!down) return;
+  const since = api.since ? new Date(api.since).toLocaleTimeString() : "just now";
+  const probe = api.state === "probing" ? "a probe is under way"
+    : api.next_probe_in_ms == null ? "probing soon" : `next probe in ${Math.ceil(num(api.next_probe_in_ms) / 1000)} s`;
+  banner.replaceChildren(
+    el("strong", { text: "External API down" }),
+    el("span", { text: ` since ${since}, ${probe}, ${int(api.orders_waiting)} orders waiting. ` +
+      "Calls wait without spending their retries, and go out in order once it answers again." }));
+}
+
 function renderDetails(m) {
   const lag = m.lag_ms ?? {}, t = m.throttle ?? {}, ev = m.events ?? {}, a = m.actors ?? {};
+  renderApiDown(m.external_api);
   const paused = num(t.paused_for_ms) > 0 ? `${int(t.paused_for_ms)} ms` : "no";
   fillKv($("#details-throttle"), [
     ["lag p50 / p95 / p99", `${int(lag.p50)} / ${int(lag.p95)} / ${int(lag.p99)} ms`],
@@ -93,6 +110,7 @@ function renderDetails(m) {
     ["max concurrent (this instance)", int(t.max_concurrent)],
     ["waiters", int(t.waiters)], ["backing off (Retry-After)", paused],
     ["syncing", m.sync === "paused" ? "paused by an operator" : "running"],
+    ["external API", String(m.external_api?.state ?? "?")],
   ]);
   fillKv($("#details-events"), [
     ["skipped", int(ev.skipped)], ["purged", int(ev.purged)], ["retried", int(ev.retried)],

@@ -14,7 +14,7 @@ use crate::engine::EngineState;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[utoipa::path(get, path = "/health", tag = "operations",
-    responses((status = 200, description = "PostgreSQL and Redis answer, and the sync engine runs (`engine`: `ok`, or `off` with `SYNC_ENGINE=false`; `sync`: `running`, or `paused` by an operator)"), (status = 503, description = "One of them is down, or the sync engine failed; the body names which")))]
+    responses((status = 200, description = "PostgreSQL and Redis answer, and the sync engine runs (`engine`: `ok`, or `off` with `SYNC_ENGINE=false`; `sync`: `running`, or `paused` by an operator; `external_api`: `healthy`, `down` or `probing`, which does not make this instance unhealthy)"), (status = 503, description = "One of them is down, or the sync engine failed; the body names which")))]
 pub async fn check_health(state: web::Data<AppState>) -> HttpResponse {
     let postgres =
         tokio::time::timeout(PROBE_TIMEOUT, state.db.execute_unprepared("SELECT 1")).await;
@@ -38,6 +38,9 @@ pub async fn check_health(state: web::Data<AppState>) -> HttpResponse {
         "external": state.external_api,
         // Paused by an operator (`POST /admin/sync/pause`): healthy, and making no calls.
         "sync": if state.pause.is_paused() { "paused" } else { "running" },
+        // The external API's health for the cluster: `down` or `probing` is not this
+        // instance's fault, so the answer stays 200 (a restart would not help).
+        "external_api": state.destination.view().state,
     });
     if let Some(leases) = &state.leases {
         // Which instance answered, and its share of the backlog (a rolling deploy's progress).

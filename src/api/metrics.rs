@@ -12,7 +12,42 @@ use crate::domain::SyncState;
 use crate::engine::actors::messages::{GetMailboxStats, MailboxStats};
 use crate::engine::actors::throttle::ThrottleState;
 use crate::engine::backlog::stats::{shard_stats, ShardStats};
+use crate::engine::cluster::destination::{DestinationView, Health};
 use crate::engine::cluster::{live_instances, LiveInstance};
+
+/// How long the external API has been in its current state (0 when it never changed).
+fn state_seconds(view: &DestinationView) -> f64 {
+    if view.since_ms == 0 {
+        return 0.0;
+    }
+    (chrono::Utc::now().timestamp_millis() - view.since_ms).max(0) as f64 / 1000.0
+}
+
+/// The external API's health for people: its state, since when, the next probe, the calls
+/// waiting here, and the orders waiting in the cluster (`pending` and `retrying`).
+pub fn external_api_json(
+    state: &AppState,
+    throttle: Option<&ThrottleState>,
+    orders: &[(SyncState, i64)],
+) -> serde_json::Value {
+    let view = state.destination.view();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let waiting: i64 = orders
+        .iter()
+        .filter(|(s, _)| matches!(s, SyncState::Pending | SyncState::Retrying))
+        .map(|(_, n)| *n)
+        .sum();
+    json!({
+        "state": view.state,
+        "since": (view.since_ms > 0).then(|| chrono::DateTime::from_timestamp_millis(view.since_ms)).flatten(),
+        "state_seconds": state_seconds(&view),
+        "next_probe_in_ms": view.next_probe_ms.filter(|_| view.state != Health::Healthy).map(|at| (at - now_ms).max(0)),
+        "probes_failed": view.probes_failed,
+        "probes_sent_here": state.destination.probes_sent(),
+        "calls_waiting_here": throttle.map_or(0, |t| t.slot_waiters),
+        "orders_waiting": waiting,
+    })
+}
 
 /// The sync states whose orders are counted: every state but `synced`, which holds nearly every
 /// order (counting it would scan the table at each scrape) and owes nothing.
@@ -128,6 +163,14 @@ fn record(state: &AppState, g: &Gathered) {
     );
     m.engine_up.set(i64::from(engine_up));
     m.sync_paused.set(i64::from(state.pause.is_paused()));
+    let destination = state.destination.view();
+    m.external_api_up
+        .set(i64::from(destination.state == Health::Healthy));
+    m.external_api_state_seconds
+        .set(state_seconds(&destination));
+    let probes = state.destination.probes_sent();
+    m.external_api_probes
+        .inc_by(probes.saturating_sub(m.external_api_probes.get()));
     for kind in [AUDIT, RESYNC] {
         let running: Vec<_> = g.jobs.iter().filter(|(job, _)| job.kind == kind).collect();
         m.jobs_running
@@ -193,6 +236,7 @@ pub async fn actor_metrics(state: web::Data<AppState>) -> HttpResponse {
         "lag_ms": m.lag_summary(),
         "uptime_secs": state.started_at.elapsed().as_secs(),
         "sync": if state.pause.is_paused() { "paused" } else { "running" },
+        "external_api": external_api_json(&state, g.throttle.as_ref(), &g.orders),
         // The cluster's running jobs (from PostgreSQL), and the checks this instance made.
         "jobs": g.jobs.iter().map(|(job, progress)| json!({
             "id": job.id, "kind": job.kind, "sampled": job.sampled, "progress": progress,

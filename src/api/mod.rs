@@ -69,6 +69,9 @@ pub struct AppState {
     pub delayed_retry_limit: u32,
     /// Whether outbound calls are paused (cluster-wide), for `/health` and the admin routes.
     pub pause: crate::engine::cluster::pause::PauseSwitch,
+    /// The external API's health as the cluster sees it, for `/health`, the metrics, the
+    /// dashboard and `GET /orders/{id}/sync`.
+    pub destination: crate::engine::cluster::destination::Destination,
 }
 
 impl AppState {

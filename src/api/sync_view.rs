@@ -165,13 +165,25 @@ pub async fn explain_sync(
     }
     let in_flight = state.calls_in_flight.get(id).map(CallInFlightOut::from);
     let limit = state.delayed_retry_limit;
-    let (status, explanation) = explain(
+    let (status, mut explanation) = explain(
         columns.as_ref(),
         last_attempt.as_ref(),
         in_flight.as_ref(),
         limit,
         Utc::now(),
     );
+    let destination = state.destination.view();
+    if destination.state != crate::engine::cluster::destination::Health::Healthy
+        && in_flight.is_none()
+    {
+        let since = DateTime::from_timestamp_millis(destination.since_ms);
+        if let Some(line) = columns
+            .as_ref()
+            .and_then(|c| waiting_for_the_api(c, since, Utc::now()))
+        {
+            explanation = line;
+        }
+    }
     let facts = SyncFactsOut {
         version: columns.as_ref().map(|c| c.version),
         synced_version: columns.as_ref().map(|c| c.synced_version),
@@ -285,6 +297,23 @@ fn explain(
     (state, line)
 }
 
+/// An order behind while the external API is down waits for it, whatever its own state says.
+fn waiting_for_the_api(
+    c: &SyncColumns,
+    down_since: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    let behind = c.version > c.synced_version
+        && matches!(c.sync_state, SyncState::Pending | SyncState::Retrying);
+    behind.then(|| {
+        format!(
+            "waiting: the external API is down (since {}); version {} goes out when it is back",
+            down_since.map_or_else(|| "just now".to_string(), |at| clock(at, now)),
+            c.version
+        )
+    })
+}
+
 /// What the last failure was, briefly: "422 address rejected", "a timeout".
 fn failure(last: Option<&Attempt>, c: &SyncColumns) -> String {
     match last.filter(|a| a.outcome != "ok") {
@@ -391,6 +420,22 @@ mod tests {
             instance: "i".into(),
             attempted_at: at(12, 0, 2),
         }
+    }
+
+    #[test]
+    fn an_order_behind_while_the_api_is_down_waits_for_it() {
+        let behind = columns(SyncState::Retrying, 7, 5, 1);
+        assert_eq!(
+            waiting_for_the_api(&behind, Some(at(11, 58, 0)), now()).as_deref(),
+            Some("waiting: the external API is down (since 11:58:00 UTC); version 7 goes out when it is back")
+        );
+        let synced = columns(SyncState::Synced, 7, 7, 0);
+        assert_eq!(
+            waiting_for_the_api(&synced, Some(at(11, 58, 0)), now()),
+            None
+        );
+        let dead = columns(SyncState::Dead, 7, 5, 25);
+        assert_eq!(waiting_for_the_api(&dead, None, now()), None);
     }
 
     #[test]

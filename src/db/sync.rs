@@ -272,6 +272,36 @@ pub async fn mark_dead_unrecordable(
     Ok(())
 }
 
+/// Makes due now the orders parked for a delayed retry by a failure at or after `since` (the
+/// external API went down shortly after), and gives back the attempt that failure cost: it was
+/// the API's failure, not the order's. Returns how many were released.
+///
+/// When a failure happened is not stored: it is at most the retry's time less the shortest
+/// delay of its attempt (`count^4 + 15` seconds, times `scale`), so an order parked up to the
+/// schedule's jitter (10 s a count) earlier is released too, which costs it nothing. A column of
+/// its own would need a migration, and a database migrated by one release refuses to start the
+/// release before it (a rollback).
+pub async fn release_parked_since(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+    scale: f64,
+) -> Result<u64, sqlx::Error> {
+    let released = sqlx::query(
+        "UPDATE orders SET sync_next_attempt_at = now(),
+                sync_attempts = GREATEST(sync_attempts - 1, 0)
+         WHERE sync_state = $1 AND sync_next_attempt_at > now()
+           AND sync_next_attempt_at
+               - make_interval(secs => (power(GREATEST(sync_attempts - 1, 0), 4) + 15) * $3)
+               >= $2",
+    )
+    .bind(SyncState::Retrying)
+    .bind(since)
+    .bind(scale)
+    .execute(pool)
+    .await?;
+    Ok(released.rows_affected())
+}
+
 /// Parked orders whose delayed retry is due, claimed for `lease` so the next sweep does not
 /// publish them again while their retry event is on its way. Returns `(id, version, attempts)`:
 /// the retry event carries the attempt it is for, so a duplicate of it (published again after

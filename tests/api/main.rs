@@ -10,6 +10,7 @@ mod attempts;
 mod bad_input;
 mod batched;
 mod dashboard;
+mod destination;
 mod durability;
 mod edge;
 mod engine_tasks;

@@ -167,7 +167,7 @@ async fn read_external_copy(
         }),
         None => None,
     };
-    let permit = tokio::select! {
+    let mut permit = tokio::select! {
         permit = deps.throttle.acquire() => permit?,
         _ = deps.shutdown.cancelled() => return None,
     };
@@ -193,11 +193,16 @@ async fn read_external_copy(
             attempt: 1,
         },
     );
+    let probe = permit.take_probe();
     let started = std::time::Instant::now();
     let result = deps.client.send(call).await;
     let took = started.elapsed();
     drop(in_flight);
     drop(permit);
+    match probe {
+        Some(ticket) => ticket.finish(&result),
+        None => deps.destination.observe(id, &result, &deps.throttle),
+    }
     deps.metrics.record_call(call.verb(), &result);
     if let Err(CallError::Status {
         status: 429,

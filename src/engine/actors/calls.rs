@@ -21,7 +21,10 @@ pub(crate) struct CallReport {
     pub attempts: Vec<NewAttempt>,
 }
 
-/// Makes the call, retrying quickly (exponential backoff with jitter) what may pass on a retry.
+/// Makes the call, retrying quickly (exponential backoff with jitter) what may pass on a retry,
+/// unless the external API looks unwell (`crate::engine::cluster::destination`): quick retries
+/// into an API that is going down are a retry storm. Every result is evidence of the API's
+/// health; the probe's is reported as the probe's.
 /// Every attempt takes its own slot and token from the throttle; the first uses `first_permit`.
 /// Every attempt starts only while `fence` says the shard's lease outlasts it; otherwise the call
 /// is abandoned, and the event stays pending for the shard's next owner.
@@ -43,7 +46,7 @@ pub(crate) async fn call_with_retries(
         let permit = first_permit.take();
         let (attempts, number) = (&attempts, &number);
         async move {
-            let permit = match permit {
+            let mut permit = match permit {
                 Some(permit) => permit,
                 None => {
                     // A retry is a new call: none starts once shutdown has begun.
@@ -77,10 +80,15 @@ pub(crate) async fn call_with_retries(
                     attempt: number.get(),
                 },
             );
+            let probe = permit.take_probe();
             let started = Instant::now();
             let result = deps.client.send(call).await;
             let took = started.elapsed();
             drop(in_flight);
+            match probe {
+                Some(ticket) => ticket.finish(&result),
+                None => deps.destination.observe(id, &result, &deps.throttle),
+            }
             if deps.attempt_log_on {
                 let instance = deps.leases.instance().to_string();
                 attempts.borrow_mut().push(attempt_row(
@@ -115,7 +123,9 @@ pub(crate) async fn call_with_retries(
             result
         }
     };
-    let result = RetryIf::start(backoff, attempt, CallError::is_retryable).await;
+    let retry_quickly =
+        |error: &CallError| error.is_retryable() && !deps.destination.looks_unwell();
+    let result = RetryIf::start(backoff, attempt, retry_quickly).await;
     CallReport {
         result,
         attempts: attempts.into_inner(),

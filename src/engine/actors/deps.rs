@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::attempt_log::CallsInFlight;
 use super::batched::BatchedQueries;
 use super::throttle::Throttle;
+use crate::engine::cluster::destination::Destination;
 use crate::engine::cluster::leases::Leases;
 use crate::engine::cluster::rate_limit::ClusterRateLimit;
 use crate::external::ExternalClient;
@@ -71,6 +72,8 @@ pub struct SyncDeps {
     pub batched: BatchedQueries,
     pub client: ExternalClient,
     pub throttle: Throttle,
+    /// The external API's health, shared by the cluster: every call's result is evidence.
+    pub destination: Destination,
     /// No call is made for an order unless this instance holds its shard's lease.
     pub leases: Leases,
     pub retry: RetryPolicy,

@@ -146,6 +146,18 @@ async fn sync_to_current_state(
         let call = build_call(&row, verb);
         let started = Instant::now();
         let report = call_with_retries(deps, &call, permit, &fence).await;
+        if waits_for_the_api(deps, &report.result) {
+            // Not the order's failure: nothing is recorded and no attempt is spent. The event
+            // waits for the API at the throttle, then sends the order's state as it is then.
+            drop(fence);
+            deps.metrics.record_call(call.verb(), &report.result);
+            deps.batched.log_attempts(report.attempts).await;
+            tracing::debug!(
+                order_id = id,
+                "the external API is down: the order waits for it"
+            );
+            continue;
+        }
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let next = record_outcome(deps, event, &row, verb, &call, report, elapsed_ms).await;
         match next? {
@@ -156,6 +168,13 @@ async fn sync_to_current_state(
             }
         }
     }
+}
+
+/// Whether a failed call failed because the external API is down: then the order waits for it
+/// rather than being parked on its own retry schedule.
+fn waits_for_the_api(deps: &SyncDeps, result: &Result<Answer, CallError>) -> bool {
+    crate::engine::cluster::destination::health_evidence(result) == Some(false)
+        && deps.destination.is_down()
 }
 
 /// What follows a call's recorded outcome.

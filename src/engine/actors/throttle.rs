@@ -5,7 +5,9 @@
 //! Two stages, so that the rate is measured where it matters, at the moment of the call:
 //!
 //! 1. [`Throttle::acquire`] waits for one of `MAX_CONCURRENT_CALLS` slots and returns a
-//!    [`CallPermit`], which holds the slot until dropped. The caller may still look at the
+//!    [`CallPermit`], which holds the slot until dropped. While the external API is down
+//!    (`crate::engine::cluster::destination`) no slot is handed out but the probe's, to the
+//!    oldest waiter; when it is back, slots open over a ramp. The caller may still look at the
 //!    database (its freshest state) before deciding to call, or drop the permit and call nothing.
 //! 2. [`CallPermit::take_token`] waits for a token, right before the request is sent. Tokens
 //!    come at `RATE_LIMIT_PER_SEC` after a burst of `RATE_LIMIT_BURST`, so no one-second window
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use crate::engine::cluster::destination::ProbeTicket;
 use crate::engine::cluster::rate_limit::{ClusterRateLimit, Grant};
 
 /// Most tokens asked of Redis in one round trip: every caller waiting at that moment, up to
@@ -50,7 +53,20 @@ struct PauseCalls {
     until: Instant,
 }
 
-/// An operator paused (`true`) or resumed outbound calls (`crate::engine::jobs::watch_pause`).
+/// The external API is down (no slot but the probe's) or up (slots open over `ramp`).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SetDestinationOpen {
+    open: bool,
+    ramp: Duration,
+}
+
+/// The probe's right to call: handed with the next slot to the oldest waiter, if any.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct HandProbe(ProbeTicket);
+
+/// An operator paused (`true`) or resumed outbound calls (`crate::engine::cluster::pause`).
 #[derive(Message)]
 #[rtype(result = "()")]
 struct SetSyncPaused(bool);
@@ -73,20 +89,32 @@ pub struct ThrottleState {
     pub tokens: f64,
     /// Callers waiting for a slot or a token.
     pub waiters: usize,
+    /// Callers waiting for a slot: calls that would go out now if the API were up.
+    pub slot_waiters: usize,
     /// Slots held: calls in flight or about to be.
     pub in_flight: u32,
     /// Milliseconds until issuing resumes, when paused.
     pub paused_for_ms: Option<u64>,
     /// An operator paused outbound calls: no slot is handed out until they resume.
     pub sync_paused: bool,
+    /// The external API is up as far as this instance knows: slots are handed out.
+    pub destination_open: bool,
 }
 
 /// One of the `MAX_CONCURRENT_CALLS` slots; dropping it frees the slot.
 pub struct CallPermit {
     throttle: Addr<ThrottleActor>,
+    /// Set on the one slot handed out while the external API is down: this call is the probe.
+    probe: Option<ProbeTicket>,
 }
 
 impl CallPermit {
+    /// The probe's ticket, when this slot is the probe's: the caller reports the call's result
+    /// with it instead of counting it as an ordinary call.
+    pub fn take_probe(&mut self) -> Option<ProbeTicket> {
+        self.probe.take()
+    }
+
     /// Waits for a token; call right before sending the request. `false` when the throttle has
     /// stopped (shutdown).
     pub async fn take_token(&self) -> bool {
@@ -142,6 +170,10 @@ impl Throttle {
             token_waiters: VecDeque::new(),
             paused_until: None,
             sync_paused: false,
+            destination_open: true,
+            ramp: None,
+            probe: None,
+            ramp_timer: None,
             wake_up: None,
         }
         .start();
@@ -159,6 +191,17 @@ impl Throttle {
     /// finish); callers wait in order, and are served when calls resume.
     pub fn set_sync_paused(&self, paused: bool) {
         self.addr.do_send(SetSyncPaused(paused));
+    }
+
+    /// Closed, no slot is handed out but a probe's ([`Throttle::hand_probe`]); opened, slots
+    /// go out over `ramp`: a tenth of `MAX_CONCURRENT_CALLS` at first, all of them at its end.
+    pub fn set_destination_open(&self, open: bool, ramp: Duration) {
+        self.addr.do_send(SetDestinationOpen { open, ramp });
+    }
+
+    /// Lets the oldest waiting caller through as the probe (dropped unused if no one waits).
+    pub fn hand_probe(&self, ticket: ProbeTicket) {
+        self.addr.do_send(HandProbe(ticket));
     }
 
     pub fn pause_for(&self, delay: Duration) {
@@ -194,6 +237,14 @@ pub struct ThrottleActor {
     paused_until: Option<Instant>,
     /// An operator paused outbound calls: slots wait.
     sync_paused: bool,
+    /// The external API is up as far as this instance knows.
+    destination_open: bool,
+    /// Since when, and over how long, slots open after the API came back.
+    ramp: Option<(Instant, Duration)>,
+    /// The probe's ticket, waiting for the next slot waiter.
+    probe: Option<ProbeTicket>,
+    /// Serves the slot waiters again while slots open over a ramp.
+    ramp_timer: Option<SpawnHandle>,
     /// The timer that serves token waiters once a token or the end of a pause is due.
     wake_up: Option<SpawnHandle>,
 }
@@ -214,21 +265,38 @@ impl ThrottleActor {
     /// Hands out free slots, then tokens, each in arrival order; then, if someone still waits for
     /// a token, sets a timer for when the next one (or the end of a pause) is due.
     fn serve(&mut self, ctx: &mut Context<Self>) {
-        while !self.sync_paused && self.in_flight < self.max_concurrent {
-            let Some(waiter) = self.slot_waiters.pop_front() else {
-                break;
-            };
-            if waiter.is_closed() {
-                continue; // the caller gave up (its actor stopped)
+        let now = Instant::now();
+        if self.sync_paused {
+            self.probe = None; // paused: no call at all, not even a probe
+        } else if !self.destination_open {
+            self.hand_out_probe(ctx);
+        } else {
+            let limit = self.slots_open(now);
+            while self.in_flight < limit {
+                let Some(waiter) = self.slot_waiters.pop_front() else {
+                    break;
+                };
+                if waiter.is_closed() {
+                    continue; // the caller gave up (its actor stopped)
+                }
+                self.in_flight += 1;
+                // If the caller went away just now, the permit's drop gives the slot back.
+                let _ = waiter.send(CallPermit {
+                    throttle: ctx.address(),
+                    probe: None,
+                });
             }
-            self.in_flight += 1;
-            // If the caller went away just now, the permit's drop gives the slot back.
-            let _ = waiter.send(CallPermit {
-                throttle: ctx.address(),
-            });
+            if limit < self.max_concurrent
+                && !self.slot_waiters.is_empty()
+                && self.ramp_timer.is_none()
+            {
+                self.ramp_timer = Some(ctx.run_later(RAMP_STEP, |act, ctx| {
+                    act.ramp_timer = None;
+                    act.serve(ctx);
+                }));
+            }
         }
 
-        let now = Instant::now();
         self.refill(now);
         if let Some(handle) = self.wake_up.take() {
             ctx.cancel_future(handle);
@@ -265,7 +333,48 @@ impl ThrottleActor {
     }
 }
 
+/// How often slots are handed out again while they open over a ramp.
+const RAMP_STEP: Duration = Duration::from_millis(50);
+
 impl ThrottleActor {
+    /// Slots that may be out now: all of them, or during a ramp a share growing from a tenth.
+    fn slots_open(&mut self, now: Instant) -> u32 {
+        let Some((since, ramp)) = self.ramp else {
+            return self.max_concurrent;
+        };
+        let done = now.saturating_duration_since(since).as_secs_f64() / ramp.as_secs_f64();
+        if done >= 1.0 || ramp.is_zero() {
+            self.ramp = None;
+            return self.max_concurrent;
+        }
+        let share = 0.1 + 0.9 * done;
+        ((f64::from(self.max_concurrent) * share).ceil() as u32).clamp(1, self.max_concurrent)
+    }
+
+    /// While the API is down: the probe's ticket goes with a slot to the oldest live waiter.
+    fn hand_out_probe(&mut self, ctx: &mut Context<Self>) {
+        if self.probe.is_none() {
+            return;
+        }
+        while let Some(waiter) = self.slot_waiters.pop_front() {
+            if waiter.is_closed() {
+                continue;
+            }
+            self.in_flight += 1;
+            let permit = CallPermit {
+                throttle: ctx.address(),
+                probe: self.probe.take(),
+            };
+            if let Err(mut permit) = waiter.send(permit) {
+                // Gone just now: the ticket goes to the next waiter.
+                self.probe = permit.take_probe();
+                continue;
+            }
+            return;
+        }
+        self.probe = None; // no one waits here: the ticket goes back (another instance probes)
+    }
+
     /// Asks Redis for as many tokens as callers wait for (up to `MAX_GRANT`), one request at a
     /// time, and hands each granted token to the next waiter at once.
     fn ask_cluster(&mut self, cluster: ClusterRateLimit, now: Instant, ctx: &mut Context<Self>) {
@@ -339,6 +448,30 @@ impl Handler<SetSyncPaused> for ThrottleActor {
     }
 }
 
+impl Handler<SetDestinationOpen> for ThrottleActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetDestinationOpen, ctx: &mut Context<Self>) {
+        if msg.open && !self.destination_open {
+            self.ramp = Some((Instant::now(), msg.ramp));
+        }
+        if !msg.open {
+            self.ramp = None;
+        }
+        self.destination_open = msg.open;
+        self.serve(ctx);
+    }
+}
+
+impl Handler<HandProbe> for ThrottleActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: HandProbe, ctx: &mut Context<Self>) {
+        self.probe = Some(msg.0);
+        self.serve(ctx);
+    }
+}
+
 impl Handler<ReleaseSlot> for ThrottleActor {
     type Result = ();
 
@@ -396,12 +529,14 @@ impl Handler<GetThrottleState> for ThrottleActor {
                 self.tokens
             },
             waiters: self.slot_waiters.len() + self.token_waiters.len(),
+            slot_waiters: self.slot_waiters.len(),
             in_flight: self.in_flight,
             paused_for_ms: self
                 .paused_until
                 .filter(|until| *until > now)
                 .map(|until| (until - now).as_millis() as u64),
             sync_paused: self.sync_paused,
+            destination_open: self.destination_open,
         })
     }
 }

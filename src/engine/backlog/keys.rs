@@ -67,6 +67,17 @@ impl Keys {
         format!("{{{}}}:rate", self.prefix)
     }
 
+    /// `{prefix}:destination`: the external API's health, shared by every instance
+    /// (`crate::engine::cluster::destination`).
+    pub fn destination(&self) -> String {
+        format!("{{{}}}:destination", self.prefix)
+    }
+
+    /// `{prefix}:destination:probe`: which instance may send the one probe (`SET NX PX`).
+    pub fn destination_probe(&self) -> String {
+        format!("{{{}}}:destination:probe", self.prefix)
+    }
+
     /// The audits' share of the rate (`AUDIT_RATE_SHARE`): a GCRA key of its own.
     pub fn audit_rate_limit(&self) -> String {
         format!("{{{}}}:rate:audit", self.prefix)

@@ -8,10 +8,13 @@
 //! - [`rate_limit`]: the external API's rate limit, enforced across every instance by one Lua
 //!   script (GCRA) in Redis.
 //! - [`pause`]: the operator's switch that stops outbound calls on every instance.
+//! - [`destination`]: the external API's health, one state for every instance: while it is down
+//!   only one probe at a time calls it, and its return releases every waiting call at once.
 //!
 //! Outcomes are recorded in PostgreSQL as compare-and-sets on the version (`crate::db::sync`),
 //! so a late write from an instance whose lease ran out cannot overwrite a newer one.
 
+pub mod destination;
 pub mod leases;
 pub mod pause;
 pub mod rate_limit;
