@@ -123,6 +123,24 @@ impl ChildProcess {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// CPU time the process has used so far (user and system, from `/proc/PID/stat`).
+    pub fn cpu_time(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // The fields after the command name (which may hold spaces) start at its closing ')'.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+        Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / 100.0)
+    }
+
     /// Peak resident memory so far (VmHWM), in MiB.
     pub fn peak_rss_mib(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))

@@ -11,6 +11,7 @@
 
 mod figures;
 mod harness;
+mod outage;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -51,6 +52,8 @@ pub struct Scale {
     audit_default_window: Duration,
     audit_ceiling_within: Duration,
     audit_limiter_duration: Duration,
+    /// Figure 11: how long the external API is down (`BENCH_OUTAGE_SECS` overrides it).
+    outage_length: Duration,
     long_timeout: Duration,
 }
 
@@ -85,6 +88,7 @@ impl Scale {
             audit_default_window: Duration::from_secs(30),
             audit_ceiling_within: Duration::from_secs(60),
             audit_limiter_duration: Duration::from_secs(10),
+            outage_length: Duration::from_secs(120),
             long_timeout: Duration::from_secs(900),
         };
         match std::env::var("BENCH_MODE").unwrap_or_default().as_str() {
@@ -122,6 +126,7 @@ impl Scale {
                 audit_default_window: Duration::from_secs(2),
                 audit_ceiling_within: Duration::from_secs(10),
                 audit_limiter_duration: Duration::from_secs(1),
+                outage_length: Duration::from_secs(5),
                 long_timeout: Duration::from_secs(120),
             }),
             other => Err(format!(
@@ -221,6 +226,10 @@ async fn run(scale: &Scale) -> anyhow::Result<Vec<Row>> {
     if wanted(10) {
         eprintln!("[bench] figure 10: the audit's rate at its share");
         rows.extend(figures::audit_rate(scale).await?);
+    }
+    if wanted(11) {
+        eprintln!("[bench] figure 11: the external API down");
+        rows.push(outage::external_api_outage(scale).await?);
     }
     Ok(rows)
 }
