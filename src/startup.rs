@@ -151,6 +151,7 @@ impl Application {
             pool: pool.clone(),
             retry_scale: settings.retry_policy().delayed_scale,
             throttle: throttle.clone(),
+            syncs: settings.sync_engine && settings.role.syncs(),
             shutdown: shutdown.clone(),
         }));
         let deps = Rc::new(SyncDeps {

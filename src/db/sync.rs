@@ -302,6 +302,21 @@ pub async fn release_parked_since(
     Ok(released.rows_affected())
 }
 
+/// Makes the parked order whose delayed retry comes first due now, so that a down external API
+/// with no call waiting for it still gets its probe: a real call, the soonest one owed. Returns
+/// whether there was one.
+pub async fn bring_forward_next_retry(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    let moved = sqlx::query(
+        "UPDATE orders SET sync_next_attempt_at = now()
+         WHERE id = (SELECT id FROM orders WHERE sync_state = $1 AND sync_next_attempt_at > now()
+                     ORDER BY sync_next_attempt_at LIMIT 1)",
+    )
+    .bind(SyncState::Retrying)
+    .execute(pool)
+    .await?;
+    Ok(moved.rows_affected() > 0)
+}
+
 /// Parked orders whose delayed retry is due, claimed for `lease` so the next sweep does not
 /// publish them again while their retry event is on its way. Returns `(id, version, attempts)`:
 /// the retry event carries the attempt it is for, so a duplicate of it (published again after

@@ -168,7 +168,7 @@ async fn read_external_copy(
         None => None,
     };
     let mut permit = tokio::select! {
-        permit = deps.throttle.acquire() => permit?,
+        permit = deps.throttle.acquire(call.id_and_version().0) => permit?,
         _ = deps.shutdown.cancelled() => return None,
     };
     let (id, version) = call.id_and_version();
@@ -200,7 +200,9 @@ async fn read_external_copy(
     drop(in_flight);
     drop(permit);
     match probe {
-        Some(ticket) => ticket.finish(&result),
+        Some(ticket) => {
+            deps.destination.finish_probe(ticket, id, &result);
+        }
         None => deps.destination.observe(id, &result, &deps.throttle),
     }
     deps.metrics.record_call(call.verb(), &result);

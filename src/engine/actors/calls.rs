@@ -19,6 +19,9 @@ use crate::external::{Answer, CallError, ExternalCall};
 pub(crate) struct CallReport {
     pub result: Result<Answer, CallError>,
     pub attempts: Vec<NewAttempt>,
+    /// The call was a probe of a down API, and its failure is the order's own to record
+    /// ([`crate::engine::cluster::destination::Destination::finish_probe`]).
+    pub failed_probe_is_the_orders: bool,
 }
 
 /// Makes the call, retrying quickly (exponential backoff with jitter) what may pass on a retry,
@@ -42,9 +45,11 @@ pub(crate) async fn call_with_retries(
     let first_permit = Cell::new(Some(first_permit));
     let attempts = RefCell::new(Vec::new());
     let number = Cell::new(0u32);
+    let failed_probe_is_the_orders = Cell::new(false);
     let attempt = || {
         let permit = first_permit.take();
         let (attempts, number) = (&attempts, &number);
+        let failed_probe_is_the_orders = &failed_probe_is_the_orders;
         async move {
             let mut permit = match permit {
                 Some(permit) => permit,
@@ -55,7 +60,7 @@ pub(crate) async fn call_with_retries(
                     }
                     deps.metrics.retried.inc();
                     tokio::select! {
-                        permit = deps.throttle.acquire() => permit.ok_or(CallError::Abandoned)?,
+                        permit = deps.throttle.acquire(call.id_and_version().0) => permit.ok_or(CallError::Abandoned)?,
                         _ = deps.shutdown.cancelled() => return Err(CallError::Abandoned),
                     }
                 }
@@ -86,7 +91,8 @@ pub(crate) async fn call_with_retries(
             let took = started.elapsed();
             drop(in_flight);
             match probe {
-                Some(ticket) => ticket.finish(&result),
+                Some(ticket) => failed_probe_is_the_orders
+                    .set(deps.destination.finish_probe(ticket, id, &result)),
                 None => deps.destination.observe(id, &result, &deps.throttle),
             }
             if deps.attempt_log_on {
@@ -129,6 +135,7 @@ pub(crate) async fn call_with_retries(
     CallReport {
         result,
         attempts: attempts.into_inner(),
+        failed_probe_is_the_orders: failed_probe_is_the_orders.get(),
     }
 }
 

@@ -107,7 +107,7 @@ async fn sync_to_current_state(
         }
         let asked = Instant::now();
         let permit = tokio::select! {
-            permit = deps.throttle.acquire() => permit,
+            permit = deps.throttle.acquire(id) => permit,
             _ = deps.shutdown.cancelled() => None,
         };
         let Some(permit) = permit else {
@@ -146,7 +146,7 @@ async fn sync_to_current_state(
         let call = build_call(&row, verb);
         let started = Instant::now();
         let report = call_with_retries(deps, &call, permit, &fence).await;
-        if waits_for_the_api(deps, &report.result) {
+        if !report.failed_probe_is_the_orders && waits_for_the_api(deps, &report.result) {
             // Not the order's failure: nothing is recorded and no attempt is spent. The event
             // waits for the API at the throttle, then sends the order's state as it is then.
             drop(fence);
@@ -197,7 +197,9 @@ async fn record_outcome(
     report: CallReport,
     elapsed_ms: u64,
 ) -> Result<AfterCall, DbStepFailed> {
-    let CallReport { result, attempts } = report;
+    let CallReport {
+        result, attempts, ..
+    } = report;
     if result.is_ok() && verb != Verb::Delete {
         return record_success(deps, event, row, call, result, attempts, elapsed_ms).await;
     }

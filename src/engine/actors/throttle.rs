@@ -36,6 +36,8 @@ const REDIS_RETRY: Duration = Duration::from_millis(500);
 #[derive(Message)]
 #[rtype(result = "()")]
 struct AcquireSlot {
+    /// The order the call is for: the probe avoids orders known to fail.
+    order_id: i64,
     reply: oneshot::Sender<CallPermit>,
 }
 
@@ -61,10 +63,15 @@ struct SetDestinationOpen {
     ramp: Duration,
 }
 
-/// The probe's right to call: handed with the next slot to the oldest waiter, if any.
+/// The probe's right to call: handed with the next slot to the oldest waiter whose order is not
+/// in `avoid` (orders whose calls failed lately: one order's own failure would keep the API
+/// looking down), or to the oldest waiter if every one is.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct HandProbe(ProbeTicket);
+struct HandProbe {
+    ticket: ProbeTicket,
+    avoid: Vec<i64>,
+}
 
 /// An operator paused (`true`) or resumed outbound calls (`crate::engine::cluster::pause`).
 #[derive(Message)]
@@ -180,10 +187,11 @@ impl Throttle {
         Self { addr }
     }
 
-    /// Waits for a slot. `None` when the throttle has stopped (shutdown).
-    pub async fn acquire(&self) -> Option<CallPermit> {
+    /// Waits for a slot for a call for `order_id`. `None` when the throttle has stopped
+    /// (shutdown).
+    pub async fn acquire(&self, order_id: i64) -> Option<CallPermit> {
         let (reply, permit) = oneshot::channel();
-        self.addr.do_send(AcquireSlot { reply });
+        self.addr.do_send(AcquireSlot { order_id, reply });
         permit.await.ok()
     }
 
@@ -199,9 +207,10 @@ impl Throttle {
         self.addr.do_send(SetDestinationOpen { open, ramp });
     }
 
-    /// Lets the oldest waiting caller through as the probe (dropped unused if no one waits).
-    pub fn hand_probe(&self, ticket: ProbeTicket) {
-        self.addr.do_send(HandProbe(ticket));
+    /// Lets the oldest waiting caller through as the probe, preferring orders not in `avoid`
+    /// (dropped unused if no one waits).
+    pub fn hand_probe(&self, ticket: ProbeTicket, avoid: Vec<i64>) {
+        self.addr.do_send(HandProbe { ticket, avoid });
     }
 
     pub fn pause_for(&self, delay: Duration) {
@@ -232,7 +241,7 @@ pub struct ThrottleActor {
     tokens: f64,
     refilled_at: Instant,
     in_flight: u32,
-    slot_waiters: VecDeque<oneshot::Sender<CallPermit>>,
+    slot_waiters: VecDeque<(i64, oneshot::Sender<CallPermit>)>,
     token_waiters: VecDeque<oneshot::Sender<()>>,
     paused_until: Option<Instant>,
     /// An operator paused outbound calls: slots wait.
@@ -241,8 +250,8 @@ pub struct ThrottleActor {
     destination_open: bool,
     /// Since when, and over how long, slots open after the API came back.
     ramp: Option<(Instant, Duration)>,
-    /// The probe's ticket, waiting for the next slot waiter.
-    probe: Option<ProbeTicket>,
+    /// The probe's ticket, waiting for the next slot waiter, and the orders it avoids.
+    probe: Option<(ProbeTicket, Vec<i64>)>,
     /// Serves the slot waiters again while slots open over a ramp.
     ramp_timer: Option<SpawnHandle>,
     /// The timer that serves token waiters once a token or the end of a pause is due.
@@ -273,7 +282,7 @@ impl ThrottleActor {
         } else {
             let limit = self.slots_open(now);
             while self.in_flight < limit {
-                let Some(waiter) = self.slot_waiters.pop_front() else {
+                let Some((_, waiter)) = self.slot_waiters.pop_front() else {
                     break;
                 };
                 if waiter.is_closed() {
@@ -353,26 +362,25 @@ impl ThrottleActor {
 
     /// While the API is down: the probe's ticket goes with a slot to the oldest live waiter.
     fn hand_out_probe(&mut self, ctx: &mut Context<Self>) {
-        if self.probe.is_none() {
+        let Some((ticket, avoid)) = self.probe.take() else {
             return;
-        }
-        while let Some(waiter) = self.slot_waiters.pop_front() {
-            if waiter.is_closed() {
-                continue;
-            }
-            self.in_flight += 1;
-            let permit = CallPermit {
-                throttle: ctx.address(),
-                probe: self.probe.take(),
-            };
-            if let Err(mut permit) = waiter.send(permit) {
-                // Gone just now: the ticket goes to the next waiter.
-                self.probe = permit.take_probe();
-                continue;
-            }
+        };
+        self.slot_waiters.retain(|(_, waiter)| !waiter.is_closed());
+        let chosen = self
+            .slot_waiters
+            .iter()
+            .position(|(order_id, _)| !avoid.contains(order_id))
+            .or((!self.slot_waiters.is_empty()).then_some(0));
+        // No one waits here: the ticket is dropped, which gives the lease back.
+        let Some((_, waiter)) = chosen.and_then(|at| self.slot_waiters.remove(at)) else {
             return;
-        }
-        self.probe = None; // no one waits here: the ticket goes back (another instance probes)
+        };
+        self.in_flight += 1;
+        // If the caller went away just now, the permit's drop frees the slot and the lease.
+        let _ = waiter.send(CallPermit {
+            throttle: ctx.address(),
+            probe: Some(ticket),
+        });
     }
 
     /// Asks Redis for as many tokens as callers wait for (up to `MAX_GRANT`), one request at a
@@ -425,7 +433,7 @@ impl Handler<AcquireSlot> for ThrottleActor {
     type Result = ();
 
     fn handle(&mut self, msg: AcquireSlot, ctx: &mut Context<Self>) {
-        self.slot_waiters.push_back(msg.reply);
+        self.slot_waiters.push_back((msg.order_id, msg.reply));
         self.serve(ctx);
     }
 }
@@ -467,7 +475,7 @@ impl Handler<HandProbe> for ThrottleActor {
     type Result = ();
 
     fn handle(&mut self, msg: HandProbe, ctx: &mut Context<Self>) {
-        self.probe = Some(msg.0);
+        self.probe = Some((msg.ticket, msg.avoid));
         self.serve(ctx);
     }
 }
@@ -548,7 +556,7 @@ mod tests {
     #[actix_rt::test]
     async fn tokens_beyond_the_burst_wait_for_the_rate() {
         let throttle = Throttle::start(50, 5, 100);
-        let permit = throttle.acquire().await.expect("a slot");
+        let permit = throttle.acquire(1).await.expect("a slot");
         let started = Instant::now();
         for _ in 0..15 {
             assert!(permit.take_token().await);
@@ -565,7 +573,7 @@ mod tests {
     async fn no_slot_is_handed_out_while_calls_are_paused() {
         let throttle = Throttle::start(10_000, 100, 10);
         throttle.set_sync_paused(true);
-        let waiting = throttle.acquire();
+        let waiting = throttle.acquire(1);
         tokio::pin!(waiting);
         assert!(
             tokio::time::timeout(Duration::from_millis(100), &mut waiting)
@@ -581,9 +589,9 @@ mod tests {
     #[actix_rt::test]
     async fn no_more_than_max_concurrent_slots_are_out_at_once() {
         let throttle = Throttle::start(10_000, 100, 2);
-        let first = throttle.acquire().await.expect("permit");
-        let _second = throttle.acquire().await.expect("permit");
-        let third = throttle.acquire();
+        let first = throttle.acquire(1).await.expect("permit");
+        let _second = throttle.acquire(2).await.expect("permit");
+        let third = throttle.acquire(3);
         tokio::pin!(third);
         assert!(tokio::time::timeout(Duration::from_millis(50), &mut third)
             .await

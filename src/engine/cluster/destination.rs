@@ -25,6 +25,7 @@
 //! The streak is counted by each instance over its own calls, so successes cost no Redis command;
 //! only the turn to `down` is written.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,6 +46,8 @@ use crate::external::{Answer, CallError};
 pub const WATCH_EVERY: Duration = Duration::from_millis(250);
 /// The first probe's delay after the turn to `down`; each failed probe doubles it.
 const FIRST_PROBE: Duration = Duration::from_secs(1);
+/// Orders remembered as failing lately ([`Destination::is_suspect`]).
+const SUSPECTS_KEPT: usize = 1_024;
 /// Orders parked this long before the outage was noticed are released with the rest: the calls
 /// that tripped it failed over the seconds before.
 const PARKED_BEFORE_DOWN: Duration = Duration::from_secs(60);
@@ -142,9 +145,14 @@ struct Inner {
     /// Orders whose calls failed in a row (different orders only: one order's retries say
     /// little about the API).
     streak: Mutex<Vec<i64>>,
+    /// Orders whose calls failed lately, newest last (at most [`SUSPECTS_KEPT`]): the probe goes
+    /// to another order if one waits, since one order's own failure says little about the API.
+    suspects: Mutex<VecDeque<i64>>,
     /// Set when this instance tripped and Redis has not said `down` yet: its own calls wait.
     tripped_here: AtomicBool,
     probes_sent: AtomicU64,
+    /// When this instance last brought a parked order's retry forward to be the probe.
+    brought_forward_at: Mutex<Option<std::time::Instant>>,
     reports: mpsc::UnboundedSender<Report>,
     reports_received: Mutex<Option<mpsc::UnboundedReceiver<Report>>>,
 }
@@ -182,8 +190,10 @@ impl Destination {
                 settings,
                 view: watch::channel(DestinationView::default()).0,
                 streak: Mutex::new(Vec::new()),
+                suspects: Mutex::new(VecDeque::new()),
                 tripped_here: AtomicBool::new(false),
                 probes_sent: AtomicU64::new(0),
+                brought_forward_at: Mutex::new(None),
                 reports,
                 reports_received: Mutex::new(Some(received)),
             }),
@@ -234,6 +244,7 @@ impl Destination {
             streak.clear();
             return;
         }
+        self.suspect(order_id);
         if !streak.contains(&order_id) {
             streak.push(order_id);
         }
@@ -243,6 +254,53 @@ impl Destination {
             throttle.set_destination_open(false, Duration::ZERO);
             let _ = self.inner.reports.send(Report::Trip);
         }
+    }
+
+    /// Reports the probe's result. Returns whether its failure is to be recorded as the order's
+    /// own (parked on its retry schedule) rather than waited out: the order had failed before,
+    /// so it may fail for reasons of its own, and waiting again would keep it, and the API's
+    /// state with it, stuck for as long as that lasts. The attempt this costs during a real
+    /// outage is given back when the API returns (`release_parked_since`).
+    pub fn finish_probe(
+        &self,
+        ticket: ProbeTicket,
+        order_id: i64,
+        result: &Result<Answer, CallError>,
+    ) -> bool {
+        let failed = health_evidence(result) == Some(false);
+        let failed_before = self.is_suspect(order_id);
+        ticket.finish(result);
+        if failed {
+            self.suspect(order_id);
+        }
+        failed && failed_before
+    }
+
+    /// Remembers that a call for `order_id` failed the way an unwell API fails.
+    fn suspect(&self, order_id: i64) {
+        if let Ok(mut suspects) = self.inner.suspects.lock() {
+            suspects.retain(|id| *id != order_id);
+            suspects.push_back(order_id);
+            if suspects.len() > SUSPECTS_KEPT {
+                suspects.pop_front();
+            }
+        }
+    }
+
+    /// Whether a call for `order_id` failed lately the way an unwell API fails.
+    pub fn is_suspect(&self, order_id: i64) -> bool {
+        self.inner
+            .suspects
+            .lock()
+            .is_ok_and(|suspects| suspects.contains(&order_id))
+    }
+
+    fn suspects(&self) -> Vec<i64> {
+        self.inner
+            .suspects
+            .lock()
+            .map(|suspects| suspects.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     fn ticket(&self) -> ProbeTicket {
@@ -333,6 +391,9 @@ pub struct DestinationWatcher {
     /// `DELAYED_RETRY_SCALE`: which parked orders the outage parked follows from it.
     pub retry_scale: f64,
     pub throttle: Throttle,
+    /// This instance makes calls (`ROLE` `all` or `worker`): only such an instance brings a
+    /// parked order forward to be the probe.
+    pub syncs: bool,
     pub shutdown: CancellationToken,
 }
 
@@ -487,7 +548,10 @@ impl DestinationWatcher {
         }
         let waiting = self.throttle.state().await.map_or(0, |s| s.slot_waiters);
         if waiting == 0 {
-            return Ok(()); // another instance, with calls waiting, will probe
+            // Another instance with calls waiting probes; if none has any, a parked order's
+            // retry is brought forward to be the probe (once per `probe_max` per instance).
+            self.bring_forward_a_retry(destination).await;
+            return Ok(());
         }
         let lease_ms = inner.settings.probe_lease.as_millis() as u64;
         let taken: i64 = self
@@ -499,9 +563,30 @@ impl DestinationWatcher {
         if taken == 1 {
             inner.view.send_modify(|view| view.state = Health::Probing);
             tracing::info!("probing the external API with the oldest waiting call");
-            self.throttle.hand_probe(destination.ticket());
+            self.throttle
+                .hand_probe(destination.ticket(), destination.suspects());
         }
         Ok(())
+    }
+
+    async fn bring_forward_a_retry(&self, destination: &Destination) {
+        if !self.syncs {
+            return;
+        }
+        let Ok(mut last) = destination.inner.brought_forward_at.lock().map(|at| *at) else {
+            return;
+        };
+        let every = destination.inner.settings.probe_max;
+        if last.is_some_and(|at| at.elapsed() < every) {
+            return;
+        }
+        last = Some(std::time::Instant::now());
+        if let Ok(mut at) = destination.inner.brought_forward_at.lock() {
+            *at = last;
+        }
+        if let Err(error) = crate::db::sync::bring_forward_next_retry(&self.pool).await {
+            tracing::warn!(%error, "could not bring a parked order's retry forward to probe the external API");
+        }
     }
 
     /// Applies what Redis says: a change between healthy and not is logged once, closes or opens
