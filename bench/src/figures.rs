@@ -54,7 +54,7 @@ const RAW_LOOP_MOST: u64 = 100_000;
 
 /// Waits until no order is behind. It polls every 250 ms with a count over the partial index of
 /// unsynced orders: a full count every 50 ms over a million rows would itself slow the engine.
-async fn wait_all_synced(db: &BenchDb, timeout: Duration) -> anyhow::Result<()> {
+pub(crate) async fn wait_all_synced(db: &BenchDb, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let behind = db
