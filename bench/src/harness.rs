@@ -2,7 +2,7 @@
 //! child processes (release builds, so their memory is theirs alone), and small HTTP helpers.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -117,6 +117,75 @@ impl ChildProcess {
         }
         let child = command.spawn().with_context(|| format!("start {binary}"))?;
         Ok(Self { child, port })
+    }
+
+    /// Any program (not one of the release binaries: `redis-server` for the soak), with `args`,
+    /// its stdout and stderr written to `log`.
+    pub fn spawn_program(
+        program: &Path,
+        args: &[String],
+        port: u16,
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(log)
+            .with_context(|| format!("create the log file {}", log.display()))?;
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("start {}", program.display()))?;
+        Ok(Self { child, port })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How the process ended, if it has (without waiting).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Sends `signal` (a name `kill -s` knows: `TERM`, `KILL`, `STOP`, `CONT`).
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .context("run kill")?;
+        anyhow::ensure!(
+            status.success(),
+            "kill -s {signal} {} failed",
+            self.child.id()
+        );
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the process to end, polling every 50 ms.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Resident memory now (VmRSS), in MiB; 0 once the process is gone.
+    pub fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -4,7 +4,8 @@
 //!
 //! `BENCH_MODE=smoke` runs everything tiny (CI keeps the program working with it);
 //! `BENCH_MODE=large` runs the memory figure with 1,000,000 orders; `BENCH_FIGURES=1,4` runs
-//! only some figures. It needs PostgreSQL and
+//! only some figures. `bench soak [--minutes 60] ...` runs the chaos soak instead (`soak.rs`;
+//! BENCHMARKS.md, "Soak"): its own PostgreSQL, Redis and instances, and a fault every minute. It needs PostgreSQL and
 //! Redis (`BENCH_DATABASE_SERVER`, `BENCH_REDIS_URL`), and runs the release binaries beside it
 //! (the service and the fake external API) as child processes. One workspace build makes them
 //! all with the same features, so nothing is rebuilt between the two.
@@ -12,6 +13,7 @@
 mod figures;
 mod harness;
 mod outage;
+mod soak;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -137,6 +139,10 @@ impl Scale {
 }
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|mode| mode == "soak") {
+        return soak::main(&args[1..]);
+    }
     let scale = match Scale::from_env() {
         Ok(scale) => scale,
         Err(message) => {
