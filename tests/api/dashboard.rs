@@ -1,7 +1,7 @@
 //! The dashboard in a real headless browser (Debian's chromium, driven through chromedriver
 //! with fantoccini): the page shows the numbers the API reports, and its retry button retries a
 //! dead order; its controls pause and resume syncing (with a banner) and follow an audit to its
-//! end. Screenshots are saved as test artifacts (`target/tmp/screenshots/`). Swagger UI
+//! end; a red banner says while the external API is down. Screenshots are saved as test artifacts (`target/tmp/screenshots/`). Swagger UI
 //! works too. Both run under the service's content security policy, and the browser's log
 //! must show no violation of it.
 
@@ -602,6 +602,55 @@ async fn the_dashboard_pauses_and_resumes_syncing_and_follows_an_audit_to_its_en
     let png = control.screenshot().await.expect("a screenshot");
     save_screenshot("dashboard-jobs.png", &png);
 
+    let violations = policy_violations(&browser).await;
+    assert!(violations.is_empty(), "{violations:#?}");
+    browser.close().await.ok();
+}
+
+#[actix_web::test]
+async fn the_dashboard_says_when_the_external_api_is_down_and_when_it_is_back() {
+    let api = ExternalApi::start(Duration::ZERO).await;
+    let outage = crate::destination::Outage::mount(&api, Duration::ZERO).await;
+    let app = crate::helpers::spawn_app_syncing_to(
+        &api.url(),
+        &[
+            ("EXTERNAL_API_DOWN_AFTER", "2"),
+            ("RETRY_MAX_ATTEMPTS", "1"),
+        ],
+    )
+    .await;
+    let driver = ChromeDriver::start().await;
+    let browser = driver.browser().await;
+    browser
+        .goto(&app.url("/"))
+        .await
+        .expect("the dashboard loads");
+    wait_until_shown(&browser, "#api-down-banner", false).await;
+
+    outage.begin();
+    let waiting = [
+        id_of(&app.create_order().await),
+        id_of(&app.create_order().await),
+        id_of(&app.create_order().await),
+    ];
+    wait_until_shown(&browser, "#api-down-banner", true).await;
+    let banner = text_of(&browser, "#api-down-banner").await.unwrap();
+    assert!(
+        banner.starts_with("External API down since") && banner.contains("orders waiting"),
+        "{banner}"
+    );
+    browser
+        .execute("window.scrollTo(0, 0)", vec![])
+        .await
+        .unwrap();
+    let png = browser.screenshot().await.expect("a screenshot");
+    save_screenshot("external-api-down.png", &png);
+
+    outage.end();
+    for id in waiting {
+        app.wait_until_synced(id).await;
+    }
+    wait_until_shown(&browser, "#api-down-banner", false).await;
     let violations = policy_violations(&browser).await;
     assert!(violations.is_empty(), "{violations:#?}");
     browser.close().await.ok();

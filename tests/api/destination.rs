@@ -28,10 +28,10 @@ impl Match for WhileDown {
 }
 
 /// The switch of an external API that can be taken down (503 after `delay`) and brought back.
-struct Outage(Arc<AtomicBool>);
+pub(crate) struct Outage(Arc<AtomicBool>);
 
 impl Outage {
-    async fn mount(api: &ExternalApi, delay: Duration) -> Self {
+    pub(crate) async fn mount(api: &ExternalApi, delay: Duration) -> Self {
         let down = Arc::new(AtomicBool::new(false));
         Mock::given(WhileDown(down.clone()))
             .respond_with(api.responder(503, json!({"message": "Service Unavailable"}), delay))
@@ -41,11 +41,11 @@ impl Outage {
         Self(down)
     }
 
-    fn begin(&self) {
+    pub(crate) fn begin(&self) {
         self.0.store(true, Ordering::SeqCst);
     }
 
-    fn end(&self) {
+    pub(crate) fn end(&self) {
         self.0.store(false, Ordering::SeqCst);
     }
 }
