@@ -199,12 +199,8 @@ async fn read_external_copy(
     let took = started.elapsed();
     drop(in_flight);
     drop(permit);
-    match probe {
-        Some(ticket) => {
-            deps.destination.finish_probe(ticket, id, &result);
-        }
-        None => deps.destination.observe(id, &result, &deps.throttle),
-    }
+    deps.destination
+        .report_call(id, probe, &result, &deps.throttle);
     deps.metrics.record_call(call.verb(), &result);
     if let Err(CallError::Status {
         status: 429,

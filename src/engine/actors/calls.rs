@@ -90,11 +90,10 @@ pub(crate) async fn call_with_retries(
             let result = deps.client.send(call).await;
             let took = started.elapsed();
             drop(in_flight);
-            match probe {
-                Some(ticket) => failed_probe_is_the_orders
-                    .set(deps.destination.finish_probe(ticket, id, &result)),
-                None => deps.destination.observe(id, &result, &deps.throttle),
-            }
+            let own_failure = deps
+                .destination
+                .report_call(id, probe, &result, &deps.throttle);
+            failed_probe_is_the_orders.set(own_failure);
             if deps.attempt_log_on {
                 let instance = deps.leases.instance().to_string();
                 attempts.borrow_mut().push(attempt_row(

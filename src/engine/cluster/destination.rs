@@ -233,7 +233,7 @@ impl Destination {
 
     /// Counts one call's result (not a probe's: see [`ProbeTicket::finish`]) toward the streak,
     /// and trips the API `down` when the streak is long enough. Returns whether it tripped.
-    pub fn observe(&self, order_id: i64, result: &Result<Answer, CallError>, throttle: &Throttle) {
+    fn observe(&self, order_id: i64, result: &Result<Answer, CallError>, throttle: &Throttle) {
         let Some(answered) = health_evidence(result) else {
             return;
         };
@@ -256,12 +256,31 @@ impl Destination {
         }
     }
 
+    /// Counts one call's result: as the probe's when `probe` is its ticket, as an ordinary
+    /// call's otherwise. Returns what [`Destination::finish_probe`] returns (`false` for an
+    /// ordinary call).
+    pub fn report_call(
+        &self,
+        order_id: i64,
+        probe: Option<ProbeTicket>,
+        result: &Result<Answer, CallError>,
+        throttle: &Throttle,
+    ) -> bool {
+        match probe {
+            Some(ticket) => self.finish_probe(ticket, order_id, result),
+            None => {
+                self.observe(order_id, result, throttle);
+                false
+            }
+        }
+    }
+
     /// Reports the probe's result. Returns whether its failure is to be recorded as the order's
     /// own (parked on its retry schedule) rather than waited out: the order had failed before,
     /// so it may fail for reasons of its own, and waiting again would keep it, and the API's
     /// state with it, stuck for as long as that lasts. The attempt this costs during a real
     /// outage is given back when the API returns (`release_parked_since`).
-    pub fn finish_probe(
+    fn finish_probe(
         &self,
         ticket: ProbeTicket,
         order_id: i64,
@@ -600,23 +619,23 @@ impl DestinationWatcher {
                 since_ms = read.since_ms,
                 "the external API is down: calls wait, and one probe at a time checks it"
             );
-            self.throttle.set_destination_open(false, Duration::ZERO);
-        } else if !is_down && (was_down || destination.inner.tripped_here.load(Ordering::Relaxed)) {
-            let outage_ms = read.since_ms.saturating_sub(before.since_ms).max(0);
-            tracing::info!(
-                outage_ms,
-                "the external API is back: releasing the waiting calls"
-            );
-            self.throttle
-                .set_destination_open(true, destination.inner.settings.ramp);
-            if before.since_ms > 0 {
-                self.release_parked(before.since_ms).await;
-            }
-        } else if !is_down {
-            // Every read says so: a throttle restarted meanwhile starts open anyway.
-            self.throttle.set_destination_open(true, Duration::ZERO);
-        } else {
-            self.throttle.set_destination_open(false, Duration::ZERO);
+        }
+        let came_back =
+            !is_down && (was_down || destination.inner.tripped_here.load(Ordering::Relaxed));
+        if !came_back {
+            // Told at every read: a throttle restarted meanwhile starts open.
+            self.throttle.set_destination_open(!is_down, Duration::ZERO);
+            return;
+        }
+        let outage_ms = read.since_ms.saturating_sub(before.since_ms).max(0);
+        tracing::info!(
+            outage_ms,
+            "the external API is back: releasing the waiting calls"
+        );
+        self.throttle
+            .set_destination_open(true, destination.inner.settings.ramp);
+        if before.since_ms > 0 {
+            self.release_parked(before.since_ms).await;
         }
     }
 
