@@ -77,6 +77,15 @@ impl Role {
     pub fn syncs(self) -> bool {
         matches!(self, Self::Worker | Self::All)
     }
+
+    /// The value of `ROLE` that selects it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Worker => "worker",
+            Self::All => "all",
+        }
+    }
 }
 
 /// A key of `INBOUND_WEBHOOK_SECRET` (Standard Webhooks: `whsec_` and the base64 of the key). It
@@ -920,6 +929,21 @@ mod tests {
                 .contains("SHARD_LEASE_MS must be at least twice EXTERNAL_TIMEOUT_MS + 1000 (22000), not 15000"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_unknown_role_or_environment_is_refused_naming_it() {
+        for (name, bad) in [
+            ("ROLE", "wroker"),
+            ("ROLE", "API"),
+            ("ORDER_SYNC_ENV", "prod"),
+            ("SYNC_ENGINE", "maybe"),
+        ] {
+            let err = Settings::from_vars(vars(&[(name, bad)])).unwrap_err();
+            let line = err.to_string();
+            assert!(line.contains(name), "{name}={bad}: {line}");
+            assert!(!line.contains('\n'), "one line: {line}");
+        }
     }
 
     #[test]

@@ -12,12 +12,15 @@
 //! - [`metrics`] — the engine's counters and the lag window.
 //! - [`domain`] — order fields as types that can only hold valid values.
 //! - [`db`] — PostgreSQL, the source of truth: entities, queries, the outbox rows.
-//! - [`config`] — settings from the environment.
+//! - [`config`] — settings from the environment; [`cli`] — the few arguments the binary takes.
+//! - [`build_info`] — the version and commit, for `--version` and the metrics.
 //! - [`crash`] — crash points for the durability tests (inert unless armed).
 //! - [`startup`] — builds and runs an instance.
 //! - [`telemetry`] — logging.
 
 pub mod api;
+pub mod build_info;
+pub mod cli;
 pub mod config;
 pub mod crash;
 pub mod db;

@@ -107,6 +107,11 @@ pub struct SyncMetrics {
     pub shards_held: IntGauge,
     /// Instances whose heartbeat is live, this one included.
     pub live_instances: IntGauge,
+    /// Set at scrape time: live instances holding at least one shard (the workers syncing).
+    pub workers_live: IntGauge,
+    /// 1 while changes have waited with no worker holding a shard for 30 s
+    /// (`engine::cluster::workers`).
+    pub workers_missing: IntGauge,
     pub outbox_rows: IntGauge,
     pub orders: IntGaugeVec,
     /// 1 while the sync engine runs (or relays, with `ROLE=api`); 0 when it failed or is off.
@@ -211,6 +216,19 @@ impl SyncMetrics {
         .expect("a valid metric");
         r.register(Box::new(job_progress.clone()))
             .expect("a unique metric");
+        // Always 1; the labels say what runs (the convention of `prometheus_build_info`).
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "order_sync_build_info",
+                "The version and commit this instance runs (the value is always 1).",
+            ),
+            &["version", "git_sha"],
+        )
+        .expect("a valid metric");
+        build_info
+            .with_label_values(&[crate::build_info::VERSION, crate::build_info::GIT_SHA])
+            .set(1);
+        r.register(Box::new(build_info)).expect("a unique metric");
         Self {
             events_received: counter(
                 &r,
@@ -338,6 +356,16 @@ impl SyncMetrics {
                 &r,
                 "live_instances",
                 "Instances of the deployment whose heartbeat is live.",
+            ),
+            workers_live: gauge(
+                &r,
+                "workers_live",
+                "Live instances holding at least one shard: the workers syncing (0: nothing reaches the external API).",
+            ),
+            workers_missing: gauge(
+                &r,
+                "workers_missing",
+                "1 while changes have waited 30 s or more with no worker holding a shard.",
             ),
             outbox_rows: gauge(
                 &r,
@@ -495,7 +523,7 @@ impl SyncMetrics {
     }
 
     /// Lag p95 in milliseconds over the samples of the last `within` (0 with none).
-    fn lag_p95_within(&self, within: Duration) -> u64 {
+    pub fn lag_p95_within(&self, within: Duration) -> u64 {
         let mut samples: Vec<u64> = match self.lag_window.lock() {
             Ok(window) => window
                 .iter()

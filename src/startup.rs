@@ -28,10 +28,12 @@ use crate::engine::actors::throttle::Throttle;
 use crate::engine::actors::{BatchedQueries, SyncDeps};
 use crate::engine::backlog::dispatcher::InFlight;
 use crate::engine::backlog::keys::Keys;
+use crate::engine::cluster::census::Publisher;
 use crate::engine::cluster::destination::{Destination, DestinationWatcher};
 use crate::engine::cluster::leases::Leases;
 use crate::engine::cluster::pause::PauseSwitch;
 use crate::engine::cluster::rate_limit::ClusterRateLimit;
+use crate::engine::cluster::workers::WorkerWatch;
 use crate::engine::cluster::InstanceId;
 use crate::engine::{EngineParts, EngineState, SyncEngine};
 use crate::external::fake::{FakeConfig, FakeExternalApi};
@@ -255,7 +257,28 @@ impl Application {
             delayed_retry_limit: settings.retry_policy().delayed_limit,
             pause: PauseSwitch::new(throttle_for_pause, metrics_for_pause),
             destination,
+            role,
+            instance_id: instance.to_string(),
+            workers: WorkerWatch::default(),
         });
+        actix_rt::spawn(
+            Publisher {
+                redis: state.redis.clone(),
+                keys: state.keys.clone(),
+                instance: instance.to_string(),
+                role,
+                metrics: state.metrics.clone(),
+                in_flight: state.in_flight.clone(),
+                shutdown: shutdown.clone(),
+            }
+            .keep_publishing(),
+        );
+        actix_rt::spawn(state.workers.clone().keep_watching(
+            state.redis.clone(),
+            state.keys.clone(),
+            state.db.get_postgres_connection_pool().clone(),
+            shutdown.clone(),
+        ));
         actix_rt::spawn(
             state
                 .pause
@@ -301,7 +324,12 @@ impl Application {
         .disable_signals()
         .shutdown_timeout(settings.shutdown_timeout_secs.get())
         .run();
-        tracing::info!(port, "order-sync listening");
+        tracing::info!(
+            port,
+            version = crate::build_info::VERSION,
+            git_sha = crate::build_info::GIT_SHA,
+            "order-sync listening"
+        );
         Ok(Self {
             port,
             server,

@@ -136,6 +136,10 @@ fn number<T: std::str::FromStr>(flag: &str, raw: &str) -> Result<T, String> {
 /// `bench soak ...`: runs the soak and prints its verdict. Exit 0 when it passed, 1 when it did not
 /// (the logs stay in the temporary directory, named), 2 on bad flags.
 pub(crate) fn main(args: &[String]) -> ExitCode {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}\n(the faults, the checks and the defaults: BENCHMARKS.md, \"Soak\")");
+        return ExitCode::SUCCESS;
+    }
     let args = match SoakArgs::parse(args) {
         Ok(args) => args,
         Err(message) => {

@@ -12,8 +12,32 @@ use indicatif::{ProgressBar, ProgressStyle};
 use seeder::options::SeedOptions;
 use seeder::write;
 
+/// The seeder takes its settings from the environment; its arguments only ask what it is.
+const USAGE: &str = "usage: seeder [--version | --help]
+  settings come from the environment: ORDER_COUNT (10000), CLEAN_ORDERS (false), SYNC (true),
+  DATABASE_URL (as for the service)";
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [] => {}
+        [flag] if flag == "--version" || flag == "-V" => {
+            println!("{}", order_sync::build_info::version_line("seeder"));
+            return ExitCode::SUCCESS;
+        }
+        [flag] if flag == "--help" || flag == "-h" => {
+            println!(
+                "{}\n{USAGE}",
+                order_sync::build_info::version_line("seeder")
+            );
+            return ExitCode::SUCCESS;
+        }
+        [first, ..] => {
+            eprintln!("error: unknown argument {first:?} (seeder --help lists what it takes; settings come from the environment)");
+            return ExitCode::from(2);
+        }
+    }
     let vars = std::env::vars().collect::<Vec<_>>();
     let options = match SeedOptions::from_vars(&vars) {
         Ok(options) => options,

@@ -1,7 +1,8 @@
 //! `API_TOKENS`: bearer tokens for the data routes. Several may be set (comma-separated), so a
 //! token is rotated by adding the new one, moving clients over, then removing the old one.
 //!
-//! Open without a token: `/health` (for load balancers), `/inbound` (signed instead, see
+//! Open without a token: `/health`, `/health/live` and `/health/ready` (for load balancers and
+//! orchestrators; they name no order and no secret), `/inbound` (signed instead, see
 //! [`super::webhook`]), `/admin` (its own `ADMIN_TOKEN`), and the pages that hold no data (the
 //! dashboard's page and Swagger UI with the OpenAPI document), so a browser can load them; the
 //! dashboard then asks for the token and sends it with every request for figures. With no
@@ -38,7 +39,13 @@ pub fn is_one_of(presented: &str, tokens: &[Secret]) -> bool {
 fn is_open(path: &str) -> bool {
     matches!(
         path,
-        "/" | "/dashboard.js" | "/dashboard.css" | "/health" | "/openapi.json" | "/docs"
+        "/" | "/dashboard.js"
+            | "/dashboard.css"
+            | "/health"
+            | "/health/live"
+            | "/health/ready"
+            | "/openapi.json"
+            | "/docs"
     ) || ["/docs/", "/inbound/", "/admin"]
         .iter()
         .any(|prefix| path.starts_with(prefix))
@@ -82,6 +89,8 @@ mod tests {
         for open in [
             "/",
             "/health",
+            "/health/live",
+            "/health/ready",
             "/docs",
             "/docs/swagger-ui.css",
             "/openapi.json",

@@ -39,17 +39,19 @@ async function request(path, opts = {}) {
 }
 
 // ---- stat cards ------------------------------------------------------------
+// Counters are the cluster's (every live instance's, published through Redis), whichever
+// instance serves the page; an instance too old to publish them shows its own.
 const CARDS = [
-  ["synced", "synced", (m) => m.events?.synced],
-  ["received", "received", (m) => m.events?.received],
-  ["live-actors", "live actors", (m) => m.actors?.live],
+  ["synced", "synced (all instances)", (m) => m.cluster?.totals?.synced ?? m.events?.synced],
+  ["received", "received (all instances)", (m) => m.cluster?.totals?.received ?? m.events?.received],
+  ["live-actors", "live actors", (m) => m.cluster?.totals?.actors_live ?? m.actors?.live],
   ["backlog", "stream backlog", (m) => m.backlog?.stream_length],
   ["outbox", "outbox rows", (m) => m.backlog?.outbox_rows],
   ["pending", "orders pending", (m) => m.orders?.pending],
   ["retrying", "orders retrying", (m) => m.orders?.retrying],
   ["dead", "orders dead", (m) => m.orders?.dead],
   ["lag-p95", "lag p95 (ms)", (m) => m.lag_ms?.p95],
-  ["in-flight", "HTTP calls in flight", (m) => m.throttle?.in_flight],
+  ["in-flight", "events in flight", (m) => m.cluster?.totals?.in_flight ?? m.events?.in_flight],
 ];
 for (const [id, label] of CARDS) {
   $("#cards").append(el("div", { class: "card", id: `card-${id}` },
@@ -99,9 +101,23 @@ function renderApiDown(api) {
       "Calls wait without spending their retries, and go out in order once it answers again." }));
 }
 
+// No worker: changes have waited 30 s with no instance holding a shard, so nothing is synced
+// (a deployment started with ROLE=api alone, or every worker down).
+function renderNoWorker(workers) {
+  const banner = $("#no-worker-banner");
+  banner.hidden = !(workers && workers.missing);
+  if (banner.hidden) return;
+  const since = workers.unserved_since ? new Date(workers.unserved_since).toLocaleTimeString() : "a while";
+  banner.replaceChildren(
+    el("strong", { text: "No worker is live" }),
+    el("span", { text: ` since ${since}: ${int(workers.changes_waiting)} changes wait and nothing reaches ` +
+      "the external API. Start an instance with ROLE=worker (or ROLE=all)." }));
+}
+
 function renderDetails(m) {
   const lag = m.lag_ms ?? {}, t = m.throttle ?? {}, ev = m.events ?? {}, a = m.actors ?? {};
   renderApiDown(m.external_api);
+  renderNoWorker(m.workers);
   const paused = num(t.paused_for_ms) > 0 ? `${int(t.paused_for_ms)} ms` : "no";
   fillKv($("#details-throttle"), [
     ["lag p50 / p95 / p99", `${int(lag.p50)} / ${int(lag.p95)} / ${int(lag.p99)} ms`],
@@ -132,11 +148,14 @@ function renderDetails(m) {
   const instances = (Array.isArray(m.cluster?.instances) ? m.cluster.instances : [])
     .map((i) => [
       String(i?.id ?? "?") + (i?.id === self ? " (this one)" : ""),
+      String(i?.role ?? "?"),
       (Array.isArray(i?.shards) ? i.shards : []).map(int).join(" ") || "none",
+      int(i?.synced),
+      int(i?.failed),
       `${int(i?.heartbeat_expires_in_ms)} ms`,
     ]);
   $("#details-instances").replaceChildren(
-    smallTable(["instance", "shards", "heartbeat expires in"], instances, "No instance syncs"));
+    smallTable(["instance", "role", "shards", "synced", "failed", "heartbeat expires in"], instances, "No instance is live"));
 }
 
 // ---- chart: the server keeps the last 15 minutes (GET /metrics/history) ----

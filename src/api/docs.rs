@@ -28,6 +28,8 @@ use super::{admin, control, health, inbound, metrics, orders, sync_view};
         inbound::put_inbound,
         inbound::patch_inbound,
         health::check_health,
+        health::check_live,
+        health::check_ready,
         metrics::actor_metrics,
         metrics::prometheus_metrics,
         metrics::metrics_history,
@@ -90,7 +92,7 @@ impl Modify for CommonErrors {
                 .build()
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
-            if path == "/health" {
+            if path.starts_with("/health") {
                 continue;
             }
             let operations = [

@@ -12,8 +12,8 @@ use crate::domain::SyncState;
 use crate::engine::actors::messages::{GetMailboxStats, MailboxStats};
 use crate::engine::actors::throttle::ThrottleState;
 use crate::engine::backlog::stats::{shard_stats, ShardStats};
+use crate::engine::cluster::census::{self, ClusterTotals, InstanceFigures};
 use crate::engine::cluster::destination::{DestinationView, Health};
-use crate::engine::cluster::{live_instances, LiveInstance};
 
 /// How long the external API has been in its current state (0 when it never changed).
 fn state_seconds(view: &DestinationView) -> f64 {
@@ -64,8 +64,8 @@ struct Gathered {
     mailbox: MailboxStats,
     shards: Vec<ShardStats>,
     outbox_rows: i64,
-    /// The live instances of the deployment and their shards.
-    instances: Vec<LiveInstance>,
+    /// The live instances of the deployment, their figures and their shards.
+    instances: Vec<InstanceFigures>,
     /// Orders by sync state: pending, retrying, dead.
     orders: Vec<(SyncState, i64)>,
     /// Running jobs with their progress, oldest first.
@@ -86,7 +86,7 @@ async fn gather(state: &AppState) -> Gathered {
         });
     let owners: Vec<(u64, Option<String>)> =
         shards.iter().map(|s| (s.shard, s.owner.clone())).collect();
-    let instances = live_instances(&mut redis, &state.keys, &owners)
+    let instances = census::read_instances(&mut redis, &state.keys, &owners)
         .await
         .unwrap_or_else(|error| {
             tracing::warn!(error = %error, "cannot read the live instances");
@@ -154,6 +154,14 @@ fn record(state: &AppState, g: &Gathered) {
             .map_or(0, |l| l.held_shards().len() as i64),
     );
     m.live_instances.set(g.instances.len() as i64);
+    m.workers_live.set(
+        g.instances
+            .iter()
+            .filter(|instance| !instance.shards.is_empty())
+            .count() as i64,
+    );
+    m.workers_missing
+        .set(i64::from(state.workers.seen().missing));
     for &(state, count) in &g.orders {
         m.orders.with_label_values(&[state.as_str()]).set(count);
     }
@@ -218,12 +226,18 @@ pub async fn actor_metrics(state: web::Data<AppState>) -> HttpResponse {
             "task_restarts": m.engine_task_restarts.get(),
         },
         "instance": {
-            "id": state.leases.as_ref().map(|l| l.instance().to_string()),
+            "id": state.instance_id,
+            "role": state.role.as_str(),
             "shards": state.leases.as_ref().map(|l| l.held_shards()).unwrap_or_default(),
         },
+        // Every live instance (role, version, shards, counters since it started) and their
+        // sums: what the dashboard shows, whichever instance serves it.
         "cluster": {
             "instances": g.instances,
+            "totals": ClusterTotals::of(&g.instances),
         },
+        // Whether any worker syncs (`engine::cluster::workers`): the dashboard's banner.
+        "workers": state.workers.seen(),
         "calls": calls,
         "throttle": g.throttle,
         "backlog": {
@@ -263,15 +277,26 @@ pub async fn prometheus_metrics(state: web::Data<AppState>) -> HttpResponse {
 pub struct HistoryOut {
     /// Seconds between points.
     pub every_secs: u64,
+    /// `cluster` (every instance's calls), or `instance` when Redis could not be read.
+    pub scope: String,
     /// Oldest first: up to the last 15 minutes.
     pub points: Vec<crate::metrics::HistoryPoint>,
 }
 
 #[utoipa::path(get, path = "/metrics/history", tag = "operations",
-    responses((status = 200, body = HistoryOut, description = "This instance's throughput and lag over the last 15 minutes, a point every 5 s (the dashboard's chart)")))]
+    responses((status = 200, body = HistoryOut, description = "The cluster's throughput (calls synced per second, summed over the instances) and lag p95 (the worst instance's) over the last 15 minutes, a point every 5 s: the dashboard's chart. `scope` is `cluster`, or `instance` when Redis cannot be read and the points are this instance's own")))]
 pub async fn metrics_history(state: web::Data<AppState>) -> HttpResponse {
+    let mut redis = state.redis.clone();
+    let (scope, points) = match census::read_history(&mut redis, &state.keys).await {
+        Ok(points) => ("cluster", points),
+        Err(error) => {
+            tracing::warn!(error = %error, "cannot read the cluster's history; showing this instance's");
+            ("instance", state.metrics.history())
+        }
+    };
     HttpResponse::Ok().json(HistoryOut {
         every_secs: crate::metrics::HISTORY_EVERY.as_secs(),
-        points: state.metrics.history(),
+        scope: scope.to_string(),
+        points,
     })
 }

@@ -72,6 +72,12 @@ pub struct AppState {
     /// The external API's health as the cluster sees it, for `/health`, the metrics, the
     /// dashboard and `GET /orders/{id}/sync`.
     pub destination: crate::engine::cluster::destination::Destination,
+    /// `ROLE`, for `/health/ready`.
+    pub role: Role,
+    /// This process's id among the instances (every role has one: the census names it).
+    pub instance_id: String,
+    /// Whether any worker holds the shards, for `/health/ready`, the metrics and the dashboard.
+    pub workers: crate::engine::cluster::workers::WorkerWatch,
 }
 
 impl AppState {
@@ -93,6 +99,11 @@ impl AppState {
 /// methods are answered 405 with `Allow` naming the ones it takes.
 pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize, role: Role) {
     cfg.service(get_only("/health", web::get().to(health::check_health)))
+        .service(get_only("/health/live", web::get().to(health::check_live)))
+        .service(get_only(
+            "/health/ready",
+            web::get().to(health::check_ready),
+        ))
         .service(get_only(
             "/metrics/actors",
             web::get().to(metrics::actor_metrics),

@@ -96,6 +96,22 @@ pub async fn connect_and_migrate(
     Database::connect(options).await.context("cannot connect")
 }
 
+/// Whether every migration this binary knows is recorded as applied (for `/health/ready`). An
+/// instance of a newer release may have applied more; those do not make this one unready.
+pub async fn migrations_applied(pool: &sqlx::PgPool) -> Result<bool, sqlx::Error> {
+    use migration::MigratorTrait;
+    let ours: Vec<String> = migration::Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect();
+    let applied: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM seaql_migrations WHERE version = ANY($1)")
+            .bind(&ours)
+            .fetch_one(pool)
+            .await?;
+    Ok(applied == ours.len() as i64)
+}
+
 /// The advisory lock every instance takes around its migrations: any number of instances can
 /// start together, and the first migrates while the others wait, then find nothing to do. (The
 /// number is arbitrary; it only has to be the same in every instance.)

@@ -28,7 +28,8 @@
 //!
 //! Each task has a failpoint, `engine-task-<name>` (the `fail` crate, configured from the
 //! `FAILPOINTS` environment variable in the binary, e.g. `FAILPOINTS=engine-task-relay=1*panic`),
-//! that ends it with a panic when it (re)starts; the tests use it.
+//! that ends it with a panic when it (re)starts; the tests use it. It exists only with the
+//! `failpoints` cargo feature, which the tests turn on and the release build leaves off.
 
 pub mod actors;
 pub mod attempt_pruner;
@@ -278,17 +279,16 @@ async fn keep_running(
     metrics: Arc<SyncMetrics>,
     report: Rc<watch::Sender<EngineState>>,
 ) {
-    let failpoint = format!("engine-task-{name}");
     let mut ended_at: VecDeque<Instant> = VecDeque::new();
     let mut delay = FIRST_RESTART_DELAY;
     loop {
         let run = start();
-        let failpoint = failpoint.clone();
-        let ended = actix_rt::spawn(async move {
-            fail::fail_point!(&failpoint);
+        #[cfg(feature = "failpoints")]
+        let run = async move {
+            fail::fail_point!(&format!("engine-task-{name}"));
             run.await
-        })
-        .await;
+        };
+        let ended = actix_rt::spawn(run).await;
         if shutdown.is_cancelled() {
             return;
         }

@@ -655,3 +655,37 @@ async fn the_dashboard_says_when_the_external_api_is_down_and_when_it_is_back() 
     assert!(violations.is_empty(), "{violations:#?}");
     browser.close().await.ok();
 }
+
+#[actix_web::test]
+async fn the_dashboard_says_when_no_worker_is_live() {
+    // An API instance alone: it relays changes into the streams, and nothing takes them.
+    let app = spawn_app_with(&[("ROLE", "api")]).await;
+    let driver = ChromeDriver::start().await;
+    let browser = driver.browser().await;
+    browser
+        .goto(&app.url("/"))
+        .await
+        .expect("the dashboard loads");
+    wait_until_shown(&browser, "#no-worker-banner", false).await;
+    let waiting = id_of(&app.create_order().await);
+
+    // Said once the change has waited 30 s with no shard held (and the next look, 5 s).
+    wait_for("the no-worker banner", Duration::from_secs(60), || async {
+        let banner = browser.find(Locator::Css("#no-worker-banner")).await.ok()?;
+        banner.is_displayed().await.ok()?.then_some(())
+    })
+    .await;
+    let banner = text_of(&browser, "#no-worker-banner").await.unwrap();
+    assert!(
+        banner.starts_with("No worker is live since") && banner.contains("ROLE=worker"),
+        "{banner}"
+    );
+    let order = app.get_order(waiting).await;
+    assert_eq!(
+        order["sync"]["state"], "pending",
+        "nothing synced it: {order}"
+    );
+    let violations = policy_violations(&browser).await;
+    assert!(violations.is_empty(), "{violations:#?}");
+    browser.close().await.ok();
+}

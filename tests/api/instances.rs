@@ -318,12 +318,24 @@ async fn an_api_process_and_two_workers_split_the_work_as_docker_compose_runs_th
         .await
         .expect("answer");
     assert_eq!(orders.status(), 404);
-    let metrics = get_json_at(&http, &workers[0].url("/metrics/actors")).await;
-    assert_eq!(
-        metrics["cluster"]["instances"].as_array().map(Vec::len),
-        Some(2),
-        "{metrics}"
-    );
+    // Every instance, whatever its role, is in the cluster's view, on any instance.
+    let metrics_url = workers[0].url("/metrics/actors");
+    let roles = wait_for(
+        "the three instances in the view",
+        Duration::from_secs(20),
+        || async {
+            let metrics = get_json_at(&http, &metrics_url).await;
+            let mut roles: Vec<String> = metrics["cluster"]["instances"]
+                .as_array()?
+                .iter()
+                .filter_map(|i| i["role"].as_str().map(str::to_string))
+                .collect();
+            roles.sort();
+            (roles.len() == 3).then_some(roles)
+        },
+    )
+    .await;
+    assert_eq!(roles, ["api", "worker", "worker"]);
 
     for _ in 0..20 {
         create_order_at(&http, &web.url(""))

@@ -28,6 +28,7 @@ mod outbox;
 mod outcomes;
 mod process;
 mod production;
+mod production_stack;
 mod properties;
 mod redis_faults;
 mod remote_store;

@@ -22,7 +22,7 @@ use crate::helpers::{order_body, wait_for};
 use crate::process::{log_path, service_env, OwnDatabase, ServiceProcess};
 
 /// A certificate authority of the test's own.
-fn new_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+pub fn new_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
     params.distinguished_name.push(DnType::CommonName, name);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -31,7 +31,7 @@ fn new_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
 }
 
 /// Writes `ca`'s certificate as PEM into a directory of the test's own; returns its path.
-fn write_ca_file(ca: &CertifiedIssuer<'static, KeyPair>) -> PathBuf {
+pub fn write_ca_file(ca: &CertifiedIssuer<'static, KeyPair>) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("tls-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("a directory for the CA file");
@@ -43,14 +43,14 @@ fn write_ca_file(ca: &CertifiedIssuer<'static, KeyPair>) -> PathBuf {
 /// HTTPS on a free local port in front of a plain-HTTP `backend`, with a certificate for
 /// `localhost` and 127.0.0.1 signed by a CA; it counts the handshakes that completed, so a test
 /// can tell that a client refused the certificate before sending anything.
-struct TlsFront {
+pub struct TlsFront {
     port: u16,
     handshakes: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl TlsFront {
-    async fn start(signer: &CertifiedIssuer<'static, KeyPair>, backend: SocketAddr) -> Self {
+    pub async fn start(signer: &CertifiedIssuer<'static, KeyPair>, backend: SocketAddr) -> Self {
         let key = KeyPair::generate().expect("server key");
         let mut params = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
             .expect("server parameters");
@@ -97,7 +97,7 @@ impl TlsFront {
         }
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("https://localhost:{}", self.port)
     }
 
@@ -112,7 +112,7 @@ impl Drop for TlsFront {
     }
 }
 
-fn backend_of(api: &ExternalApi) -> SocketAddr {
+pub fn backend_of(api: &ExternalApi) -> SocketAddr {
     *api.server.address()
 }
 

@@ -78,6 +78,22 @@ impl Keys {
         format!("{{{}}}:destination:probe", self.prefix)
     }
 
+    /// `{prefix}:census`: the instances publishing their figures, scored by when each one's
+    /// entry runs out (`crate::engine::cluster::census`).
+    pub fn census(&self) -> String {
+        format!("{{{}}}:census", self.prefix)
+    }
+
+    /// `{prefix}:census:{id}`: one instance's figures.
+    pub fn census_entry(&self, instance: &str) -> String {
+        format!("{{{}}}:census:{instance}", self.prefix)
+    }
+
+    /// `{prefix}:history`: the cluster's chart, per 5-second bucket.
+    pub fn history(&self) -> String {
+        format!("{{{}}}:history", self.prefix)
+    }
+
     /// The audits' share of the rate (`AUDIT_RATE_SHARE`): a GCRA key of its own.
     pub fn audit_rate_limit(&self) -> String {
         format!("{{{}}}:rate:audit", self.prefix)

@@ -21,11 +21,13 @@ pub async fn shard_stats(
     keys: &Keys,
 ) -> redis::RedisResult<Vec<ShardStats>> {
     let mut pipe = redis::pipe();
+    // A stream with no consumer group yet (no worker ever read it) answers XPENDING with
+    // NOGROUP: that shard has no pending entries, and the other replies still count.
+    pipe.ignore_errors();
     for shard in 0..keys.shards() {
         let stream = keys.stream(shard);
         pipe.xlen(&stream);
-        // Summary form: [count, smallest id, greatest id, consumers]. A missing group (not created
-        // yet) is an error, which counts as no pending entries.
+        // Summary form: [count, smallest id, greatest id, consumers].
         pipe.cmd("XPENDING").arg(&stream).arg(GROUP);
         pipe.get(keys.lease(shard));
     }

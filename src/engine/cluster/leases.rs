@@ -101,6 +101,9 @@ pub struct Leases {
     fence_dropped: Arc<Notify>,
     /// The shards to read: held and not being released.
     readable: watch::Sender<BTreeSet<u64>>,
+    /// When the keeper last finished a round (heartbeat and renewals answered), for
+    /// `/health/ready`: a worker whose keeper cannot reach Redis holds nothing soon.
+    last_round: Arc<Mutex<Option<Instant>>>,
 }
 
 /// Permission to make calls for one shard's orders, held from the call until its outcome is
@@ -162,7 +165,17 @@ impl Leases {
             held: Arc::default(),
             fence_dropped: Arc::new(Notify::new()),
             readable: watch::channel(BTreeSet::new()).0,
+            last_round: Arc::default(),
         }
+    }
+
+    /// How long ago the keeper last finished a round; `None` before the first.
+    pub fn since_last_round(&self) -> Option<Duration> {
+        let last = *self
+            .last_round
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        last.map(|at| at.elapsed())
     }
 
     pub fn instance(&self) -> &InstanceId {
@@ -214,7 +227,14 @@ impl Leases {
         while !shutdown.is_cancelled() {
             // Short of its share, an instance looks again soon: a shard handed over on SIGTERM
             // is taken within half a second, not a whole renewal period.
-            let next = match self.keep_once(&mut redis).await {
+            let round = self.keep_once(&mut redis).await;
+            if round.is_ok() {
+                *self
+                    .last_round
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
+            }
+            let next = match round {
                 Ok(Share::Short) => SHORT_OF_SHARE_RETRY.min(self.times.renew_every()),
                 Ok(Share::Held) => self.times.renew_every(),
                 Err(error) => {

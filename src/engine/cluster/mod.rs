@@ -10,14 +10,19 @@
 //! - [`pause`]: the operator's switch that stops outbound calls on every instance.
 //! - [`destination`]: the external API's health, one state for every instance: while it is down
 //!   only one probe at a time calls it, and its return releases every waiting call at once.
+//! - [`census`]: every instance publishes its figures, so any instance shows the whole cluster.
+//! - [`workers`]: whether any instance holds the shards; changes waiting with no worker are
+//!   reported loudly rather than left to pile up in silence.
 //!
 //! Outcomes are recorded in PostgreSQL as compare-and-sets on the version (`crate::db::sync`),
 //! so a late write from an instance whose lease ran out cannot overwrite a newer one.
 
+pub mod census;
 pub mod destination;
 pub mod leases;
 pub mod pause;
 pub mod rate_limit;
+pub mod workers;
 
 use std::fmt;
 use std::sync::Arc;
@@ -60,41 +65,6 @@ impl fmt::Debug for InstanceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", &*self.0)
     }
-}
-
-/// One live instance as the cluster sees it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct LiveInstance {
-    pub id: String,
-    /// How long until its heartbeat runs out (renewed every fifth of `SHARD_LEASE_MS`).
-    pub heartbeat_expires_in_ms: i64,
-    /// The shards whose lease it holds.
-    pub shards: Vec<u64>,
-}
-
-/// The live instances with the shards each holds, given each shard's owner (`owners[shard]`).
-pub async fn live_instances(
-    redis: &mut ConnectionManager,
-    keys: &Keys,
-    owners: &[(u64, Option<String>)],
-) -> redis::RedisResult<Vec<LiveInstance>> {
-    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(redis).await?;
-    let now_ms = secs * 1000 + micros / 1000;
-    let beats: Vec<(String, f64)> = redis
-        .zrangebyscore_withscores(keys.instances(), now_ms, "+inf")
-        .await?;
-    Ok(beats
-        .into_iter()
-        .map(|(id, expires_at)| LiveInstance {
-            shards: owners
-                .iter()
-                .filter(|(_, owner)| owner.as_deref() == Some(id.as_str()))
-                .map(|(shard, _)| *shard)
-                .collect(),
-            heartbeat_expires_in_ms: expires_at as i64 - now_ms,
-            id,
-        })
-        .collect())
 }
 
 /// Records the shard count the first instance laid the backlog out with, and refuses another:
