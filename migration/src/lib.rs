@@ -10,6 +10,7 @@ mod m20261126_000002_create_outbox;
 mod m20261127_000003_create_inbound_webhooks;
 mod m20261128_000004_create_sync_attempts;
 mod m20261128_000005_create_sync_jobs;
+mod m20261206_000006_orders_inbound_sent_at;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000003_create_inbound_webhooks::Migration),
             Box::new(m20261128_000004_create_sync_attempts::Migration),
             Box::new(m20261128_000005_create_sync_jobs::Migration),
+            Box::new(m20261206_000006_orders_inbound_sent_at::Migration),
         ]
     }
 }
@@ -47,6 +49,7 @@ mod tests {
                 "m20261127_000003_create_inbound_webhooks",
                 "m20261128_000004_create_sync_attempts",
                 "m20261128_000005_create_sync_jobs",
+                "m20261206_000006_orders_inbound_sent_at",
             ]
         );
     }

@@ -116,12 +116,23 @@ async fn update_from_inbound(
     let (status, delivered_on) = read_inbound_body(&req, &body)?;
     let update = InboundUpdate::parse(status.as_ref(), delivered_on.as_ref())
         .map_err(ApiError::Validation)?;
-    let webhook_id = webhook_id.as_ref().map(|id| id.0.as_str());
-    match db::update_from_inbound(&state.db, id.into_inner(), update, webhook_id).await? {
+    let signed = webhook_id.as_ref().map(|webhook| db::SignedWriteBack {
+        id: webhook.id.as_str(),
+        sent_at: chrono::DateTime::from_timestamp(webhook.sent_at, 0).unwrap_or_default(),
+    });
+    let webhook_id = signed.as_ref().map(|webhook| webhook.id);
+    match db::update_from_inbound(&state.db, id.into_inner(), update, signed).await? {
         InboundOutcome::Applied(_) => {}
         // The sender retried, or someone repeated a captured request: already applied.
         InboundOutcome::Replayed => {
             tracing::info!(webhook_id, "replayed write-back: not applied again")
+        }
+        // Delivered late: a write-back the sender sent after it was applied first.
+        InboundOutcome::Superseded => {
+            tracing::info!(
+                webhook_id,
+                "write-back older than one already applied: ignored"
+            )
         }
     }
     Ok(HttpResponse::Ok().json(json!({"message": "Order record updated successfully."})))

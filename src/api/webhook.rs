@@ -17,9 +17,13 @@ use crate::config::WebhookKey;
 /// How far a write-back's timestamp may be from now, either way.
 pub const TOLERANCE_SECS: i64 = 5 * 60;
 
-/// A verified write-back's `webhook-id`.
+/// A verified write-back: its `webhook-id`, and when the sender sent it (`webhook-timestamp`,
+/// seconds since the epoch), which orders write-backs delivered out of order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebhookId(pub String);
+pub struct WebhookId {
+    pub id: String,
+    pub sent_at: i64,
+}
 
 /// Checks the signature of a write-back (`now` in seconds since the epoch).
 pub fn verify(
@@ -61,7 +65,10 @@ pub fn verify(
         })
     });
     if matches {
-        Ok(WebhookId(id.to_string()))
+        Ok(WebhookId {
+            id: id.to_string(),
+            sent_at,
+        })
     } else {
         Err(ApiError::InvalidSignature(
             "webhook-signature matches no configured key".into(),
@@ -131,7 +138,10 @@ mod tests {
         );
         assert_eq!(
             id.ok(),
-            Some(WebhookId("msg_p5jXN8AQM9LWM0D4loKWxJek".into()))
+            Some(WebhookId {
+                id: "msg_p5jXN8AQM9LWM0D4loKWxJek".into(),
+                sent_at: 1614265330
+            })
         );
     }
 

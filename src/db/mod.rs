@@ -14,7 +14,7 @@ pub mod sync;
 pub use orders::{
     count_by_sync_state, create_order, delete_order, get_order, list_orders, patch_order,
     replace_order, update_from_inbound, InboundOutcome, OrderFilter, OrderPage, PageRequest,
-    StoreError,
+    SignedWriteBack, StoreError,
 };
 pub use outbox::ChangeAction;
 

@@ -124,15 +124,21 @@ pub async fn delete_order(db: &DatabaseConnection, id: i64) -> Result<(), StoreE
 ///
 /// A signed write-back carries its `webhook_id`: it is recorded in the same transaction, and a
 /// write-back whose id was already recorded is a replay, answered [`InboundOutcome::Replayed`]
-/// without being applied again.
+/// without being applied again. It also carries when it was sent, which the soak showed to
+/// matter (a write-back held up on a frozen instance, applied seconds late):
+/// - one sent before the last write-back applied to the order is [`InboundOutcome::Superseded`]
+///   and changes nothing (both times are the sender's clock);
+/// - one sent before our last call was answered (within [`WRITE_BACK_CLOCK_SKEW`]) may have been
+///   overwritten by that call on the external side, so it is merged as a new version and sent,
+///   as when a call is owed.
 pub async fn update_from_inbound(
     db: &DatabaseConnection,
     id: i64,
     update: InboundUpdate,
-    webhook_id: Option<&str>,
+    signed: Option<SignedWriteBack<'_>>,
 ) -> Result<InboundOutcome, StoreError> {
     let txn = db.begin().await?;
-    if let Some(webhook_id) = webhook_id {
+    if let Some(webhook_id) = signed.as_ref().map(|webhook| webhook.id) {
         // Ids older than the signature tolerance cannot come back: forget them.
         txn.execute_unprepared(
             "DELETE FROM inbound_webhooks WHERE received_at < now() - interval '10 minutes'",
@@ -150,23 +156,58 @@ pub async fn update_from_inbound(
         }
     }
     let current = lock_live_order(&txn, id).await?;
+    let sent_at = signed.as_ref().map(|webhook| webhook.sent_at);
+    if let (Some(sent_at), Some(applied)) = (sent_at, current.inbound_sent_at) {
+        // The sender's own clock on both sides: no skew between them.
+        if sent_at < applied {
+            txn.commit().await?;
+            return Ok(InboundOutcome::Superseded);
+        }
+    }
     let fields = stored_fields(&current)?
         .with_inbound(update)
         .map_err(StoreError::Invalid)?;
     let owes_a_call = current.synced_version < current.version
         && matches!(current.sync_state, SyncState::Pending | SyncState::Retrying);
+    // Sent before our last call was answered, the write-back may have been overwritten by that
+    // call on the external side: send the merged state, rather than trust that side to hold it.
+    let crossed_our_call = current.sync_state == SyncState::Synced
+        && sent_at
+            .zip(current.synced_at)
+            .is_some_and(|(sent_at, synced_at)| sent_at <= synced_at + WRITE_BACK_CLOCK_SKEW);
+    let sends_a_call = owes_a_call || crossed_our_call;
     let version = current.version + 1;
     let mut row: orders::ActiveModel = current.into();
     set_fields(&mut row, &fields);
-    if owes_a_call {
+    if let Some(sent_at) = sent_at {
+        row.inbound_sent_at = Set(Some(sent_at));
+    }
+    if sends_a_call {
         row.version = Set(version);
+        if crossed_our_call {
+            // Synced until now: the new version is owed, as after any change.
+            set_sync_state_after_change(&mut row, SyncState::Synced);
+        }
     }
     let order = row.update(&txn).await?;
-    if owes_a_call {
+    if sends_a_call {
         outbox::insert(&txn, id, version, ChangeAction::Update).await?;
     }
     txn.commit().await?;
     Ok(InboundOutcome::Applied(Box::new(order)))
+}
+
+/// How far the external system's clock (a write-back's `webhook-timestamp`, whole seconds) may
+/// be behind ours when telling whether it sent the write-back after our last call was answered:
+/// within it, the merged state is sent (one extra call), since a lost write-back would leave the
+/// two copies apart.
+const WRITE_BACK_CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+
+/// A verified write-back's id and when its sender sent it.
+#[derive(Debug, Clone)]
+pub struct SignedWriteBack<'a> {
+    pub id: &'a str,
+    pub sent_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// What an inbound write-back did.
@@ -175,6 +216,10 @@ pub enum InboundOutcome {
     Applied(Box<orders::Model>),
     /// A signed write-back whose id was already applied: nothing changed.
     Replayed,
+    /// A signed write-back sent before the last one applied to the order, delivered late (a
+    /// retry, a slow path): applying it would put an older state over a newer one. Nothing
+    /// changed.
+    Superseded,
 }
 
 /// A live (not deleted) order.

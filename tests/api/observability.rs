@@ -199,6 +199,8 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("put", "/inbound/{id}", "/inbound/1"),
     ("patch", "/inbound/{id}", "/inbound/1"),
     ("get", "/health", "/health"),
+    ("get", "/health/live", "/health/live"),
+    ("get", "/health/ready", "/health/ready"),
     ("get", "/metrics", "/metrics"),
     ("get", "/metrics/actors", "/metrics/actors"),
     ("get", "/metrics/history", "/metrics/history"),

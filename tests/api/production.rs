@@ -370,3 +370,123 @@ async fn health_names_the_built_in_fake_in_development() {
     let health: Value = configured.get_json("/health").await;
     assert_eq!(health["external"], "configured", "{health}");
 }
+
+/// The order as the API shows it (with the token).
+async fn order_of(app: &TestApp, id: i64) -> Value {
+    app.http
+        .get(app.url(&format!("/orders/{id}")))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("JSON")
+}
+
+async fn wait_synced(app: &TestApp, id: i64) -> Value {
+    crate::helpers::wait_for(
+        "the order synced",
+        std::time::Duration::from_secs(20),
+        || async {
+            let order = order_of(app, id).await;
+            (order["sync"]["state"] == "synced"
+                && order["sync"]["synced_version"] == order["version"])
+                .then_some(order)
+        },
+    )
+    .await
+}
+
+/// Found by the soak: a write-back held up (here: on an instance frozen past its lease) and
+/// delivered after a newer one must not put the older state back.
+#[actix_web::test]
+async fn a_write_back_delivered_after_a_newer_one_changes_nothing() {
+    let (app, api) = guarded_app().await;
+    let id = create(&app).await;
+    wait_synced(&app, id).await;
+    let now = chrono::Utc::now().timestamp();
+    let newer = r#"{"order": {"status": "delivered", "delivered_on": 1750080675}}"#;
+    let older = r#"{"order": {"status": "delivered", "delivered_on": 1750080585}}"#;
+    let response = write_back(
+        &app,
+        id,
+        newer,
+        &signed_headers("msg_newer", now + 60, newer),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let applied = order_of(&app, id).await;
+    assert!(
+        applied["delivered_at"]
+            .as_str()
+            .is_some_and(|at| at.starts_with("2025-06-16T13:31:15")),
+        "{applied}"
+    );
+
+    let response = write_back(
+        &app,
+        id,
+        older,
+        &signed_headers("msg_older", now + 30, older),
+    )
+    .await;
+    assert_eq!(
+        response.status(),
+        200,
+        "answered, so the sender stops retrying"
+    );
+    let after = order_of(&app, id).await;
+    assert_eq!(
+        (&after["delivered_at"], &after["version"]),
+        (&applied["delivered_at"], &applied["version"]),
+        "the older write-back changed nothing"
+    );
+    assert_eq!(api.recorder.calls_for(id).len(), 1, "and sent nothing");
+}
+
+/// Found by the soak: the external system changes its copy and writes back while our call for
+/// the previous change is on its way; our call lands after its change (overwriting it), and the
+/// write-back reaches us once that call is recorded. Trusting the external side to hold the
+/// write-back would leave the two copies apart for good: the merged state is sent instead. A
+/// write-back sent well after our last call still makes no call.
+#[actix_web::test]
+async fn a_write_back_sent_before_our_last_call_was_answered_is_sent_back() {
+    let (app, api) = guarded_app().await;
+    let crossed = create(&app).await;
+    let synced = wait_synced(&app, crossed).await;
+    let synced_at = chrono::DateTime::parse_from_rfc3339(
+        synced["sync"]["synced_at"].as_str().expect("synced_at"),
+    )
+    .expect("RFC 3339")
+    .timestamp();
+    let body = r#"{"order": {"status": "delivered", "delivered_on": 1750080585}}"#;
+    let headers = signed_headers("msg_crossed", synced_at - 1, body);
+    assert_eq!(
+        write_back(&app, crossed, body, &headers).await.status(),
+        200
+    );
+    let order = wait_synced(&app, crossed).await;
+    assert_eq!(order["version"], 2, "merged as a new version: {order}");
+    let calls = api.recorder.calls_for(crossed);
+    let last = calls.last().expect("calls");
+    assert_eq!((last.method.as_str(), last.version), ("PUT", 2));
+    assert_eq!(
+        last.body.as_ref().map(|b| b["status"].clone()),
+        Some(json!("delivered")),
+        "the merged state went out"
+    );
+
+    // Sent a minute after our call was answered: the external side holds it; no call.
+    let later = create(&app).await;
+    wait_synced(&app, later).await;
+    let body = r#"{"order": {"status": "delivered", "delivered_on": 1750080600}}"#;
+    let headers = signed_headers("msg_later", chrono::Utc::now().timestamp() + 60, body);
+    assert_eq!(write_back(&app, later, body, &headers).await.status(), 200);
+    let order = order_of(&app, later).await;
+    assert_eq!(
+        (order["status"].as_str(), &order["version"]),
+        (Some("delivered"), &json!(1))
+    );
+    assert_eq!(api.recorder.calls_for(later).len(), 1, "only the create");
+}

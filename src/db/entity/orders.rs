@@ -33,6 +33,8 @@ pub struct Model {
     pub sync_next_attempt_at: Option<DateTimeUtc>,
     /// When the first `POST` was sent; a tombstone without it was never created remotely.
     pub create_sent_at: Option<DateTimeUtc>,
+    /// When the external system sent the last write-back applied (its `webhook-timestamp`).
+    pub inbound_sent_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
