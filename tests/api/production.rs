@@ -165,16 +165,7 @@ async fn write_back(
 }
 
 async fn status_of(app: &TestApp, id: i64) -> (String, i64) {
-    let order: Value = app
-        .http
-        .get(app.url(&format!("/orders/{id}")))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("JSON");
+    let order = order_of(app, id).await;
     (
         order["status"].as_str().expect("status").to_string(),
         order["version"].as_i64().expect("version"),
