@@ -570,3 +570,37 @@ fn a_start_command_naming_services_without_a_worker_is_caught() {
     );
     assert_eq!(without, vec![("web".to_string(), false)]);
 }
+
+/// The features `package` is built with, as `cargo tree` resolves them for `edges`.
+fn features_of_fail(edges: &str) -> String {
+    let output = Command::new(env!("CARGO"))
+        .args(["tree", "--locked", "-p", "order-sync", "-e", edges])
+        .args(["-f", "{p} [{f}]", "-i", "fail"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The release build (and the image, which builds the same way) has no failpoints: the `fail`
+/// crate is built without its `failpoints` feature unless the tests' dev-dependency asks for it.
+/// (`.ci/run` also checks the release binary itself: `scripts/check-release-binary`.)
+#[test]
+fn the_release_build_has_no_failpoints_and_the_tests_build_has_them() {
+    let release = features_of_fail("no-dev");
+    assert!(
+        release.starts_with("fail v") && !release.contains("failpoints"),
+        "a build without the dev-dependencies: {release}"
+    );
+    let tests = features_of_fail("all");
+    assert!(tests.contains("failpoints"), "the tests' build: {tests}");
+}
