@@ -604,3 +604,46 @@ fn the_release_build_has_no_failpoints_and_the_tests_build_has_them() {
     let tests = features_of_fail("all");
     assert!(tests.contains("failpoints"), "the tests' build: {tests}");
 }
+
+/// A release says what it is: `--version` (and `--help`) answer without starting a server, an
+/// unknown argument is one line and exit 2, and the metrics carry the same version and commit.
+#[actix_web::test]
+async fn the_binary_says_its_version_and_the_metrics_say_the_same() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_order-sync"))
+            .args(args)
+            .env_clear()
+            .output()
+            .expect("the binary runs")
+    };
+    let version = run(&["--version"]);
+    assert!(version.status.success());
+    let line = String::from_utf8_lossy(&version.stdout).trim().to_string();
+    let expected = format!(
+        "order-sync {} ({})",
+        order_sync::build_info::VERSION,
+        order_sync::build_info::GIT_SHA
+    );
+    assert_eq!(line, expected);
+    assert!(run(&["--help"]).status.success());
+    let unknown = run(&["--port", "80"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    let error = String::from_utf8_lossy(&unknown.stderr);
+    assert_eq!(error.lines().count(), 1, "{error}");
+    assert!(
+        error.starts_with("error: unknown argument \"--port\""),
+        "{error}"
+    );
+
+    let app = crate::helpers::spawn_app().await;
+    let text = app.prometheus_text().await;
+    let build_info = format!(
+        "order_sync_build_info{{git_sha=\"{}\",version=\"{}\"}} 1",
+        order_sync::build_info::GIT_SHA,
+        order_sync::build_info::VERSION
+    );
+    assert!(
+        text.lines().any(|l| l == build_info),
+        "{build_info} is exported"
+    );
+}
