@@ -12,7 +12,7 @@ use crate::domain::SyncState;
 use crate::engine::actors::messages::{GetMailboxStats, MailboxStats};
 use crate::engine::actors::throttle::ThrottleState;
 use crate::engine::backlog::stats::{shard_stats, ShardStats};
-use crate::engine::cluster::census::{self, ClusterTotals, InstanceFigures};
+use crate::engine::cluster::census::{self, Counts, InstanceFigures};
 use crate::engine::cluster::destination::{DestinationView, Health};
 
 /// How long the external API has been in its current state (0 when it never changed).
@@ -234,7 +234,7 @@ pub async fn actor_metrics(state: web::Data<AppState>) -> HttpResponse {
         // sums: what the dashboard shows, whichever instance serves it.
         "cluster": {
             "instances": g.instances,
-            "totals": ClusterTotals::of(&g.instances),
+            "totals": Counts::sum_of(&g.instances),
         },
         // Whether any worker syncs (`engine::cluster::workers`): the dashboard's banner.
         "workers": state.workers.seen(),

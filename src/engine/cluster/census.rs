@@ -72,36 +72,33 @@ pub struct InstanceFigures {
     pub heartbeat_expires_in_ms: i64,
     /// The shards whose lease it holds (from the leases themselves).
     pub shards: Vec<u64>,
-    /// Counters since it started.
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
+/// What an instance counts (since it started, but `in_flight` and `actors_live`: now), and the
+/// cluster's sums of them.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Counts {
     pub synced: u64,
     pub received: u64,
     pub failed: u64,
     pub dead: u64,
-    /// Now: events read and not yet acknowledged, actors alive.
+    /// Events read and not yet acknowledged.
     pub in_flight: u64,
     pub actors_live: u64,
 }
 
-/// The cluster's totals over its live instances.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct ClusterTotals {
-    pub synced: u64,
-    pub received: u64,
-    pub failed: u64,
-    pub dead: u64,
-    pub in_flight: u64,
-    pub actors_live: u64,
-}
-
-impl ClusterTotals {
-    pub fn of(instances: &[InstanceFigures]) -> Self {
+impl Counts {
+    /// The cluster's totals over its live instances.
+    pub fn sum_of(instances: &[InstanceFigures]) -> Self {
         instances.iter().fold(Self::default(), |sum, i| Self {
-            synced: sum.synced + i.synced,
-            received: sum.received + i.received,
-            failed: sum.failed + i.failed,
-            dead: sum.dead + i.dead,
-            in_flight: sum.in_flight + i.in_flight,
-            actors_live: sum.actors_live + i.actors_live,
+            synced: sum.synced + i.counts.synced,
+            received: sum.received + i.counts.received,
+            failed: sum.failed + i.counts.failed,
+            dead: sum.dead + i.counts.dead,
+            in_flight: sum.in_flight + i.counts.in_flight,
+            actors_live: sum.actors_live + i.counts.actors_live,
         })
     }
 }
@@ -229,12 +226,14 @@ pub async fn read_instances(
                 version: entry.get("version").cloned().unwrap_or_default(),
                 started_at_ms: number("started_at_ms") as i64,
                 heartbeat_expires_in_ms: expires_at as i64 - now_ms,
-                synced: number("synced"),
-                received: number("received"),
-                failed: number("failed"),
-                dead: number("dead"),
-                in_flight: number("in_flight"),
-                actors_live: number("actors_live"),
+                counts: Counts {
+                    synced: number("synced"),
+                    received: number("received"),
+                    failed: number("failed"),
+                    dead: number("dead"),
+                    in_flight: number("in_flight"),
+                    actors_live: number("actors_live"),
+                },
                 id,
             }
         })
@@ -290,19 +289,23 @@ mod tests {
 
     #[test]
     fn the_totals_sum_every_instance() {
-        let a = InstanceFigures {
+        let figures = |counts: Counts| InstanceFigures {
+            counts,
+            ..Default::default()
+        };
+        let a = Counts {
             synced: 10,
             failed: 1,
             in_flight: 3,
             ..Default::default()
         };
-        let b = InstanceFigures {
+        let b = Counts {
             synced: 5,
             dead: 2,
             in_flight: 1,
             ..Default::default()
         };
-        let totals = ClusterTotals::of(&[a, b]);
+        let totals = Counts::sum_of(&[figures(a), figures(b)]);
         assert_eq!(
             (totals.synced, totals.failed, totals.dead, totals.in_flight),
             (15, 1, 2, 4)
