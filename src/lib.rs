@@ -1,7 +1,7 @@
 //! order-sync keeps an external HTTP API in step with an orders database: reliably, in order
 //! per order, and within a global rate limit.
 //!
-//! The modules follow the picture in DESIGN.md:
+//! The modules follow the picture in `docs/ARCHITECTURE.md` ("Parts and how data flows"):
 //!
 //! - [`api`] — the actix-web HTTP API (orders, inbound write-back, health, metrics).
 //! - [`engine`] — the sync engine: owns and watches its tasks, and holds its two halves:

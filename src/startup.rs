@@ -117,7 +117,6 @@ impl Application {
         };
 
         let metrics = Arc::new(SyncMetrics::default());
-        let relay_wake_up = Arc::new(tokio::sync::Notify::new());
         let shutdown = CancellationToken::new();
         let (rate_per_sec, burst, max_concurrent) = settings.throttle_limits();
         let rate_limit =
@@ -137,6 +136,9 @@ impl Application {
         let instance = InstanceId::generate(settings.instance_id.as_deref());
         let leases = Leases::new(instance.clone(), keys.clone(), settings.lease_times());
         let pool = db.get_postgres_connection_pool().clone();
+        // The one write path, on the durable pool: the API, the audits' repairs and the resyncs
+        // change orders through it, and it wakes this instance's relay after their commits.
+        let changes = db::Changes::new(db.clone(), db::RelayDoorbell::new());
         let pool_for_pause = pool.clone();
         let bookkeeping =
             db::bookkeeping_pool(&settings.database_url, settings.database_max_connections())
@@ -158,6 +160,7 @@ impl Application {
         }));
         let deps = Rc::new(SyncDeps {
             pool: pool.clone(),
+            changes: changes.clone(),
             bookkeeping: bookkeeping.clone(),
             batched: BatchedQueries::start(pool.clone(), bookkeeping.clone()),
             client: ExternalClient::new(
@@ -195,7 +198,7 @@ impl Application {
                 redis_url: settings.redis_url.clone(),
                 keys: keys.clone(),
                 leases: leases.clone(),
-                relay_wake_up: relay_wake_up.clone(),
+                changes: changes.clone(),
                 metrics: metrics.clone(),
                 max_in_flight_events: settings.max_in_flight_events(),
                 order_actor_idle: settings.order_actor_idle(),
@@ -233,7 +236,7 @@ impl Application {
         let state = web::Data::new(AppState {
             db,
             redis,
-            relay_wake_up,
+            changes,
             metrics,
             throttle,
             shutdown: shutdown.clone(),
@@ -419,26 +422,28 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
-/// Gives errors that actix-web produces itself (an oversized body, say) the one JSON error shape.
+/// Gives errors that actix-web produces itself (an oversized body, say) the one error shape, a
+/// problem detail. Answers already JSON pass: ours (`application/problem+json`) and `/health`'s
+/// 503 report (`application/json`), which is a status, not an error.
 fn json_error_body<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
-    let is_json = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let is_json = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.starts_with(b"application/json") || v.starts_with(crate::api::PROBLEM_JSON.as_bytes())
+    });
     if is_json {
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
     }
     let status = res.status();
-    let code = ApiError::from_status(status).code();
-    let body = serde_json::json!({"error": {
-        "code": code,
-        "message": status.canonical_reason().unwrap_or("error").to_lowercase(),
-    }})
-    .to_string();
+    let detail = status.canonical_reason().unwrap_or("error").to_lowercase();
+    let problem = ApiError::from_status(status)
+        .problem(detail)
+        .with_status(status);
+    let body =
+        serde_json::to_string(&problem).map_err(actix_web::error::ErrorInternalServerError)?;
     let (req, mut res) = res.into_parts();
     res.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+        HeaderValue::from_static(crate::api::PROBLEM_JSON),
     );
     let res =
         ServiceResponse::new(req, res.set_body(body).map_into_boxed_body()).map_into_right_body();

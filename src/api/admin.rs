@@ -88,10 +88,8 @@ pub async fn retry_order(
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&state, &req)?;
     let id = id.into_inner();
-    let change = admin::retry_order(state.db.get_postgres_connection_pool(), id)
-        .await
-        .map_err(store_error)?;
-    answer(change, id, "queued for retry", &state)
+    let change = state.changes.retry_order(id).await.map_err(store_error)?;
+    answer(change, id, "queued for retry")
 }
 
 #[utoipa::path(post, path = "/admin/orders/retry-all", tag = "admin", security(("admin_token" = [])),
@@ -101,10 +99,7 @@ pub async fn retry_all_dead(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&state, &req)?;
-    let retried = admin::retry_all_dead(state.db.get_postgres_connection_pool())
-        .await
-        .map_err(store_error)?;
-    state.relay_wake_up.notify_one();
+    let retried = state.changes.retry_all_dead().await.map_err(store_error)?;
     tracing::info!(orders = retried, "operator retried every dead order");
     Ok(HttpResponse::Accepted().json(json!({"retried": retried})))
 }
@@ -121,18 +116,12 @@ pub async fn discard_order(
     let change = admin::discard_order(state.db.get_postgres_connection_pool(), id)
         .await
         .map_err(store_error)?;
-    answer(change, id, "discarded", &state)
+    answer(change, id, "discarded")
 }
 
-fn answer(
-    change: AdminChange,
-    id: i64,
-    done: &str,
-    state: &AppState,
-) -> Result<HttpResponse, ApiError> {
+fn answer(change: AdminChange, id: i64, done: &str) -> Result<HttpResponse, ApiError> {
     match change {
         AdminChange::Done => {
-            state.relay_wake_up.notify_one();
             tracing::info!(order_id = id, action = done, "operator action");
             Ok(HttpResponse::Accepted().json(json!({"id": id, "result": done})))
         }

@@ -28,7 +28,7 @@ async function request(path, opts = {}) {
   try {
     const res = await fetch(path, {
       ...opts, signal: ctl.signal, cache: "no-store",
-      headers: { Accept: "application/json", ...(opts.headers || {}) },
+      headers: { Accept: "application/json, application/problem+json", ...(opts.headers || {}) },
     });
     let body = null;
     try { body = await res.json(); } catch (_) { /* empty or non-JSON body */ }
@@ -294,9 +294,9 @@ function showMessage(text, kind, fromList = false) {
   box.textContent = text; box.className = kind; messageFromList = fromList;
 }
 
-// Turns an admin error response into a sentence an operator can act on.
+// Turns an admin error response (a problem detail) into a sentence an operator can act on.
 function adminError(r, isList) {
-  const msg = r.body?.error?.message;
+  const msg = r.body?.detail;
   if (r.status === 401) return "The token is missing or malformed (401)";
   if (r.status === 403) return "The token was refused (403)";
   if (r.status === 404 && (isList || /ADMIN_TOKEN|admin endpoints/i.test(msg ?? "")))
@@ -461,7 +461,7 @@ function syncControls() {
 
 // An admin error, with the fields a 422 names.
 function controlError(r) {
-  const fields = r.body?.error?.fields;
+  const fields = r.body?.fields;
   if (r.status === 422 && fields && typeof fields === "object") {
     const said = Object.entries(fields).map(([k, v]) => `${k} ${Array.isArray(v) ? v.join(", ") : String(v)}`);
     if (said.length) return `${said.join("; ")} (422)`;
@@ -652,7 +652,7 @@ async function lookUp(rawId) {
     if (lookedUp !== id) return;           // another lookup started meanwhile
     if (!sync.ok) {
       $("#lookup-result").classList.add("hidden");
-      lookupMessage(sync.status === 404 ? `No order ${id}` : `${sync.body?.error?.message || "Lookup failed"} (${sync.status})`);
+      lookupMessage(sync.status === 404 ? `No order ${id}` : `${sync.body?.detail || "Lookup failed"} (${sync.status})`);
       return;
     }
     $("#lookup-hint").classList.add("hidden");

@@ -4,11 +4,11 @@
 //! start-up call is a file too (`/docs/swagger-init.js`): the content security policy
 //! (`super::edge`) runs no inline script.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpResponse, ResponseError};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, control, health, inbound, metrics, orders, sync_view};
+use super::{admin, control, health, inbound, metrics, orders, sync_view, ApiError, PROBLEM_JSON};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -45,7 +45,7 @@ use super::{admin, control, health, inbound, metrics, orders, sync_view};
         control::resume_sync,
     ),
     components(schemas(orders::OrderIn, orders::OrderPatchIn, inbound::InboundJson, inbound::InboundOrder, inbound::InboundForm, orders::OrderOut, orders::SyncOut, orders::OrderPageOut, sync_view::AttemptPageOut, sync_view::SyncExplanationOut, metrics::HistoryOut, control::JobRangeIn, control::JobOut, control::JobListOut, control::SyncSwitchOut, crate::db::jobs::Job, super::ErrorBody)),
-    modifiers(&AdminToken, &OrderLinks, &CommonErrors),
+    modifiers(&AdminToken, &OrderLinks, &CommonErrors, &ProblemMediaType),
     tags(
         (name = "orders", description = "Orders; every change is synced to the external API"),
         (name = "inbound", description = "The external system writing back (never echoed)"),
@@ -84,9 +84,9 @@ impl Modify for CommonErrors {
             ResponseBuilder::new()
                 .description(description)
                 .content(
-                    "application/json",
+                    PROBLEM_JSON,
                     ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .schema(Some(Ref::from_schema_name(PROBLEM_SCHEMA)))
                         .build(),
                 )
                 .build()
@@ -132,6 +132,50 @@ impl Modify for CommonErrors {
                         .entry(status.to_string())
                         .or_insert_with(|| error(description).into());
                 }
+            }
+        }
+    }
+}
+
+/// The OpenAPI name of `super::ErrorBody` (its `#[schema(as = ...)]`).
+const PROBLEM_SCHEMA: &str = "Problem";
+
+/// Declares every error answer as `application/problem+json`, the type it is sent with: utoipa
+/// writes `body = crate::api::ErrorBody` as `application/json`. Done here, once, so a handler's
+/// annotation cannot get it wrong. Runs after [`CommonErrors`].
+struct ProblemMediaType;
+
+impl Modify for ProblemMediaType {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        let problem = format!("#/components/schemas/{PROBLEM_SCHEMA}");
+        let responses = openapi
+            .paths
+            .paths
+            .values_mut()
+            .flat_map(|item| {
+                [
+                    item.get.as_mut(),
+                    item.post.as_mut(),
+                    item.put.as_mut(),
+                    item.patch.as_mut(),
+                    item.delete.as_mut(),
+                ]
+            })
+            .flatten()
+            .flat_map(|operation| operation.responses.responses.values_mut());
+        for response in responses {
+            let RefOr::T(response) = response else {
+                continue;
+            };
+            let is_problem = response.content.get("application/json").is_some_and(
+                |c| matches!(&c.schema, Some(RefOr::Ref(r)) if r.ref_location == problem),
+            );
+            if !is_problem {
+                continue;
+            }
+            if let Some(content) = response.content.shift_remove("application/json") {
+                response.content.insert(PROBLEM_JSON.to_string(), content);
             }
         }
     }
@@ -260,11 +304,7 @@ pub async fn docs_asset(asset: web::Path<String>) -> HttpResponse {
         "swagger-ui-bundle.js" => (BUNDLE, "application/javascript"),
         "swagger-init.js" => (INIT, "application/javascript"),
         "swagger-ui.css" => (STYLES, "text/css"),
-        _ => {
-            return HttpResponse::NotFound().json(
-                serde_json::json!({"error": {"code": "not_found", "message": "no such asset"}}),
-            )
-        }
+        _ => return ApiError::NotFound("no such asset".into()).error_response(),
     };
     HttpResponse::Ok()
         .content_type(content_type)
@@ -298,5 +338,48 @@ mod tests {
             .expect("parameters");
         let page = list.iter().find(|p| p["name"] == "page").expect("page");
         assert_eq!(page["schema"]["maximum"], super::super::orders::MAX_PAGE);
+    }
+
+    /// Every error answer is declared as it is sent: a `Problem` as `application/problem+json`.
+    #[test]
+    fn every_error_answer_is_a_problem_json() {
+        let doc = document();
+        let problem = serde_json::json!({"$ref": "#/components/schemas/Problem"});
+        let mut problems = 0;
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("operations") {
+                let responses = operation["responses"].as_object().expect("responses");
+                for (status, response) in responses {
+                    let Some(content) = response["content"].as_object() else {
+                        continue;
+                    };
+                    for (media_type, body) in content {
+                        let is_problem = body["schema"] == problem;
+                        assert_eq!(
+                            is_problem,
+                            media_type == super::PROBLEM_JSON,
+                            "{method} {path} {status}: {media_type}"
+                        );
+                        problems += usize::from(is_problem);
+                    }
+                    if status.starts_with('4') || status.starts_with('5') {
+                        assert!(
+                            content.is_empty() || content.contains_key(super::PROBLEM_JSON),
+                            "{method} {path} {status} is not a problem"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(problems > 50, "only {problems} problem answers");
+        let schema = &doc["components"]["schemas"]["Problem"];
+        for member in ["type", "title", "status", "detail", "code"] {
+            assert!(
+                schema["required"]
+                    .as_array()
+                    .is_some_and(|r| r.contains(&member.into())),
+                "{member} not required in {schema}"
+            );
+        }
     }
 }

@@ -1,6 +1,10 @@
-//! The one JSON error shape every endpoint answers with:
-//! `{"error": {"code": "...", "message": "...", "fields": {"amount": "must be ..."}}}`.
+//! The one error shape every endpoint answers with: an RFC 9457 problem detail, sent as
+//! `application/problem+json`:
+//! `{"type": ".../validation_failed", "title": "Validation failed", "status": 422,
+//! "detail": "...", "code": "validation_failed", "fields": {"amount": "must be ..."}}`.
+//! `code` (an extension member) is the stable machine code clients switch on.
 
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
@@ -48,18 +52,34 @@ pub enum ApiError {
     Unexpected(#[from] anyhow::Error),
 }
 
-/// The one error shape.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    error: ErrorDetail,
-}
+/// The media type of every error answer (RFC 9457 §3).
+pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// Where problem `type` URIs start; the code follows. A `type` only identifies the kind of
+/// problem (RFC 9457 §3.1.1): it is a stable name, not a page, and need not resolve.
+pub const PROBLEM_TYPE_BASE: &str = "https://order-sync.dev/problems/";
+
+/// The one error shape: an RFC 9457 problem detail with two extension members, `code` and
+/// `fields`. Named `Problem` in the OpenAPI document.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
+#[schema(as = Problem)]
+pub struct ErrorBody {
+    /// Identifies the kind of problem: `https://order-sync.dev/problems/{code}` (need not resolve).
+    #[serde(rename = "type")]
+    #[schema(example = "https://order-sync.dev/problems/validation_failed")]
+    problem_type: String,
+    /// A short summary of the kind of problem; the same for every problem of one `code`.
+    #[schema(example = "Validation failed")]
+    title: &'static str,
+    /// The HTTP status code of the answer.
+    #[schema(example = 422)]
+    status: u16,
+    /// What went wrong with this request, for a person to read.
+    #[schema(example = "the request is invalid")]
+    detail: String,
     /// Stable and machine-readable: `validation_failed`, `not_found`, ...
     #[schema(example = "validation_failed")]
     code: &'static str,
-    message: String,
     /// Every bad field and what is wrong with it (validation errors only).
     #[serde(skip_serializing_if = "Option::is_none")]
     fields: Option<FieldErrors>,
@@ -83,7 +103,7 @@ impl ApiError {
         }
     }
 
-    /// The stable, machine-readable code of the one error shape.
+    /// The stable, machine-readable code of the one error shape (its `type` ends with it).
     pub(crate) fn code(&self) -> &'static str {
         match self {
             Self::MalformedJson(_) => "malformed_json",
@@ -101,6 +121,53 @@ impl ApiError {
             Self::Unavailable(_) => "unavailable",
             Self::Unexpected(_) => "internal_error",
         }
+    }
+
+    /// The problem's `title`: short, and the same for every error of one code.
+    fn title(&self) -> &'static str {
+        match self {
+            Self::MalformedJson(_) => "Malformed JSON",
+            Self::BadRequest(_) => "Bad request",
+            Self::Validation(_) => "Validation failed",
+            Self::NotFound(_) => "Not found",
+            Self::MethodNotAllowed { .. } => "Method not allowed",
+            Self::PayloadTooLarge { .. } => "Payload too large",
+            Self::UnsupportedMediaType(_) => "Unsupported media type",
+            Self::RequestTimeout => "Request timeout",
+            Self::Unauthorized | Self::BadToken => "Unauthorized",
+            Self::Forbidden => "Forbidden",
+            Self::InvalidSignature(_) => "Invalid signature",
+            Self::Conflict(_) => "Conflict",
+            Self::Unavailable(_) => "Service unavailable",
+            Self::Unexpected(_) => "Internal error",
+        }
+    }
+
+    /// This error as a problem detail, with `detail` as its text. `startup::json_error_body`
+    /// passes its own text for the errors actix-web makes (see [`Self::from_status`]).
+    pub(crate) fn problem(&self, detail: String) -> ErrorBody {
+        let code = self.code();
+        ErrorBody {
+            problem_type: format!("{PROBLEM_TYPE_BASE}{code}"),
+            title: self.title(),
+            status: self.status_code().as_u16(),
+            detail,
+            code,
+            fields: match self {
+                Self::Validation(fields) => Some(fields.clone()),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl ErrorBody {
+    /// Sets `status` to the answer's own: an error actix-web makes may have a status that
+    /// [`ApiError::from_status`] only approximates (a 411 is a `bad_request`, a 502 an
+    /// `internal_error`), and a problem's `status` must be the one sent.
+    pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status.as_u16();
+        self
     }
 }
 
@@ -129,11 +196,8 @@ impl ResponseError for ApiError {
             // The cause goes to the log, not to the client.
             tracing::error!(error = ?err, "request failed");
         }
-        let fields = match self {
-            Self::Validation(fields) => Some(fields.clone()),
-            _ => None,
-        };
         let mut response = HttpResponse::build(self.status_code());
+        response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON)));
         match self {
             Self::Unavailable(_) => {
                 response.insert_header(("Retry-After", "1"));
@@ -146,13 +210,7 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        response.json(ErrorBody {
-            error: ErrorDetail {
-                code: self.code(),
-                message: self.to_string(),
-                fields,
-            },
-        })
+        response.json(self.problem(self.to_string()))
     }
 }
 
@@ -165,6 +223,62 @@ impl From<StoreError> for ApiError {
                 Self::Unavailable("the database is unavailable; try again shortly".into())
             }
             StoreError::Unexpected(err) => Self::Unexpected(err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_validation_error_is_a_problem_with_its_fields() {
+        let fields = FieldErrors::from([("amount".to_string(), "must be positive".to_string())]);
+        let problem = serde_json::to_value(
+            ApiError::Validation(fields).problem("the request is invalid".into()),
+        )
+        .expect("serialises");
+        assert_eq!(
+            problem,
+            serde_json::json!({
+                "type": "https://order-sync.dev/problems/validation_failed",
+                "title": "Validation failed",
+                "status": 422,
+                "detail": "the request is invalid",
+                "code": "validation_failed",
+                "fields": {"amount": "must be positive"},
+            })
+        );
+    }
+
+    #[test]
+    fn an_error_answer_is_problem_json_with_its_headers() {
+        let header_of = |error: ApiError, name| {
+            let response = error.error_response();
+            let value = response.headers().get(name).cloned();
+            (response.status(), value)
+        };
+        let (status, content_type) =
+            header_of(ApiError::Unavailable("later".into()), header::CONTENT_TYPE);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(content_type, Some(HeaderValue::from_static(PROBLEM_JSON)));
+        for (error, name, value) in [
+            (
+                ApiError::Unavailable("later".into()),
+                header::RETRY_AFTER,
+                "1",
+            ),
+            (ApiError::BadToken, header::WWW_AUTHENTICATE, "Bearer"),
+            (
+                ApiError::MethodNotAllowed { allow: "GET" },
+                header::ALLOW,
+                "GET",
+            ),
+        ] {
+            assert_eq!(
+                header_of(error, name).1,
+                Some(HeaderValue::from_static(value))
+            );
         }
     }
 }

@@ -121,7 +121,11 @@ async fn update_from_inbound(
         sent_at: chrono::DateTime::from_timestamp(webhook.sent_at, 0).unwrap_or_default(),
     });
     let webhook_id = signed.as_ref().map(|webhook| webhook.id);
-    match db::update_from_inbound(&state.db, id.into_inner(), update, signed).await? {
+    let outcome = state
+        .changes
+        .update_from_inbound(id.into_inner(), update, signed)
+        .await?;
+    match outcome {
         InboundOutcome::Applied(_) => {}
         // The sender retried, or someone repeated a captured request: already applied.
         InboundOutcome::Replayed => {

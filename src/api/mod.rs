@@ -16,7 +16,7 @@ mod sync_view;
 pub mod webhook;
 
 pub use docs::ApiDoc;
-pub use error::{ApiError, ErrorBody};
+pub use error::{ApiError, ErrorBody, PROBLEM_JSON};
 
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -24,7 +24,6 @@ use std::sync::Arc;
 
 use redis::aio::ConnectionManager;
 use sea_orm::DatabaseConnection;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use actix::Addr;
@@ -38,10 +37,12 @@ use crate::metrics::SyncMetrics;
 
 /// What every handler can reach, shared through `web::Data`.
 pub struct AppState {
+    /// The durable pool: reads, and the operator's discard (which queues no event).
     pub db: DatabaseConnection,
     pub redis: ConnectionManager,
-    /// Wakes the outbox relay after a commit, so a change is published at once.
-    pub relay_wake_up: Arc<Notify>,
+    /// Every change to an order goes through it: it writes the outbox row in the change's
+    /// transaction and wakes the relay after the commit.
+    pub changes: crate::db::Changes,
     pub metrics: Arc<SyncMetrics>,
     pub throttle: Throttle,
     /// Cancelled when shutdown begins: writes answer 503 from then on.

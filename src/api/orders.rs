@@ -1,5 +1,6 @@
 //! `/orders`: create, read, list, replace, patch and delete orders. Handlers parse the body into
-//! domain values (which reject bad fields) and hand them to `crate::db`; they check nothing.
+//! domain values (which reject bad fields) and hand them to `crate::db` (changes go through
+//! `state.changes`); they check nothing.
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
@@ -296,8 +297,7 @@ pub async fn create_order(
 ) -> Result<HttpResponse, ApiError> {
     state.ensure_accepting_writes()?;
     let fields = OrderFields::parse(&body).map_err(ApiError::Validation)?;
-    let order = db::create_order(&state.db, &fields).await?;
-    state.relay_wake_up.notify_one();
+    let order = state.changes.create_order(&fields).await?;
     Ok(HttpResponse::Created().json(OrderOut::from(order)))
 }
 
@@ -341,8 +341,7 @@ pub async fn replace_order(
 ) -> Result<HttpResponse, ApiError> {
     state.ensure_accepting_writes()?;
     let fields = OrderFields::parse(&body).map_err(ApiError::Validation)?;
-    let order = db::replace_order(&state.db, id.into_inner(), fields).await?;
-    state.relay_wake_up.notify_one();
+    let order = state.changes.replace_order(id.into_inner(), fields).await?;
     Ok(HttpResponse::Ok().json(OrderOut::from(order)))
 }
 
@@ -356,8 +355,7 @@ pub async fn patch_order(
 ) -> Result<HttpResponse, ApiError> {
     state.ensure_accepting_writes()?;
     let patch = OrderPatch::parse(&body).map_err(ApiError::Validation)?;
-    let order = db::patch_order(&state.db, id.into_inner(), patch).await?;
-    state.relay_wake_up.notify_one();
+    let order = state.changes.patch_order(id.into_inner(), patch).await?;
     Ok(HttpResponse::Ok().json(OrderOut::from(order)))
 }
 
@@ -368,7 +366,6 @@ pub async fn delete_order(
     id: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     state.ensure_accepting_writes()?;
-    db::delete_order(&state.db, id.into_inner()).await?;
-    state.relay_wake_up.notify_one();
+    state.changes.delete_order(id.into_inner()).await?;
     Ok(HttpResponse::NoContent().finish())
 }

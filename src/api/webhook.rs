@@ -3,7 +3,7 @@
 //! shared `whsec_` key and sends `webhook-signature: v1,<base64>` (space-separated, several
 //! during a key rotation). A request is accepted when any signature matches any configured key
 //! and its timestamp is within 5 minutes of now; the id then guards against a replay
-//! (`db::update_from_inbound`).
+//! (`db::Changes::update_from_inbound`).
 
 use actix_web::http::header::HeaderMap;
 use base64::engine::general_purpose::STANDARD;

@@ -1,11 +1,10 @@
-//! The operator's queries: the dead and retrying orders, and retrying or discarding them.
-//! A retry writes an outbox row (`retry`) in the same transaction as the state change, so it
-//! reaches the engine however the process fails afterwards.
+//! The operator's queries: the dead and retrying orders, and discarding one. Retrying them
+//! writes outbox rows, so it is in [`super::changes`] (`Changes::retry_order`,
+//! `Changes::retry_all_dead`), which answers with [`AdminChange`] too.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::ChangeAction;
 use crate::domain::SyncState;
 
 /// An order that needs an operator's eye.
@@ -51,51 +50,6 @@ pub enum AdminChange {
     NotFound,
     /// The order is neither dead nor retrying: there is nothing to retry or discard.
     NotFailed(SyncState),
-}
-
-/// Makes a dead or retrying order pending again (attempts reset) and queues a `retry` event,
-/// which syncs its latest state.
-pub async fn retry_order(pool: &PgPool, id: i64) -> Result<AdminChange, sqlx::Error> {
-    let mut txn = pool.begin().await?;
-    let state: Option<SyncState> =
-        sqlx::query_scalar("SELECT sync_state FROM orders WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *txn)
-            .await?;
-    match state {
-        None => return Ok(AdminChange::NotFound),
-        Some(SyncState::Dead | SyncState::Retrying) => {}
-        Some(state) => return Ok(AdminChange::NotFailed(state)),
-    }
-    sqlx::query(
-        "WITH revived AS (
-             UPDATE orders SET sync_state = $3, sync_attempts = 0, sync_next_attempt_at = NULL
-             WHERE id = $1 RETURNING id, version)
-         INSERT INTO outbox (order_id, version, action) SELECT id, version, $2 FROM revived",
-    )
-    .bind(id)
-    .bind(ChangeAction::Retry)
-    .bind(SyncState::Pending)
-    .execute(&mut *txn)
-    .await?;
-    txn.commit().await?;
-    Ok(AdminChange::Done)
-}
-
-/// Retries every dead order; returns how many.
-pub async fn retry_all_dead(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "WITH revived AS (
-             UPDATE orders SET sync_state = $2, sync_attempts = 0, sync_next_attempt_at = NULL
-             WHERE sync_state = $3 RETURNING id, version)
-         INSERT INTO outbox (order_id, version, action) SELECT id, version, $1 FROM revived",
-    )
-    .bind(ChangeAction::Retry)
-    .bind(SyncState::Pending)
-    .bind(SyncState::Dead)
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected())
 }
 
 /// Gives up on syncing a dead or retrying order's current version: the external API keeps what

@@ -1,21 +1,21 @@
-//! The operator's jobs (audits and full resyncs, `crate::engine::jobs`), the repairs an audit
-//! makes, and the cluster-wide pause switch.
+//! The operator's jobs (audits and full resyncs, `crate::engine::jobs`), what an audit finds,
+//! and the cluster-wide pause switch.
 //!
-//! A repair is a new version of the order, written with its outbox row in one statement, as any
-//! change is: the engine then syncs it through the normal path (one actor per order, the rate
-//! limit, compare-and-set outcomes, the reconciler if its event is lost). A new version, not a
-//! resend of the old one: the external side may deduplicate by `Idempotency-Key` (`{id}:{version}`)
-//! or ignore a version it already holds, and would then keep its wrong copy.
+//! The writes that change orders (a resync's page, an audit's repairs) are in
+//! [`super::changes`] (`Changes::queue_resync_page`, `Changes::repair_copy`,
+//! `Changes::repair_stray`): a repair is a new version of the order, written with its outbox row
+//! in one statement, as any change is, and the engine then syncs it through the normal path (one
+//! actor per order, the rate limit, compare-and-set outcomes, the reconciler if its event is
+//! lost).
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::ChangeAction;
 use crate::domain::SyncState;
 
 /// The highest order id ever handed out (the sequence's, so ids deleted at the top count), or
 /// the highest id present if that is higher; 0 on an empty table.
-const HIGHEST_ID: &str = "SELECT GREATEST(
+pub(super) const HIGHEST_ID: &str = "SELECT GREATEST(
         COALESCE(pg_sequence_last_value(pg_get_serial_sequence('orders', 'id')), 0),
         COALESCE((SELECT max(id) FROM orders), 0)) AS highest";
 
@@ -214,67 +214,6 @@ pub async fn advance_audit(
     Ok(done.rows_affected() == 1)
 }
 
-/// Queues the next `limit` orders of a resync for a resend, in one transaction with the cursor:
-/// each becomes a new version, pending, with its outbox row (dead and parked orders included:
-/// a resync sends everything). Returns how many were queued; `None` if the job is not ours.
-pub async fn queue_resync_page(
-    pool: &PgPool,
-    id: i64,
-    instance: &str,
-    limit: i64,
-) -> Result<Option<i64>, sqlx::Error> {
-    let mut txn = pool.begin().await?;
-    let cursor: Option<(i64, i64)> = sqlx::query_as(
-        "SELECT next_id, to_id FROM sync_jobs
-         WHERE id = $1 AND runner = $2 AND status = 'running' FOR UPDATE",
-    )
-    .bind(id)
-    .bind(instance)
-    .fetch_optional(&mut *txn)
-    .await?;
-    let Some((next_id, to_id)) = cursor else {
-        return Ok(None);
-    };
-    let (queued, last): (i64, Option<i64>) = sqlx::query_as(
-        "WITH page AS (SELECT id FROM orders WHERE id >= $1 AND id <= $2
-                       ORDER BY id LIMIT $3 FOR UPDATE),
-              bumped AS (
-                  UPDATE orders o SET version = o.version + 1, sync_state = $4, sync_attempts = 0,
-                         sync_next_attempt_at = NULL
-                  FROM page WHERE o.id = page.id
-                  RETURNING o.id, o.version, o.deleted_at IS NOT NULL AS deleted, o.synced_version),
-              queued AS (
-                  INSERT INTO outbox (order_id, version, action)
-                  SELECT id, version, CASE WHEN deleted THEN $5 WHEN synced_version = 0 THEN $6
-                                           ELSE $7 END
-                  FROM bumped RETURNING order_id)
-         SELECT count(*), max(order_id) FROM queued",
-    )
-    .bind(next_id)
-    .bind(to_id)
-    .bind(limit)
-    .bind(SyncState::Pending)
-    .bind(ChangeAction::Delete)
-    .bind(ChangeAction::Create)
-    .bind(ChangeAction::Update)
-    .fetch_one(&mut *txn)
-    .await?;
-    let next = match last {
-        Some(last) if queued >= limit => last + 1,
-        _ => to_id.saturating_add(1),
-    };
-    sqlx::query(
-        "UPDATE sync_jobs SET next_id = $2, queued = queued + $3, updated_at = now() WHERE id = $1",
-    )
-    .bind(id)
-    .bind(next)
-    .bind(queued)
-    .execute(&mut *txn)
-    .await?;
-    txn.commit().await?;
-    Ok(Some(queued))
-}
-
 /// Orders a resync queued whose resend is not recorded yet (dead ones are not waited for).
 pub async fn resync_outstanding(pool: &PgPool, job: &Job) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
@@ -412,75 +351,6 @@ pub enum Drift {
     Missing,
     /// Its copy differs: an update is owed.
     Different,
-}
-
-/// Makes the order's next version owe the repair of `drift`, with its outbox row. `seen`: the
-/// version the audit compared; nothing changes (`false`) if the order moved on since, or is no
-/// longer synced: its own sync sends the latest state.
-pub async fn repair_copy(
-    pool: &PgPool,
-    id: i64,
-    seen: i64,
-    drift: Drift,
-) -> Result<bool, sqlx::Error> {
-    let missing = drift == Drift::Missing;
-    let repaired = sqlx::query(
-        "WITH repaired AS (
-             UPDATE orders SET version = version + 1, sync_state = $3, sync_attempts = 0,
-                    sync_next_attempt_at = NULL,
-                    synced_version = CASE WHEN $6 THEN 0 ELSE synced_version END,
-                    create_sent_at = CASE WHEN $6 THEN NULL ELSE create_sent_at END
-             WHERE id = $1 AND version = $2 AND sync_state = $4 AND deleted_at IS NULL
-             RETURNING id, version)
-         INSERT INTO outbox (order_id, version, action) SELECT id, version, $5 FROM repaired",
-    )
-    .bind(id)
-    .bind(seen)
-    .bind(SyncState::Pending)
-    .bind(SyncState::Synced)
-    .bind(if missing {
-        ChangeAction::Create
-    } else {
-        ChangeAction::Update
-    })
-    .bind(missing)
-    .execute(pool)
-    .await?;
-    Ok(repaired.rows_affected() == 1)
-}
-
-/// The external API holds an order that is deleted here (its row purged, or an id never used):
-/// a tombstone owed a delete is written, as a delete would have left it. Its order fields are
-/// placeholders: a delete carries none. `remote_version`: the version the external copy says it
-/// is, so the delete's version follows it. Never above the highest id handed out (that id's
-/// order is yet to come), and never over a row that exists (`ON CONFLICT`: it was not deleted).
-pub async fn repair_stray(
-    pool: &PgPool,
-    id: i64,
-    remote_version: i64,
-) -> Result<bool, sqlx::Error> {
-    // Audited: only constants are formatted in.
-    let sql = format!(
-        "WITH top AS ({HIGHEST_ID}),
-              stray AS (
-                  INSERT INTO orders (id, status, placed_at, amount, tax, street_address, city,
-                                      state, country, pincode, version, deleted_at, sync_state,
-                                      synced_version, create_sent_at)
-                  SELECT $1, 'canceled', now(), 0, 0, '', '', '', '', '', $2 + 1, now(), $3, $2,
-                         now()
-                  FROM top WHERE $1 <= highest
-                  ON CONFLICT (id) DO NOTHING
-                  RETURNING id, version)
-         INSERT INTO outbox (order_id, version, action) SELECT id, version, $4 FROM stray"
-    );
-    let repaired = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(id)
-        .bind(remote_version.clamp(0, i64::MAX / 2))
-        .bind(SyncState::Pending)
-        .bind(ChangeAction::Delete)
-        .execute(pool)
-        .await?;
-    Ok(repaired.rows_affected() == 1)
 }
 
 /// Whether outbound calls are paused, and since when that is so.

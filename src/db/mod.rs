@@ -1,20 +1,21 @@
-//! PostgreSQL, the source of truth: the connection, the schema's entities, the queries that
-//! change orders (every change writes its outbox row in the same transaction), the outbox's
-//! ([`outbox`]), the sync engine's ([`sync`]) and the operator's ([`admin`]). Every SQL statement
-//! of the service is in this module.
+//! PostgreSQL, the source of truth: the connection, the schema's entities, the one write path
+//! that changes orders ([`Changes`]: every change writes its outbox row in the same transaction
+//! and wakes the relay after its commit), the reads of orders, the outbox's queries ([`outbox`]),
+//! the sync engine's ([`sync`]) and the operator's ([`admin`], [`jobs`]). Every SQL statement of
+//! the service is in this module.
 
 pub mod admin;
 pub mod attempts;
+mod changes;
 pub mod entity;
 pub mod jobs;
 mod orders;
 pub mod outbox;
 pub mod sync;
 
+pub use changes::{Changes, InboundOutcome, RelayDoorbell, SignedWriteBack};
 pub use orders::{
-    count_by_sync_state, create_order, delete_order, get_order, list_orders, patch_order,
-    replace_order, update_from_inbound, InboundOutcome, OrderFilter, OrderPage, PageRequest,
-    SignedWriteBack, StoreError,
+    count_by_sync_state, get_order, list_orders, OrderFilter, OrderPage, PageRequest, StoreError,
 };
 pub use outbox::ChangeAction;
 

@@ -1,12 +1,11 @@
 //! Queries on the outbox: the changes committed but not yet published to the Redis backlog.
-//! The API's writes insert a row in the same transaction as the change ([`insert`]); the relay
-//! (`backlog::relay`) locks a batch, publishes it and deletes it in one transaction of its own.
+//! Rows are inserted by [`super::changes`] alone, in the same transaction as their change; the
+//! relay (`backlog::relay`) locks a batch, publishes it and deletes it in one transaction of its
+//! own.
 
-use sea_orm::sea_query::Query;
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, DeriveActiveEnum, EnumIter};
+use sea_orm::{DeriveActiveEnum, EnumIter};
 use sqlx::{PgConnection, PgPool};
 
-use super::entity::outbox;
 use crate::domain::text_column;
 
 /// Why an outbox row was written: a change to the order, or an operator's retry. Stored as its
@@ -17,7 +16,7 @@ pub enum ChangeAction {
     Create,
     Update,
     Delete,
-    /// An operator retried a dead or parked order (`db::admin`): its event must reach the order
+    /// An operator retried a dead or parked order (`Changes::retry_order`): its event must reach the order
     /// even while it is parked, where a change would wait.
     Retry,
 }
@@ -58,26 +57,6 @@ pub struct OutboxRow {
     pub action: ChangeAction,
     /// When the change was committed, in milliseconds since the epoch (for the lag metric).
     pub committed_at_ms: i64,
-}
-
-/// Inserts the outbox row of a change, in the change's transaction.
-pub(super) async fn insert(
-    txn: &DatabaseTransaction,
-    order_id: i64,
-    version: i64,
-    action: ChangeAction,
-) -> Result<(), DbErr> {
-    let insert = Query::insert()
-        .into_table(outbox::Entity)
-        .columns([
-            outbox::Column::OrderId,
-            outbox::Column::Version,
-            outbox::Column::Action,
-        ])
-        .values_panic([order_id.into(), version.into(), action.into()])
-        .to_owned();
-    txn.execute(&insert).await?;
-    Ok(())
 }
 
 /// Locks up to `limit` of the oldest rows, in id order, for the caller's transaction. Rows

@@ -21,18 +21,17 @@
 //! `AUDIT_INTERVAL_SECS` adds continuous audits: every interval one of the next
 //! `AUDIT_SAMPLE_SIZE` ids after the last one, wrapping around, so every id is audited in turn.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::backlog::keys::Keys;
 use super::backlog::relay;
 use super::cluster::InstanceId;
 use crate::db::jobs::{self, Job, AUDIT, RESYNC};
+use crate::db::Changes;
 use crate::domain::{EventKind, SyncEvent};
 
 /// How long a claim on a job holds unless renewed (it is renewed at every step).
@@ -94,7 +93,8 @@ pub struct JobRunner {
     pub keys: Keys,
     pub instance: InstanceId,
     pub settings: JobSettings,
-    pub relay_wake_up: Arc<Notify>,
+    /// Writes the resync's pages (and wakes the relay after each).
+    pub changes: Changes,
     pub shutdown: CancellationToken,
 }
 
@@ -291,12 +291,13 @@ impl JobRunner {
         if room <= 0 {
             return Ok(Step::Wait);
         }
-        match jobs::queue_resync_page(&self.pool, job.id, self.instance.as_str(), room).await? {
-            Some(_) => {
-                self.relay_wake_up.notify_one();
-                Ok(Step::Queued)
-            }
-            None => Ok(Step::Wait),
-        }
+        let page = self
+            .changes
+            .queue_resync_page(job.id, self.instance.as_str(), room)
+            .await?;
+        Ok(match page {
+            Some(_) => Step::Queued,
+            None => Step::Wait,
+        })
     }
 }

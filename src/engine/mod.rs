@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use actix::{Actor, Addr};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::actors::supervisor::SupervisorActor;
@@ -103,7 +103,8 @@ pub struct EngineParts {
     pub keys: Keys,
     /// The shard leases this instance takes, keeps and hands over.
     pub leases: Leases,
-    pub relay_wake_up: Arc<Notify>,
+    /// The one write path (the jobs' resync pages); the relay waits on its doorbell.
+    pub changes: crate::db::Changes,
     pub metrics: Arc<SyncMetrics>,
     pub max_in_flight_events: usize,
     pub order_actor_idle: Duration,
@@ -163,7 +164,7 @@ impl SyncEngine {
                     parts.bookkeeping.clone(),
                     parts.redis.clone(),
                     parts.keys.clone(),
-                    parts.relay_wake_up.clone(),
+                    parts.changes.doorbell(),
                     parts.shutdown.clone(),
                 );
                 Box::new(move || Box::pin(relay.clone().run()))
@@ -212,7 +213,7 @@ impl SyncEngine {
                     keys: parts.keys.clone(),
                     instance: parts.leases.instance().clone(),
                     settings: parts.jobs,
-                    relay_wake_up: parts.relay_wake_up.clone(),
+                    changes: parts.changes.clone(),
                     shutdown: parts.shutdown.clone(),
                 };
                 Box::new(move || Box::pin(runner.clone().run()))

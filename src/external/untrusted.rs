@@ -1,5 +1,5 @@
-//! What the external API sends back is untrusted input (DESIGN.md, invariant 8). This module is
-//! the one place that turns its answers into values the engine acts on or stores:
+//! What the external API sends back is untrusted input (`docs/ARCHITECTURE.md`, invariant 8).
+//! This module is the one place that turns its answers into values the engine acts on or stores:
 //!
 //! - [`parse_retry_after`]: a `Retry-After` header becomes a pause no longer than
 //!   `RETRY_AFTER_MAX_SECS`, whichever form it takes. Unbounded, one hostile or buggy answer

@@ -183,7 +183,7 @@ async fn unknown_orders_and_bad_pages_are_refused() {
         let response = app.http.get(app.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 404, "{path}");
         let body: Value = response.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "not_found");
+        assert_eq!(body["code"], "not_found");
     }
     let id = id_of(&app.create_order().await);
     let empty = app.get_json(&format!("/orders/{id}/attempts")).await;

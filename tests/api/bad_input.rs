@@ -1,21 +1,59 @@
-//! Bad input gets a clear JSON error of one shape and changes nothing.
+//! Bad input gets a clear error of one shape (an RFC 9457 problem detail) and changes nothing.
 
 use serde_json::{json, Value};
 
 use crate::helpers::{order_body, spawn_api_only, TestApp};
 
-/// Asserts the one error shape and returns the body.
+/// Asserts the one error shape, a problem detail sent as `application/problem+json`, with
+/// `status` and `code`; returns the body.
 async fn error_body(response: reqwest::Response, status: u16, code: &str) -> Value {
     assert_eq!(response.status(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json",
+        "{response:?}"
+    );
     let body: Value = response.json().await.expect("errors are JSON");
-    assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status, "{body}");
+    assert_eq!(
+        body["type"],
+        format!("https://order-sync.dev/problems/{code}"),
         "{body}"
     );
+    for member in ["title", "detail"] {
+        assert!(
+            body[member].as_str().is_some_and(|m| !m.is_empty()),
+            "{member} in {body}"
+        );
+    }
     body
+}
+
+#[actix_web::test]
+async fn a_422_and_an_unknown_routes_404_are_problem_details() {
+    let app = spawn_api_only().await;
+    let response = app.post_order(&json!({"amount": -1})).await;
+    let body = error_body(response, 422, "validation_failed").await;
+    println!("422: {body}");
+    assert_eq!(body["title"], "Validation failed");
+    assert_eq!(body["detail"], "the request is invalid");
+    assert!(body["fields"]["amount"].is_string(), "{body}");
+
+    let response = app
+        .http
+        .get(app.url("/no/such/route"))
+        .send()
+        .await
+        .unwrap();
+    let body = error_body(response, 404, "not_found").await;
+    println!("404: {body}");
+    assert_eq!(body["title"], "Not found");
+    assert_eq!(body["detail"], "no route for GET /no/such/route");
+    assert!(
+        body.get("fields").is_none(),
+        "fields only on validation errors: {body}"
+    );
 }
 
 /// Sends `body` to POST /orders, PUT /orders/{id} and PATCH /orders/{id} of an existing order;
@@ -32,7 +70,7 @@ async fn assert_rejected_everywhere(app: &TestApp, id: i64, body: &Value, field:
         let response = request.json(body).send().await.unwrap();
         let error = error_body(response, 422, "validation_failed").await;
         assert!(
-            error["error"]["fields"][field].is_string(),
+            error["fields"][field].is_string(),
             "{verb}: {field} not named in {error}"
         );
     }
@@ -89,7 +127,7 @@ async fn every_bad_field_is_named_in_one_answer() {
     let app = spawn_api_only().await;
     let body = json!({"status": "lost", "amount": -1, "tax": "x", "pincode": "", "extra": 1});
     let error = error_body(app.post_order(&body).await, 422, "validation_failed").await;
-    let fields = error["error"]["fields"].as_object().unwrap();
+    let fields = error["fields"].as_object().unwrap();
     for field in [
         "status",
         "amount",
@@ -120,7 +158,7 @@ async fn a_patch_that_would_make_the_order_invalid_is_rejected_and_changes_nothi
         .await
         .unwrap();
     let error = error_body(response, 422, "validation_failed").await;
-    assert!(error["error"]["fields"]["delivered_at"].is_string());
+    assert!(error["fields"]["delivered_at"].is_string());
     assert_eq!(app.snapshot().await, before);
 }
 
@@ -157,7 +195,7 @@ async fn a_body_that_is_not_an_object_answers_422() {
         "validation_failed",
     )
     .await;
-    assert!(error["error"]["fields"]["body"].is_string());
+    assert!(error["fields"]["body"].is_string());
     assert_eq!(app.count("orders").await, 0);
 }
 

@@ -55,14 +55,18 @@ fn peak_rss_kib(pid: i32) -> u64 {
         .expect("VmHWM in /proc/<pid>/status")
 }
 
-/// Asserts the one error shape with `status` and `code`; returns the body.
+/// Asserts the one error shape (a problem detail) with `status` and `code`; returns the body.
 async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> Value {
     assert_eq!(response.status(), status, "{response:?}");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json",
+        "{response:?}"
+    );
     let body: Value = response.json().await.expect("errors are JSON");
-    assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"]
-        .as_str()
-        .is_some_and(|m| !m.is_empty()));
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status, "{body}");
+    assert!(body["detail"].as_str().is_some_and(|m| !m.is_empty()));
     body
 }
 
@@ -189,7 +193,7 @@ async fn json_routes_refuse_other_content_types_with_415_and_write_nothing() {
             let response = request.body(order.clone()).send().await.unwrap();
             let error = assert_error(response, 415, "unsupported_media_type").await;
             assert!(
-                error["error"]["message"]
+                error["detail"]
                     .as_str()
                     .is_some_and(|m| m.contains("application/json")),
                 "{verb} with {content_type:?}: {error}"
@@ -245,9 +249,7 @@ async fn a_numbered_page_beyond_the_first_10000_orders_is_refused_with_422_point
             continue;
         }
         let error = assert_error(response, 422, "validation_failed").await;
-        let message = error["error"]["fields"]["page"]
-            .as_str()
-            .unwrap_or_default();
+        let message = error["fields"]["page"].as_str().unwrap_or_default();
         assert!(message.contains("cursor"), "{query}: {error}");
     }
     // Cursor pages go as deep as the orders do.

@@ -2,9 +2,13 @@
 //! when the order is synced, and is merged as a new version when a call is owed (one may be in
 //! flight with the old fields; `outcomes.rs` races one).
 
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
 use serde_json::{json, Value};
 
-use crate::helpers::{order_body, spawn_api_only, TestApp};
+use crate::external::ExternalApi;
+use crate::helpers::{id_of, order_body, spawn_api_only, spawn_app_syncing_to, wait_for, TestApp};
 
 /// Marks the order as synced at its version, as the engine would after a successful call.
 async fn mark_synced(app: &TestApp, id: i64) {
@@ -128,7 +132,7 @@ async fn bad_inbound_input_is_rejected_and_changes_nothing() {
         assert_eq!(response.status(), 422, "{body}");
         let error: Value = response.json().await.unwrap();
         assert!(
-            error["error"]["fields"][field].is_string(),
+            error["fields"][field].is_string(),
             "{field} not named in {error}"
         );
     }
@@ -150,4 +154,73 @@ async fn bad_inbound_input_is_rejected_and_changes_nothing() {
         .unwrap();
     assert_eq!(missing.status(), 404);
     assert_eq!(app.snapshot().await, before);
+}
+
+/// How long a change's outbox row may wait once its write answered: the relay is woken after
+/// each commit, so the row is published within milliseconds; left to the relay's 2 s sweep, it
+/// would wait a second on average.
+const RELAYED_WITHIN: Duration = Duration::from_millis(500);
+
+#[actix_web::test]
+async fn a_write_back_merged_as_a_new_version_is_relayed_at_once() {
+    // Every create fails with 500 and is retried: each order owes a call, so a write-back is
+    // merged as a new version with an outbox row of its own.
+    let api = ExternalApi::start(Duration::ZERO).await;
+    api.fail_next("POST", 100_000, 500, json!({"error": "down"}), None)
+        .await;
+    let app = spawn_app_syncing_to(&api.url(), &[]).await;
+    let ids = {
+        let mut ids = Vec::new();
+        for _ in 0..6 {
+            ids.push(id_of(&app.create_order().await));
+        }
+        ids
+    };
+    wait_for(
+        "every order's create to have been tried",
+        Duration::from_secs(20),
+        || async {
+            let tried: HashSet<i64> = api.recorder.calls().iter().map(|c| c.order_id).collect();
+            ids.iter().all(|id| tried.contains(id)).then_some(())
+        },
+    )
+    .await;
+    wait_for(
+        "the creates' outbox rows to be published",
+        Duration::from_secs(5),
+        || async { (app.count("outbox").await == 0).then_some(()) },
+    )
+    .await;
+
+    let mut waited = Vec::new();
+    for &id in &ids {
+        let response = app
+            .http
+            .patch(app.url(&format!("/inbound/{id}")))
+            .json(&json!({"order": {"status": "canceled"}}))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 200);
+        let answered = Instant::now();
+        assert_eq!(
+            app.get_order(id).await["version"],
+            2,
+            "a write-back while a call is owed is a new version"
+        );
+        wait_for(
+            "the write-back's outbox row to be published",
+            Duration::from_secs(10),
+            || async {
+                (app.count(&format!("outbox WHERE order_id = {id}")).await == 0).then_some(())
+            },
+        )
+        .await;
+        waited.push(answered.elapsed());
+    }
+    assert!(
+        waited.iter().all(|w| *w <= RELAYED_WITHIN),
+        "each write-back's outbox row must be published within {RELAYED_WITHIN:?} of its answer, \
+         not at the relay's next sweep: {waited:?}"
+    );
 }

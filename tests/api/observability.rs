@@ -255,7 +255,7 @@ async fn every_route_is_in_the_openapi_document_and_every_documented_route_is_se
             .unwrap();
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
-        let unrouted = body["error"]["message"]
+        let unrouted = body["detail"]
             .as_str()
             .is_some_and(|m| m.starts_with("no route"));
         assert!(
@@ -317,7 +317,7 @@ async fn every_path_answers_an_unknown_method_405_with_allow_naming_the_methods_
             .collect();
         assert_eq!(allow, methods, "Allow of {path}");
         let body: Value = response.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "method_not_allowed", "{path}");
+        assert_eq!(body["code"], "method_not_allowed", "{path}");
     }
 }
 
@@ -369,11 +369,24 @@ async fn json_logs_have_one_line_per_request_and_per_call_attempt_with_their_fie
     service.wait_ready().await;
     let created = reqwest::Client::new()
         .post(service.url("/orders"))
+        .header("x-request-id", "client-req:42")
         .json(&order_body())
         .send()
         .await
         .unwrap();
-    assert!(created.headers().contains_key("x-request-id"));
+    assert_eq!(created.headers()["x-request-id"], "client-req:42");
+    // A hostile id is replaced, and never reaches the log.
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let hostile = reqwest::Client::new()
+        .get(service.url("/health/live"))
+        .header("x-request-id", format!("forged\t{marker}"))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(
+        hostile.headers()["x-request-id"],
+        format!("forged\t{marker}")
+    );
     let id = created.json::<Value>().await.unwrap()["id"]
         .as_i64()
         .unwrap();
@@ -402,9 +415,11 @@ async fn json_logs_have_one_line_per_request_and_per_call_attempt_with_their_fie
         .expect("a line for the POST request");
     assert_eq!(post["status"], 201);
     assert_eq!(post["route"], "/orders");
+    assert_eq!(post["request_id"], "client-req:42", "{post}");
+    assert!(post["duration_ms"].is_string(), "{post}");
     assert!(
-        post["request_id"].is_string() && post["duration_ms"].is_string(),
-        "{post}"
+        !lines.iter().any(|l| l.to_string().contains(&marker)),
+        "a hostile request id was logged"
     );
     let attempts: Vec<&Value> = lines
         .iter()
@@ -425,4 +440,43 @@ async fn json_logs_have_one_line_per_request_and_per_call_attempt_with_their_fie
         );
         assert!(attempt["duration_ms"].is_string());
     }
+}
+
+#[actix_web::test]
+async fn a_sane_incoming_request_id_is_echoed_and_a_hostile_one_replaced() {
+    let app = spawn_app_with(&[("SYNC_ENGINE", "false")]).await;
+    let answered = |id: reqwest::header::HeaderValue| {
+        let request = app
+            .http
+            .get(app.url("/health/live"))
+            .header("x-request-id", id);
+        async move {
+            let response = request.send().await.unwrap();
+            let id = response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            id
+        }
+    };
+    let given = "3f2a9c1e-7b4d:edge.lb_1";
+    assert_eq!(answered(given.parse().unwrap()).await, given);
+    let too_long = "a".repeat(129);
+    let hostile = [
+        too_long.as_bytes(),
+        b"id\twith-a-tab",
+        b"<script>alert(1)</script>",
+        b"caf\xc3\xa9",
+    ];
+    for id in hostile {
+        let fresh = answered(reqwest::header::HeaderValue::from_bytes(id).unwrap()).await;
+        assert_ne!(fresh.as_bytes(), id);
+        assert!(
+            fresh.len() == 32 && fresh.bytes().all(|b| b.is_ascii_hexdigit()),
+            "a fresh id, not {fresh:?}"
+        );
+    }
+    // No id given: a fresh one.
+    let response = app.http.get(app.url("/health/live")).send().await.unwrap();
+    assert_eq!(response.headers()["x-request-id"].len(), 32);
 }

@@ -650,9 +650,9 @@ async fn the_operators_routes_refuse_bad_input_and_strangers_and_change_nothing(
         ] {
             let (got, answer) = send(path, body, Some(ADMIN)).await;
             assert_eq!(got, status, "{path} {body}: {answer}");
-            assert!(answer["error"]["message"].is_string(), "{answer}");
+            assert!(answer["detail"].is_string(), "{answer}");
             if let Some(field) = field {
-                assert!(answer["error"]["fields"][field].is_string(), "{answer}");
+                assert!(answer["fields"][field].is_string(), "{answer}");
             }
         }
         assert_eq!(send(path, "", None).await.0, 401);
@@ -771,4 +771,53 @@ async fn continuous_audits_walk_every_id_in_turn_and_wrap_around() {
         || async { api.get(lost).map(|_| ()) },
     )
     .await;
+}
+
+#[actix_web::test]
+async fn an_audits_repair_is_relayed_at_once() {
+    // Audits at 2 GETs a second: the repairs come one a second, each at its own moment of the
+    // relay's 2 s sweep, so a repair left to the sweep shows as a gap of a second or more.
+    let api = StoreApi::start(Duration::ZERO).await;
+    let app = spawn_app_syncing_to(
+        &api.url(),
+        &[
+            ("ADMIN_TOKEN", ADMIN),
+            ("RATE_LIMIT_PER_SEC", "20"),
+            ("AUDIT_RATE_SHARE", "0.1"),
+        ],
+    )
+    .await;
+    let ids = app.create_orders(10).await;
+    app.wait_until_all_synced(10).await;
+    let lost: Vec<i64> = ids.iter().copied().step_by(2).collect();
+    for &id in &lost {
+        api.set(id, None);
+    }
+    let before = api.recorder.calls().len();
+
+    let job = app.run_job("/admin/audit", Value::Null).await;
+    assert_eq!(job["repaired_missing"], lost.len(), "{job}");
+    app.wait_until_all_synced(10).await;
+
+    // From the audit's GET that found the copy missing to the repair's POST: the repair's
+    // commit, the relay, the dispatch and a rate-limit token, with no sweep to wait for.
+    let calls = api.recorder.calls();
+    let gaps: Vec<(i64, Duration)> = lost
+        .iter()
+        .map(|&id| {
+            let of_order: Vec<&Call> = calls[before..]
+                .iter()
+                .filter(|c| c.order_id == id)
+                .collect();
+            let verbs: Vec<&str> = of_order.iter().map(|c| c.method.as_str()).collect();
+            assert_eq!(verbs, ["GET", "POST"], "order {id}");
+            (id, of_order[1].arrived - of_order[0].arrived)
+        })
+        .collect();
+    let relayed_within = Duration::from_millis(500);
+    assert!(
+        gaps.iter().all(|(_, gap)| *gap <= relayed_within),
+        "each repair must reach the external API within {relayed_within:?} of the GET that found \
+         the drift, not at the relay's next sweep: (order, gap) {gaps:?}"
+    );
 }

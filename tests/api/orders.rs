@@ -271,7 +271,7 @@ async fn listing_with_bad_parameters_answers_422_naming_each() {
     let body: Value = response.json().await.unwrap();
     for field in ["status", "sync.state", "per_page", "page"] {
         assert!(
-            body["error"]["fields"][field].is_string(),
+            body["fields"][field].is_string(),
             "{field} not named in {body}"
         );
     }

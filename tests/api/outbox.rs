@@ -37,7 +37,7 @@ async fn when_the_outbox_insert_fails_the_order_change_is_rolled_back_too() {
     assert_eq!(app.http.delete(&path).send().await.unwrap().status(), 500);
 
     let body: serde_json::Value = app.post_order(&order_body()).await.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "internal_error");
+    assert_eq!(body["code"], "internal_error");
     assert!(
         !body.to_string().contains("refused by test"),
         "internal causes must not leak: {body}"

@@ -86,7 +86,7 @@ async fn every_data_route_wants_one_of_the_api_tokens_and_the_rest_stay_reachabl
         assert_eq!(missing.status(), 401, "{method} {path} without a token");
         assert_eq!(missing.headers()["www-authenticate"], "Bearer");
         let body: Value = missing.json().await.expect("the error shape");
-        assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+        assert_eq!(body["code"], "unauthorized", "{body}");
         let wrong = request()
             .bearer_auth("api-token-on")
             .send()
@@ -94,7 +94,7 @@ async fn every_data_route_wants_one_of_the_api_tokens_and_the_rest_stay_reachabl
             .expect("sent");
         assert_eq!(wrong.status(), 401, "{method} {path} with a wrong token");
         let wrong: Value = wrong.json().await.expect("the error shape");
-        assert_eq!(wrong["error"]["message"], "the bearer token is not valid");
+        assert_eq!(wrong["detail"], "the bearer token is not valid");
     }
     assert_eq!(
         app.snapshot().await,
@@ -224,7 +224,7 @@ async fn inbound_write_backs_must_be_signed_and_a_replay_is_not_applied_twice() 
         assert_eq!(response.status(), 401, "{what}");
         let error: Value = response.json().await.expect("the error shape");
         assert!(
-            ["invalid_signature"].contains(&error["error"]["code"].as_str().unwrap_or("")),
+            ["invalid_signature"].contains(&error["code"].as_str().unwrap_or("")),
             "{what}: {error}"
         );
         assert_eq!(

@@ -61,9 +61,11 @@ fn mutated_order() -> impl Strategy<Value = Value> {
 }
 
 fn assert_error_shape(body: &Value) {
-    let error = &body["error"];
     assert!(
-        error["code"].is_string() && error["message"].is_string(),
+        ["type", "title", "detail", "code"]
+            .iter()
+            .all(|member| body[member].is_string())
+            && body["status"].is_u64(),
         "not the error shape: {body}"
     );
 }

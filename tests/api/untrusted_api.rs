@@ -1,7 +1,7 @@
-//! The external API as untrusted input (DESIGN.md, invariant 8): hostile `Retry-After` values, a
-//! body that never finishes, and control characters in error bodies. Each test runs a real
-//! instance, never restarts it, and ends with every order synced: no answer wedges an actor, a
-//! slot or the engine.
+//! The external API as untrusted input (`docs/ARCHITECTURE.md`, invariant 8): hostile
+//! `Retry-After` values, a body that never finishes, and control characters in error bodies.
+//! Each test runs a real instance, never restarts it, and ends with every order synced: no
+//! answer wedges an actor, a slot or the engine.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,8 @@
 //! One audit check, in the order's own actor (so its `GET` never overlaps the order's other
 //! calls): read the order, and unless a sync is owed, read the external copy and compare them
 //! field by field. A difference is repaired by writing a new version of the order with its
-//! outbox row (`crate::db::jobs`), which the engine then syncs like any change.
+//! outbox row (`crate::db::Changes`, which wakes the relay), which the engine then syncs like any
+//! change.
 //!
 //! | here | there | verdict |
 //! |---|---|---|
@@ -92,14 +93,14 @@ async fn check(deps: &SyncDeps, id: i64) -> Result<Option<Verdict>, DbStepFailed
         (None, Some(copy)) => {
             let remote_version = copy.get("version").and_then(Value::as_i64).unwrap_or(0);
             let repaired = db_step("write the stray copy's tombstone", id, || {
-                jobs::repair_stray(&deps.pool, id, remote_version)
+                deps.changes.repair_stray(id, remote_version)
             })
             .await?;
             repaired_or_skipped(repaired, Verdict::RepairedStray)
         }
         (Some(row), None) => {
             let repaired = db_step("queue the missing order's create", id, || {
-                jobs::repair_copy(&deps.pool, id, row.version(), Drift::Missing)
+                deps.changes.repair_copy(id, row.version(), Drift::Missing)
             })
             .await?;
             repaired_or_skipped(repaired, Verdict::RepairedMissing)
@@ -111,7 +112,8 @@ async fn check(deps: &SyncDeps, id: i64) -> Result<Option<Verdict>, DbStepFailed
             } else {
                 tracing::info!(order_id = id, fields = ?differing, "the external copy differs");
                 let repaired = db_step("queue the differing order's update", id, || {
-                    jobs::repair_copy(&deps.pool, id, row.version(), Drift::Different)
+                    deps.changes
+                        .repair_copy(id, row.version(), Drift::Different)
                 })
                 .await?;
                 repaired_or_skipped(repaired, Verdict::RepairedDifferent)

@@ -65,6 +65,9 @@ pub struct AuditShare {
 pub struct SyncDeps {
     /// Reads, and the create mark, which must be durable before the `POST` goes out.
     pub pool: PgPool,
+    /// The audits' repairs, written on the durable pool with their outbox rows (and waking the
+    /// relay), as any change.
+    pub changes: crate::db::Changes,
     /// Outcomes, committed without waiting for the disk (`crate::db::bookkeeping_pool`).
     pub bookkeeping: PgPool,
     /// The read and the recorded success of every event, sent in batches over `pool` and

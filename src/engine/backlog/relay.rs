@@ -1,23 +1,23 @@
 //! The outbox relay: moves committed changes from the `outbox` table into the Redis streams.
 //!
-//! It runs right after each API commit (the API wakes it) and by a sweep every few seconds for
+//! It runs right after each commit that wrote outbox rows (`crate::db::Changes` rings its
+//! [`RelayDoorbell`]) and by a sweep every few seconds for
 //! rows left behind (a crash between commit and publish, Redis down for a while). Rows are taken
 //! in id order with `FOR UPDATE SKIP LOCKED` (so several instances never publish one row twice
 //! at once), written to their shard's stream in one pipeline, and deleted in the same
 //! transaction only after Redis has answered: a row is never deleted before its entry exists.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::keys::Keys;
 use super::{EventKind, SyncEvent};
 use crate::db::outbox::{self, ChangeAction};
+use crate::db::RelayDoorbell;
 
 /// Rows published per transaction.
 const BATCH: i64 = 1_000;
@@ -29,7 +29,7 @@ pub struct OutboxRelay {
     pool: PgPool,
     redis: ConnectionManager,
     keys: Keys,
-    wake_up: Arc<Notify>,
+    doorbell: RelayDoorbell,
     shutdown: CancellationToken,
 }
 
@@ -38,19 +38,19 @@ impl OutboxRelay {
         pool: PgPool,
         redis: ConnectionManager,
         keys: Keys,
-        wake_up: Arc<Notify>,
+        doorbell: RelayDoorbell,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             pool,
             redis,
             keys,
-            wake_up,
+            doorbell,
             shutdown,
         }
     }
 
-    /// Publishes until the outbox is empty, then waits for a wake-up or the next sweep. Errors
+    /// Publishes until the outbox is empty, then waits for the doorbell or the next sweep. Errors
     /// (PostgreSQL or Redis away) are logged and retried with backoff: rows wait in the outbox.
     pub async fn run(mut self) {
         let mut backoff = Duration::from_millis(100);
@@ -73,7 +73,7 @@ impl OutboxRelay {
                 }
             };
             tokio::select! {
-                _ = self.wake_up.notified() => {}
+                _ = self.doorbell.rung() => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => {}
             }
