@@ -212,7 +212,8 @@ pub(crate) async fn verify(
     for id in external.keys() {
         assert!(
             in_db.contains(id),
-            "order {id} is gone from the database but not from the external API"
+            "order {id} is gone from the database but not from the external API: {:?}",
+            by_order.get(id)
         );
     }
     for (id, acked) in &ledger.acked {

@@ -76,6 +76,9 @@ async fn sync_to_current_state(
         if deps.shutdown.is_cancelled() {
             return Ok(Outcome::Abandoned);
         }
+        // Taken before the read: a row read under one lease of the shard is sent only under the
+        // same lease (`crate::engine::cluster::leases`, "generation").
+        let mut read_under = deps.leases.generation_of(id);
         let row = db_step("load the order", id, || {
             deps.batched.load_marking_create(id)
         })
@@ -118,12 +121,17 @@ async fn sync_to_current_state(
         // create for an order deleted meanwhile). After a short one a change is unlikely, and a
         // read while holding a slot would cost every call (BENCHMARKS.md, figure 1).
         if asked.elapsed() > RELOAD_AFTER {
+            let marked_under = read_under;
+            read_under = deps.leases.generation_of(id);
             let fresh = db_step("reload the order", id, || queries::load(pool, id)).await?;
             let mut decision = decide(fresh.as_ref(), kind, change_version);
             // The create mark is ours and nothing was sent: deleted meanwhile, it was never
-            // created remotely.
+            // created remotely. Only while the shard is still held under the lease the mark was
+            // made under: if it was handed over during the wait, its new owner may have sent
+            // the create (the mark tells it one may be out), and the tombstone is owed a delete.
             let never_sent = fresh.as_ref().is_some_and(|r| r.synced_version == 0);
-            if marked_here && never_sent && decision == Decision::Call(Verb::Delete) {
+            let mark_still_ours = marked_here && read_under.is_some() && read_under == marked_under;
+            if mark_still_ours && never_sent && decision == Decision::Call(Verb::Delete) {
                 decision = Decision::PurgeWithoutCall;
             }
             match (decision, fresh) {
@@ -143,6 +151,12 @@ async fn sync_to_current_state(
             );
             return Ok(Outcome::Abandoned);
         };
+        if Some(fence.generation()) != read_under {
+            // The shard was lost and taken back since the read: its owner in between may have
+            // sent a newer version. Read again under this lease.
+            drop((fence, permit));
+            continue;
+        }
         let call = build_call(&row, verb);
         let started = Instant::now();
         let report = call_with_retries(deps, &call, permit, &fence).await;

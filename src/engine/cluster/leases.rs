@@ -24,6 +24,15 @@
 //! or was deleted, that is after the last call of the old owner. Each retry of a call checks the
 //! fence again.
 //!
+//! A fence belongs to one *generation* of the lease: each time this instance takes a shard it is
+//! a new lease. An owner frozen (SIGSTOP, a stalled VM) past its lease loses the shard; another
+//! instance sends the orders' newer versions; the old owner thaws and may take the shard back
+//! moments later. A quick retry still waiting from before the freeze, or a row read before it,
+//! must not go out under the new lease: it would carry a version older than one already
+//! accepted (the chaos soak saw exactly that, BENCHMARKS.md "Soak"). So a fence opens only under
+//! the lease it was granted under, and the event path sends a row only under the lease it was
+//! read under.
+//!
 //! For calls to start at all times, a renewal must come before the fence closes:
 //! `renew_every < ttl - call_budget`. With the defaults, `ttl` = 15 s, `renew_every` = ttl / 5 =
 //! 3 s, `call_budget` = 5 s + 1 s = 6 s: the fence closes 9 s after a renewal, and the next one
@@ -32,6 +41,7 @@
 //! `ttl + renew_every` (18 s) for a new owner; a SIGTERMed one hands them over at once.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -82,6 +92,10 @@ impl LeaseTimes {
 /// A lease this instance holds.
 #[derive(Debug)]
 struct Held {
+    /// Which taking of the shard this is. A shard lost and taken again is a new lease: a fence
+    /// (or a row read) from the old one must not pass under the new one, because another
+    /// instance owned the shard in between and may have sent newer versions of its orders.
+    generation: u64,
     /// When the lease runs out at the earliest, as far as this instance can tell.
     valid_until: Instant,
     /// Being handed over: no new event is read or started; calls in progress finish.
@@ -97,6 +111,8 @@ pub struct Leases {
     keys: Keys,
     times: LeaseTimes,
     held: Arc<Mutex<HashMap<u64, Held>>>,
+    /// The last generation handed out to a taken lease (see [`Held::generation`]).
+    generations: Arc<AtomicU64>,
     /// Woken when a fence is dropped: a release waits for its shard's calls to end.
     fence_dropped: Arc<Notify>,
     /// The shards to read: held and not being released.
@@ -107,29 +123,47 @@ pub struct Leases {
 }
 
 /// Permission to make calls for one shard's orders, held from the call until its outcome is
-/// recorded. Dropping it lets a release go on.
+/// recorded. Dropping it lets a release go on. It belongs to one lease (one generation): once
+/// the shard is lost, it never opens again, even if this instance takes the shard back.
 pub struct Fence {
     leases: Leases,
     shard: u64,
+    generation: u64,
 }
 
 impl Fence {
-    /// Whether another attempt may start now (see the module's doc).
+    /// Whether another attempt may start now (see the module's doc): the lease it was granted
+    /// under is still held and far enough from running out.
     pub fn may_call(&self) -> bool {
         let held = self.leases.lock();
-        held.get(&self.shard)
-            .is_some_and(|lease| Instant::now() + self.leases.times.call_budget < lease.valid_until)
+        held.get(&self.shard).is_some_and(|lease| {
+            lease.generation == self.generation
+                && Instant::now() + self.leases.times.call_budget < lease.valid_until
+        })
+    }
+
+    /// The lease this fence belongs to.
+    pub fn generation(&self) -> LeaseGeneration {
+        LeaseGeneration(self.generation)
     }
 }
 
 impl Drop for Fence {
     fn drop(&mut self) {
         if let Some(lease) = self.leases.lock().get_mut(&self.shard) {
-            lease.busy = lease.busy.saturating_sub(1);
+            // A fence of an earlier lease of the shard does not count against this one.
+            if lease.generation == self.generation {
+                lease.busy = lease.busy.saturating_sub(1);
+            }
         }
         self.leases.fence_dropped.notify_waiters();
     }
 }
+
+/// Which lease of a shard something happened under: an order's row read under one lease is
+/// only sent under the same lease ([`Leases::generation_of`], [`Fence::generation`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseGeneration(u64);
 
 /// Extends a lease only if this instance still holds it.
 const RENEW: &str = r"
@@ -163,6 +197,7 @@ impl Leases {
             keys,
             times,
             held: Arc::default(),
+            generations: Arc::default(),
             fence_dropped: Arc::new(Notify::new()),
             readable: watch::channel(BTreeSet::new()).0,
             last_round: Arc::default(),
@@ -199,7 +234,16 @@ impl Leases {
         Some(Fence {
             leases: self.clone(),
             shard,
+            generation: lease.generation,
         })
+    }
+
+    /// The lease under which this instance holds `order_id`'s shard now, if it does.
+    pub fn generation_of(&self, order_id: i64) -> Option<LeaseGeneration> {
+        let shard = self.keys.shard_of(order_id);
+        self.lock()
+            .get(&shard)
+            .map(|lease| LeaseGeneration(lease.generation))
     }
 
     /// Whether this instance may read and start events of `shard` now.
@@ -360,9 +404,11 @@ impl Leases {
                 .await?;
             if taken.is_some() {
                 tracing::info!(shard, instance = %self.instance, "took the shard's lease");
+                let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
                 self.lock().insert(
                     shard,
                     Held {
+                        generation,
                         valid_until: sent_at + self.times.ttl,
                         releasing: false,
                         busy: 0,
@@ -460,5 +506,79 @@ impl Leases {
         self.held
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn redis() -> (ConnectionManager, redis::Client) {
+        let client = redis::Client::open(test_support::redis_url()).expect("a Redis URL");
+        let manager = ConnectionManager::new(client.clone())
+            .await
+            .expect("the tests' Redis runs");
+        (manager, client)
+    }
+
+    /// The soak's reordered call (BENCHMARKS.md, "Soak"): an owner frozen past its lease loses
+    /// the shard, another instance sends a newer version, the thawed owner takes the shard back,
+    /// and a retry still waiting from before the freeze must not pass the new lease's fence.
+    #[actix_rt::test]
+    async fn a_fence_from_a_lost_lease_stays_closed_after_the_shard_is_taken_back() {
+        let prefix = test_support::unique_redis_prefix();
+        let keys = Keys::new(&prefix, 1);
+        let times = LeaseTimes::new(Duration::from_secs(15), Duration::from_secs(1));
+        let leases = Leases::new(InstanceId::generate(Some("frozen")), keys.clone(), times);
+        let (mut redis, client) = redis().await;
+
+        leases.keep_once(&mut redis).await.expect("a round");
+        let before_the_freeze = leases.fence(7).expect("the shard is held");
+        assert!(before_the_freeze.may_call());
+        let read_before = leases.generation_of(7);
+
+        // While it was frozen its lease ran out and another instance took the shard.
+        let mut other = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("a connection");
+        let _: () = redis::cmd("SET")
+            .arg(keys.lease(0))
+            .arg("the-other-instance")
+            .query_async(&mut other)
+            .await
+            .expect("SET");
+        leases.keep_once(&mut redis).await.expect("a round");
+        assert!(!before_the_freeze.may_call(), "lost to another instance");
+        assert_eq!(leases.generation_of(7), None);
+
+        // The other instance hands it back, and the thawed one takes it again.
+        let _: () = redis::cmd("DEL")
+            .arg(keys.lease(0))
+            .query_async(&mut other)
+            .await
+            .expect("DEL");
+        leases.keep_once(&mut redis).await.expect("a round");
+        let taken_back = leases.fence(7).expect("the shard is held again");
+        assert!(taken_back.may_call());
+        assert!(
+            !before_the_freeze.may_call(),
+            "a fence of the lost lease opened under the new one"
+        );
+        assert_ne!(leases.generation_of(7), read_before);
+        assert_eq!(leases.generation_of(7), Some(taken_back.generation()));
+
+        // The old fence going does not count against the new lease's calls in progress.
+        drop(before_the_freeze);
+        assert_eq!(leases.lock().get(&0).map(|lease| lease.busy), Some(1));
+        drop(taken_back);
+        assert_eq!(leases.lock().get(&0).map(|lease| lease.busy), Some(0));
+
+        let _: () = redis::cmd("DEL")
+            .arg(keys.lease(0))
+            .arg(keys.instances())
+            .query_async(&mut other)
+            .await
+            .expect("DEL");
     }
 }
