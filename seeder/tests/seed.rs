@@ -117,3 +117,31 @@ async fn bad_values_fail_with_one_line_and_write_nothing() {
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(db.count("SELECT count(*) FROM orders").await, 5);
 }
+
+#[test]
+fn version_and_help_answer_without_seeding_and_an_unknown_argument_is_one_line() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_seeder"))
+            .args(args)
+            .env_clear()
+            .output()
+            .expect("the seeder runs")
+    };
+    let version = run(&["--version"]);
+    assert!(version.status.success(), "{version:?}");
+    assert_eq!(
+        stdout(&version).trim(),
+        order_sync::build_info::version_line("seeder")
+    );
+    let help = run(&["--help"]);
+    assert!(help.status.success(), "{help:?}");
+    assert!(stdout(&help).contains("ORDER_COUNT"), "{help:?}");
+    let unknown = run(&["--count", "5"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    let error = String::from_utf8_lossy(&unknown.stderr);
+    assert_eq!(error.lines().count(), 1, "{error}");
+    assert!(
+        error.starts_with("error: unknown argument \"--count\""),
+        "{error}"
+    );
+}
