@@ -381,6 +381,16 @@ impl Application {
             why = engine_failed => {
                 tracing::error!(engine = why, "the sync engine failed; shutting down");
                 failure = Some(why);
+                // The tests hold a failed process here (`engine-failed-linger=return(MS)`) to
+                // see what it answers before it stops.
+                #[cfg(feature = "failpoints")]
+                if let Some(ms) = fail::eval("engine-failed-linger", |ms| {
+                    ms.and_then(|ms| ms.parse::<u64>().ok())
+                })
+                .flatten()
+                {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
             }
         }
         self.shutdown.cancel();

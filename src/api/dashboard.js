@@ -110,7 +110,8 @@ function renderNoWorker(workers) {
   const since = workers.unserved_since ? new Date(workers.unserved_since).toLocaleTimeString() : "a while";
   banner.replaceChildren(
     el("strong", { text: "No worker is live" }),
-    el("span", { text: ` since ${since}: ${int(workers.changes_waiting)} changes wait and nothing reaches ` +
+    el("span", { text: ` since ${since}: ${int(workers.changes_waiting)} ` +
+      `${workers.changes_waiting === 1 ? "change waits" : "changes wait"} and nothing reaches ` +
       "the external API. Start an instance with ROLE=worker (or ROLE=all)." }));
 }
 

@@ -34,6 +34,7 @@
 pub mod actors;
 pub mod attempt_pruner;
 pub mod backlog;
+pub(crate) mod backoff;
 pub mod cluster;
 pub mod jobs;
 
@@ -56,13 +57,14 @@ use crate::engine::backlog::dispatcher::{Dispatcher, InFlight};
 use crate::engine::backlog::keys::Keys;
 use crate::engine::backlog::relay::OutboxRelay;
 use crate::engine::backlog::scheduler::Scheduler;
+use crate::engine::backoff::Backoff;
 use crate::engine::cluster::leases::Leases;
 use crate::metrics::SyncMetrics;
 
 /// Restarts allowed within `RESTART_WINDOW` before a task counts as impossible to keep running.
 const MAX_RESTARTS: usize = 5;
 const RESTART_WINDOW: Duration = Duration::from_secs(60);
-const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
+/// The longest wait before a task is started again (the first is `backoff::FIRST_DELAY`).
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(10);
 
 /// How the engine is doing, for `/health` and for `run_until_stopped`.
@@ -281,7 +283,7 @@ async fn keep_running(
     report: Rc<watch::Sender<EngineState>>,
 ) {
     let mut ended_at: VecDeque<Instant> = VecDeque::new();
-    let mut delay = FIRST_RESTART_DELAY;
+    let mut backoff = Backoff::up_to(MAX_RESTART_DELAY);
     loop {
         let run = start();
         #[cfg(feature = "failpoints")]
@@ -325,6 +327,7 @@ async fn keep_running(
             return;
         }
         metrics.engine_task_restarts.inc();
+        let delay = backoff.next_delay();
         tracing::error!(
             task = name,
             why,
@@ -335,6 +338,5 @@ async fn keep_running(
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.cancelled() => return,
         }
-        delay = (delay * 2).min(MAX_RESTART_DELAY);
     }
 }

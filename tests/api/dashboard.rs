@@ -18,13 +18,13 @@ use crate::process::free_port;
 const ADMIN: &str = "dash_s3cret";
 
 /// A chromedriver of the test's own, killed when dropped.
-struct ChromeDriver {
+pub(crate) struct ChromeDriver {
     child: Child,
     port: u16,
 }
 
 impl ChromeDriver {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let port = free_port();
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
@@ -51,7 +51,7 @@ impl ChromeDriver {
         driver
     }
 
-    async fn browser(&self) -> Client {
+    pub(crate) async fn browser(&self) -> Client {
         let profile =
             std::env::temp_dir().join(format!("chromium-{}", uuid::Uuid::new_v4().simple()));
         let args = [
@@ -116,7 +116,7 @@ impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
 }
 
 /// The content security policy violations the browser has logged.
-async fn policy_violations(browser: &Client) -> Vec<String> {
+pub(crate) async fn policy_violations(browser: &Client) -> Vec<String> {
     let log = browser
         .issue_cmd(BrowserLog)
         .await
@@ -130,7 +130,7 @@ async fn policy_violations(browser: &Client) -> Vec<String> {
         .collect()
 }
 
-async fn text_of(browser: &Client, css: &str) -> Option<String> {
+pub(crate) async fn text_of(browser: &Client, css: &str) -> Option<String> {
     browser
         .find(Locator::Css(css))
         .await
@@ -141,7 +141,7 @@ async fn text_of(browser: &Client, css: &str) -> Option<String> {
 }
 
 /// Waits until the element's text equals `expected`.
-async fn wait_for_text(browser: &Client, css: &str, expected: &str) {
+pub(crate) async fn wait_for_text(browser: &Client, css: &str, expected: &str) {
     wait_for(
         &format!("{css} to show {expected}"),
         Duration::from_secs(20),
@@ -243,7 +243,7 @@ async fn the_dashboard_shows_the_apis_numbers_and_its_retry_button_retries_a_dea
 }
 
 /// Keeps a screenshot as a test artifact, under `target/tmp/screenshots/`.
-fn save_screenshot(name: &str, png: &[u8]) {
+pub(crate) fn save_screenshot(name: &str, png: &[u8]) {
     let shots = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     std::fs::write(shots.join(name), png).unwrap();
@@ -261,7 +261,7 @@ async fn enter_admin_token(browser: &Client) {
     click(browser, "#save-token").await;
 }
 
-async fn click(browser: &Client, css: &str) {
+pub(crate) async fn click(browser: &Client, css: &str) {
     browser
         .wait()
         .for_element(Locator::Css(css))
@@ -465,7 +465,7 @@ async fn click_and_confirm(browser: &Client, css: &str, says: &str) {
 }
 
 /// Waits until the element is shown (or hidden).
-async fn wait_until_shown(browser: &Client, css: &str, shown: bool) {
+pub(crate) async fn wait_until_shown(browser: &Client, css: &str, shown: bool) {
     let what = format!("{css} to be {}", if shown { "shown" } else { "hidden" });
     wait_for(&what, Duration::from_secs(20), || async {
         let element = browser.find(Locator::Css(css)).await.ok()?;

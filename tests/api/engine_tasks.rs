@@ -1,5 +1,6 @@
 //! The sync engine owns its tasks: one that ends is started again and syncing goes on; one that
-//! cannot be kept running fails `/health` and stops the process with a non-zero exit. The service
+//! cannot be kept running fails `/health/live` (and `order-sync healthcheck live`) and stops the
+//! process with a non-zero exit. The service
 //! binary runs as a child, with a failpoint (`FAILPOINTS=engine-task-<name>=...`) ending a task.
 
 use std::time::Duration;
@@ -76,14 +77,59 @@ async fn an_engine_task_that_keeps_ending_stops_the_process_with_an_error() {
     let api = ExternalApi::start(Duration::ZERO).await;
     let db = OwnDatabase::new();
     // The scheduler panics every time it starts: the engine gives up after 5 restarts (~3 s).
+    // The failed process is held 20 s before it stops, to see what it answers meanwhile.
     let (mut service, log) = start_service(
         &api,
         &db,
-        "engine-task-scheduler=panic",
+        "engine-task-scheduler=panic;engine-failed-linger=return(20000)",
         "scheduler-always-panics",
     )
     .await;
-    let code = service.wait_exit(Duration::from_secs(30)).await;
+    let http = reqwest::Client::new();
+    let healthcheck = |what: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_order-sync"))
+            .args(["healthcheck", what])
+            .env_clear()
+            .env("PORT", service.port.to_string())
+            .output()
+            .expect("the binary runs")
+    };
+    // Live while it runs: the container's HEALTHCHECK passes.
+    let live = healthcheck("live");
+    assert!(
+        live.status.success(),
+        "{}",
+        String::from_utf8_lossy(&live.stderr)
+    );
+    let live = wait_for(
+        "/health/live to say the engine has given up",
+        Duration::from_secs(30),
+        || async {
+            let response = http.get(service.url("/health/live")).send().await.ok()?;
+            (response.status() == 503).then_some(())?;
+            response.json::<Value>().await.ok()
+        },
+    )
+    .await;
+    assert_eq!(live["status"], "down", "{live}");
+    assert!(
+        live["engine"]
+            .as_str()
+            .is_some_and(|e| e.contains("scheduler")),
+        "{live}"
+    );
+    let dead = healthcheck("live");
+    assert_eq!(
+        dead.status.code(),
+        Some(1),
+        "order-sync healthcheck live fails"
+    );
+    assert!(
+        String::from_utf8_lossy(&dead.stderr).contains("/health/live answered 503"),
+        "{}",
+        String::from_utf8_lossy(&dead.stderr)
+    );
+    let code = service.wait_exit(Duration::from_secs(60)).await;
     assert_eq!(code, Some(1), "a failed engine exits non-zero");
     let logged = std::fs::read_to_string(&log).expect("the service's log");
     assert!(

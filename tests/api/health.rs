@@ -114,3 +114,89 @@ async fn a_database_or_redis_outage_makes_an_instance_unready_but_not_dead() {
     );
     assert_eq!(status_and_body(&app, "/health/live").await.0, 200);
 }
+
+#[actix_web::test]
+async fn a_worker_that_loses_redis_is_not_ready_and_says_why_but_stays_live() {
+    let mut redis = OwnRedis::start().await;
+    let url = redis.url();
+    // A short lease, so its running out is seen within seconds.
+    let app = spawn_app_with(&[
+        ("REDIS_URL", &url),
+        ("ROLE", "worker"),
+        ("EXTERNAL_TIMEOUT_MS", "1000"),
+        ("SHARD_LEASE_MS", "4000"),
+    ])
+    .await;
+    let ready = crate::helpers::wait_for(
+        "the worker to be ready with its shards",
+        std::time::Duration::from_secs(20),
+        || async {
+            let (status, ready) = status_and_body(&app, "/health/ready").await;
+            (status == 200 && ready["shards"].as_array().is_some_and(|s| !s.is_empty()))
+                .then_some(ready)
+        },
+    )
+    .await;
+    assert_eq!(ready["role"], "worker", "{ready}");
+    assert!(
+        ready.get("workers").is_none(),
+        "a worker does not watch workers: {ready}"
+    );
+
+    redis.stop();
+    let (status, ready) = status_and_body(&app, "/health/ready").await;
+    assert_eq!(status, 503, "{ready}");
+    let reasons = |ready: &Value| -> Vec<String> {
+        ready["why"]
+            .as_array()
+            .map(|why| {
+                why.iter()
+                    .filter_map(|w| w.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        reasons(&ready).iter().any(|w| w.starts_with("redis: ")),
+        "{ready}"
+    );
+    // Past the lease time without a renewal, it also says it holds no shard.
+    let ready = crate::helpers::wait_for(
+        "the worker to say its leases ran out",
+        std::time::Duration::from_secs(20),
+        || async {
+            let (status, ready) = status_and_body(&app, "/health/ready").await;
+            (status == 503
+                && reasons(&ready)
+                    .iter()
+                    .any(|w| w.starts_with("leases: not renewed for")))
+            .then_some(ready)
+        },
+    )
+    .await;
+    assert!(
+        reasons(&ready)
+            .iter()
+            .any(|w| w.contains("this worker holds no shard")),
+        "{ready}"
+    );
+    let (status, live) = status_and_body(&app, "/health/live").await;
+    assert_eq!(
+        (status, live["status"].as_str()),
+        (200, Some("ok")),
+        "{live}"
+    );
+
+    // Redis is back: ready again, with its shards.
+    redis.restart().await;
+    crate::helpers::wait_for(
+        "the worker to be ready again",
+        std::time::Duration::from_secs(30),
+        || async {
+            let (status, ready) = status_and_body(&app, "/health/ready").await;
+            (status == 200 && ready["shards"].as_array().is_some_and(|s| !s.is_empty()))
+                .then_some(())
+        },
+    )
+    .await;
+}

@@ -1,14 +1,18 @@
 //! The production stack as docs/OPERATIONS.md starts it, without Docker: the "Without Docker"
-//! block's `ROLE=...` lines, run by bash exactly as written (`./target/release/order-sync` is the
-//! binary under test), with the production variables exported first: `ORDER_SYNC_ENV=production`,
-//! an HTTPS external API whose certificate a private CA signed (`SSL_CERT_FILE`), `API_TOKENS`
-//! and a signed inbound write-back. One `api` instance and two workers, as
-//! `docker-compose.production.yml` runs them. It checks the external copy, the cluster-wide
-//! figures the API instance shows, and both health endpoints; then it stops the workers and
+//! block run by bash line by line, exactly as written, in the repository: its `cargo build` line
+//! (a no-op when `./scripts/test` or `.ci/run` has built the release already), then its
+//! `ROLE=...` lines, so the binary under test is `./target/release/order-sync`, the release
+//! build without failpoints. The production variables are exported first, as the section says:
+//! `ORDER_SYNC_ENV=production`, an HTTPS external API whose certificate a private CA signed
+//! (`SSL_CERT_FILE`), `API_TOKENS` and a signed inbound write-back. One `api` instance and two
+//! workers, as `docker-compose.production.yml` runs them. It checks the external copy, the
+//! cluster-wide figures the API instance shows (in JSON and on the dashboard, in a real
+//! browser), both health endpoints and `order-sync healthcheck`; then it stops the workers and
 //! waits for the API instance to say, loudly, that nothing is syncing.
 //!
 //! A second check reads the compose files and the docs: every long-running service has a
-//! healthcheck, and every documented command that starts the stack starts a worker.
+//! healthcheck, web and worker wait for healthy dependencies, and every documented command that
+//! starts the stack starts a worker.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -20,6 +24,12 @@ use order_sync::api::webhook::sign;
 use order_sync::config::WebhookKey;
 use serde_json::{json, Value};
 
+use fantoccini::Locator;
+
+use crate::dashboard::{
+    click, policy_violations, save_screenshot, text_of, wait_for_text, wait_until_shown,
+    ChromeDriver,
+};
 use crate::external::{ExternalApi, TOKEN};
 use crate::helpers::{order_body, wait_for};
 use crate::process::{free_port, log_path, service_env, OwnDatabase};
@@ -34,8 +44,8 @@ fn repository_file(path: &str) -> String {
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
 }
 
-/// The lines of the "Without Docker" block that start an instance (`ROLE=... &`).
-fn documented_instance_lines() -> Vec<String> {
+/// The lines of the "Without Docker" block, comments and blank lines left out.
+fn documented_block() -> Vec<String> {
     let operations = repository_file("docs/OPERATIONS.md");
     let section = operations
         .split("### Without Docker")
@@ -49,9 +59,26 @@ fn documented_instance_lines() -> Vec<String> {
     block
         .lines()
         .map(str::trim)
-        .filter(|line| line.starts_with("ROLE="))
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
         .map(str::to_string)
         .collect()
+}
+
+fn repository() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs a documented line that ends before the next (the build) in the repository, as a
+/// newcomer's shell would: the test's own `CARGO_TARGET_DIR`, if any, is not the newcomer's.
+fn run_to_the_end(line: &str) {
+    let status = Command::new("bash")
+        .arg("-c")
+        .arg(line)
+        .current_dir(repository())
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .expect("bash runs");
+    assert!(status.success(), "`{line}` failed: {status}");
 }
 
 /// One documented line run by bash in `dir` (where `target/release/order-sync` is the binary
@@ -129,7 +156,18 @@ async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
 #[actix_web::test]
 async fn the_documented_production_stack_syncs_shows_the_whole_cluster_and_says_when_no_worker_runs(
 ) {
-    let lines = documented_instance_lines();
+    let block = documented_block();
+    let (lines, others): (Vec<String>, Vec<String>) =
+        block.into_iter().partition(|l| l.starts_with("ROLE="));
+    assert!(
+        others
+            .iter()
+            .all(|l| l.starts_with("cargo build --release")),
+        "the block is the build and the instances: {others:?}"
+    );
+    for line in &others {
+        run_to_the_end(line);
+    }
     assert!(
         lines.iter().any(|l| l.starts_with("ROLE=api"))
             && lines
@@ -159,15 +197,12 @@ async fn the_documented_production_stack_syncs_shows_the_whole_cluster_and_says_
     let front = TlsFront::start(&ca, backend_of(&api)).await;
     let ca_file = write_ca_file(&ca).display().to_string();
 
-    // `./target/release/order-sync`, as the documented lines name it, is the binary under test.
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("stack-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(dir.join("target/release")).expect("a directory");
-    std::os::unix::fs::symlink(
-        env!("CARGO_BIN_EXE_order-sync"),
-        dir.join("target/release/order-sync"),
-    )
-    .expect("the binary in place");
+    // The lines name `./target/release/order-sync`: the release build, in the repository.
+    let dir = repository();
+    assert!(
+        dir.join("target/release/order-sync").is_file(),
+        "the documented build made ./target/release/order-sync"
+    );
 
     let db = OwnDatabase::new();
     let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
@@ -191,7 +226,7 @@ async fn the_documented_production_stack_syncs_shows_the_whole_cluster_and_says_
         .iter()
         .enumerate()
         .map(|(i, line)| {
-            DocumentedProcess::start(line, &dir, &env, log_path(&format!("stack-{i}-{prefix}")))
+            DocumentedProcess::start(line, dir, &env, log_path(&format!("stack-{i}-{prefix}")))
         })
         .collect();
     let http = reqwest::Client::new();
@@ -362,6 +397,39 @@ async fn the_documented_production_stack_syncs_shows_the_whole_cluster_and_says_
     .await;
     assert_eq!(history["scope"], "cluster");
 
+    // The dashboard a user opens at the API instance's port, in a real browser, shows the same:
+    // the workers' syncing and a row per instance.
+    let driver = ChromeDriver::start().await;
+    let browser = driver.browser().await;
+    browser
+        .goto(&api_instance.url("/"))
+        .await
+        .expect("the dashboard loads");
+    browser
+        .find(Locator::Css("#api-token"))
+        .await
+        .expect("the token field")
+        .send_keys(API_TOKEN)
+        .await
+        .expect("typed");
+    click(&browser, "#save-api-token").await;
+    wait_for_text(&browser, "#stat-synced", &calls.to_string()).await;
+    let table = wait_for(
+        "the dashboard's row per instance",
+        Duration::from_secs(20),
+        || async {
+            text_of(&browser, "#details-instances")
+                .await
+                .filter(|t| t.matches("worker").count() == 2 && t.contains("api"))
+        },
+    )
+    .await;
+    for instance in &instances {
+        let id = instance["id"].as_str().expect("an instance id");
+        assert!(table.contains(id), "{id} is on the dashboard: {table}");
+    }
+    wait_until_shown(&browser, "#no-worker-banner", false).await;
+
     // Health: live and ready everywhere; the API instance sees its workers.
     for process in &processes {
         assert_eq!(get(&http, &process.url("/health/live")).await.0, 200);
@@ -370,6 +438,26 @@ async fn the_documented_production_stack_syncs_shows_the_whole_cluster_and_says_
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["workers"]["status"], "ok", "{ready}");
     assert_eq!(ready["workers"]["live"], 2, "{ready}");
+    // `order-sync healthcheck`, as the image's HEALTHCHECK runs it beside each instance.
+    let healthcheck = |port: u16, what: &str| {
+        Command::new(dir.join("target/release/order-sync"))
+            .args(["healthcheck", what])
+            .env_clear()
+            .env("PORT", port.to_string())
+            .output()
+            .expect("the binary runs")
+    };
+    for process in &processes {
+        for what in ["ready", "live"] {
+            let check = healthcheck(process.port, what);
+            assert!(
+                check.status.success(),
+                "healthcheck {what} on :{}: {}",
+                process.port,
+                String::from_utf8_lossy(&check.stderr)
+            );
+        }
+    }
 
     // Both workers stop: a change waits, and within 30 s plus a look the API instance says so
     // in /health/ready (still 200: it can take orders), the metric, and its log.
@@ -420,6 +508,24 @@ async fn the_documented_production_stack_syncs_shows_the_whole_cluster_and_says_
         text.lines().any(|l| l == "order_sync_workers_live 0"),
         "order_sync_workers_live reads 0"
     );
+    wait_until_shown(&browser, "#no-worker-banner", true).await;
+    let banner = text_of(&browser, "#no-worker-banner")
+        .await
+        .unwrap_or_default();
+    assert!(banner.contains("ROLE=worker"), "{banner}");
+    let png = browser.screenshot().await.expect("a screenshot");
+    save_screenshot("production-stack-no-worker.png", &png);
+    let violations = policy_violations(&browser).await;
+    assert!(violations.is_empty(), "{violations:#?}");
+    browser.close().await.ok();
+    // A stopped worker's healthcheck fails, as a container's would.
+    let stopped = healthcheck(processes[1].port, "live");
+    assert_eq!(stopped.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&stopped.stderr).starts_with("unhealthy: "),
+        "{}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
     let log = &api_instance.log;
     wait_for(
         "the warning in the API instance's log",
@@ -461,6 +567,26 @@ fn services_with_healthchecks(compose: &str) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// The services `service` waits for to be healthy before it starts (`depends_on` with
+/// `condition: service_healthy`, its own or through a `<<` merge).
+fn waits_for_healthy(compose: &str, service: &str) -> Vec<String> {
+    use yaml_rust2::YamlLoader;
+    let documents = YamlLoader::load_from_str(compose).expect("valid YAML");
+    let service = &documents[0]["services"][service];
+    let depends_on = if service["depends_on"].is_badvalue() {
+        &service["<<"]["depends_on"]
+    } else {
+        &service["depends_on"]
+    };
+    depends_on
+        .as_hash()
+        .into_iter()
+        .flatten()
+        .filter(|(_, how)| how["condition"].as_str() == Some("service_healthy"))
+        .filter_map(|(name, _)| name.as_str().map(str::to_string))
+        .collect()
+}
+
 /// The services a `docker compose ... up` line names; empty: all of them.
 fn services_started_by(line: &str) -> Vec<String> {
     let words: Vec<&str> = line.split_whitespace().collect();
@@ -491,7 +617,8 @@ fn services_started_by(line: &str) -> Vec<String> {
 }
 
 #[test]
-fn every_service_has_a_healthcheck_and_every_documented_start_starts_a_worker() {
+fn every_service_has_a_healthcheck_waits_for_healthy_dependencies_and_every_documented_start_starts_a_worker(
+) {
     let compose = repository_file("docker-compose.yml");
     let services = services_with_healthchecks(&compose);
     assert!(
@@ -502,6 +629,14 @@ fn every_service_has_a_healthcheck_and_every_documented_start_starts_a_worker() 
         assert!(
             has_healthcheck,
             "docker-compose.yml: {name} has no healthcheck"
+        );
+    }
+    // The service starts once PostgreSQL and Redis answer, not merely once their containers run.
+    for service in ["web", "worker"] {
+        assert_eq!(
+            waits_for_healthy(&compose, service),
+            vec!["db".to_string(), "redis".to_string()],
+            "docker-compose.yml: {service} waits for a healthy db and redis"
         );
     }
 
@@ -569,6 +704,9 @@ fn a_start_command_naming_services_without_a_worker_is_caught() {
         "services:\n  web:\n    image: x\n  seeder:\n    profiles: [tools]\n",
     );
     assert_eq!(without, vec![("web".to_string(), false)]);
+    let started_only = "services:\n  web:\n    depends_on:\n      db:\n        condition: service_started\n      redis:\n        condition: service_healthy\n";
+    assert_eq!(waits_for_healthy(started_only, "web"), vec!["redis"]);
+    assert!(waits_for_healthy("services:\n  web:\n    image: x\n", "web").is_empty());
 }
 
 /// The features `package` is built with, as `cargo tree` resolves them for `edges`.

@@ -40,6 +40,7 @@ use super::keys::{Keys, GROUP};
 use super::SyncEvent;
 use crate::engine::actors::messages::{HandleEvent, Outcome};
 use crate::engine::actors::supervisor::SupervisorActor;
+use crate::engine::backoff::Backoff;
 use crate::engine::cluster::leases::Leases;
 use crate::metrics::SyncMetrics;
 
@@ -388,7 +389,7 @@ impl ShardReader {
     /// Reads until stopped. Redis errors are retried with backoff; a lost consumer group (Redis
     /// restarted without its data) is created again.
     async fn run(mut self) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::up_to(Duration::from_secs(5));
         let stop = self.stop.clone();
         while !stop.is_cancelled() {
             // Whether a read succeeded since the last error: the backoff grows only while Redis
@@ -399,20 +400,20 @@ impl ShardReader {
                 _ = stop.cancelled() => break,
             };
             if progressed {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
             }
             if let Err(error) = result {
+                let wait = backoff.next_delay();
                 tracing::warn!(
                     shard = self.shard,
                     error = format!("{error:#}"),
-                    retry_in_ms = backoff.as_millis() as u64,
+                    retry_in_ms = wait.as_millis() as u64,
                     "reading the backlog failed; retrying"
                 );
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = stop.cancelled() => break,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }

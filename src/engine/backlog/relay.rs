@@ -18,6 +18,7 @@ use super::keys::Keys;
 use super::{EventKind, SyncEvent};
 use crate::db::outbox::{self, ChangeAction};
 use crate::db::RelayDoorbell;
+use crate::engine::backoff::Backoff;
 
 /// Rows published per transaction.
 const BATCH: i64 = 1_000;
@@ -53,23 +54,23 @@ impl OutboxRelay {
     /// Publishes until the outbox is empty, then waits for the doorbell or the next sweep. Errors
     /// (PostgreSQL or Redis away) are logged and retried with backoff: rows wait in the outbox.
     pub async fn run(mut self) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::up_to(Duration::from_secs(5));
         let shutdown = self.shutdown.clone();
         while !shutdown.is_cancelled() {
             let wait = match self.publish_batch().await {
                 Ok(published) if published as i64 == BATCH => continue,
                 Ok(_) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     SWEEP_EVERY
                 }
                 Err(error) => {
+                    let wait = backoff.next_delay();
                     tracing::warn!(
                         error = format!("{error:#}"),
-                        retry_in_ms = backoff.as_millis() as u64,
+                        retry_in_ms = wait.as_millis() as u64,
                         "outbox relay failed; retrying"
                     );
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    backoff
+                    wait
                 }
             };
             tokio::select! {
