@@ -146,10 +146,11 @@ fn webhook_keys<'de, D: serde::Deserializer<'de>>(
         .collect()
 }
 
-/// All settings of one service instance. Field names are the environment variables, lower-cased.
-/// `Debug` redacts secrets and the passwords in URLs.
-#[derive(Clone, Deserialize)]
-pub struct Settings {
+/// The environment variables as they are read: one field per variable (its name lower-cased),
+/// each with its default and, in its type, its range. [`Settings`] groups them by the part of
+/// the service they configure; nothing else sees this shape.
+#[derive(Deserialize)]
+struct Variables {
     /// `ORDER_SYNC_ENV`: `development` or `production` (see [`Environment`]).
     #[serde(default)]
     pub order_sync_env: Environment,
@@ -390,149 +391,207 @@ mod defaults {
 
 /// What each component needs, in its own units: the one place a setting's number becomes a
 /// `Duration` or a policy.
-impl Settings {
-    /// How failed calls are retried (quick retries, then Sidekiq's delayed schedule).
-    pub fn retry_policy(&self) -> crate::engine::actors::RetryPolicy {
-        crate::engine::actors::RetryPolicy {
-            quick_attempts: self.retry_max_attempts.get_u32(),
-            delayed_limit: self.delayed_retry_limit.get_u32(),
-            delayed_scale: self.delayed_retry_scale.get(),
-        }
+/// All settings of one service instance, by the part of the service each configures. They come
+/// from the environment ([`Settings::from_env`]); docs/CONFIGURATION.md lists the variables.
+/// Every section derives `Debug`: the secrets and the URLs' passwords print redacted through
+/// their own types ([`Secret`], [`WebhookKey`], [`ConnectionUrl`]).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `ORDER_SYNC_ENV`.
+    pub environment: Environment,
+    /// `ROLE`.
+    pub role: Role,
+    pub http: HttpSettings,
+    pub auth: AuthSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub external: ExternalSettings,
+    pub engine: EngineSettings,
+    pub cluster: ClusterSettings,
+    /// Audits and resyncs (`AUDIT_*`, and the rate they share).
+    pub jobs: crate::engine::jobs::JobSettings,
+    /// The attempt log (`ATTEMPTS_*`).
+    pub attempts: crate::engine::attempt_pruner::AttemptRetention,
+}
+
+/// The HTTP server (`HOST`, `PORT`, `MAX_BODY_BYTES`, `SHUTDOWN_TIMEOUT_SECS`).
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub host: String,
+    pub port: u16,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// How long calls in flight get to finish at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+/// Who may use which route (`API_TOKENS`, `ADMIN_TOKEN`, `INBOUND_WEBHOOK_SECRET`).
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// Empty: the data routes are open (development only).
+    pub api_tokens: Vec<Secret>,
+    /// `None`: the admin endpoints are off (404), not open.
+    pub admin_token: Option<Secret>,
+    /// Keys that sign inbound write-backs. Empty: `/inbound` is open (development only).
+    pub webhook_keys: Vec<WebhookKey>,
+}
+
+/// PostgreSQL (`DATABASE_URL`, `DATABASE_MAX_CONNECTIONS`).
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub url: ConnectionUrl,
+    pub max_connections: u32,
+}
+
+/// Redis (`REDIS_URL`, `REDIS_PREFIX`).
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: ConnectionUrl,
+    /// Namespace of every key, so tests and deployments can share one Redis.
+    pub prefix: String,
+}
+
+/// The external API and how its health is judged (`EXTERNAL_*`, `RETRY_AFTER_MAX_SECS`).
+#[derive(Debug, Clone)]
+pub struct ExternalSettings {
+    /// `None`: start the built-in fake external API and use it.
+    pub url: Option<ConnectionUrl>,
+    pub token: Secret,
+    /// Bounds each call as a whole (connecting, sending, the answer and its body).
+    pub timeout: Duration,
+    /// Longest pause a 429's `Retry-After` can impose on every call.
+    pub retry_after_max: Duration,
+    pub health: crate::engine::cluster::destination::DestinationSettings,
+}
+
+/// The sync engine: whether it runs, the throttle, the actors and the retries.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// `SYNC_ENGINE=false`: no engine task at all, not even the relay.
+    pub enabled: bool,
+    /// `RATE_LIMIT_PER_SEC`, for the whole deployment.
+    pub rate_per_sec: u32,
+    /// `RATE_LIMIT_BURST`.
+    pub burst: u32,
+    /// `MAX_CONCURRENT_CALLS`, per instance.
+    pub max_concurrent_calls: u32,
+    pub max_in_flight_events: usize,
+    pub order_actor_idle: Duration,
+    pub retry: crate::engine::actors::RetryPolicy,
+    /// How long an order that is behind must have been quiet before the reconciler publishes it
+    /// again (`RECONCILE_QUIET_SECS`).
+    pub reconcile_quiet: Duration,
+}
+
+/// Several instances sharing the backlog (`SHARDS`, `SHARD_LEASE_MS`, `INSTANCE_ID`).
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub shards: u64,
+    pub leases: crate::engine::cluster::leases::LeaseTimes,
+    /// This instance's name in logs and leases (a unique suffix is added); `None`: the host name.
+    pub instance_id: Option<String>,
+}
+
+/// A URL that may carry a password (PostgreSQL's, Redis's): `Debug` and `Display` show it with
+/// the password redacted ([`redact_url`]); [`ConnectionUrl::expose`] gives it whole, to connect.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectionUrl(String);
+
+impl ConnectionUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
     }
 
-    /// The throttle's limits: `(rate per second, burst, calls in flight at most)`.
-    pub fn throttle_limits(&self) -> (u32, u32, u32) {
-        (
-            self.rate_limit_per_sec.get_u32(),
-            self.rate_limit_burst.get_u32(),
-            self.max_concurrent_calls.get_u32(),
-        )
-    }
-
-    pub fn database_max_connections(&self) -> u32 {
-        self.database_max_connections.get_u32()
-    }
-
-    pub fn max_in_flight_events(&self) -> usize {
-        self.max_in_flight_events.get_usize()
-    }
-
-    pub fn max_body_bytes(&self) -> usize {
-        self.max_body_bytes.get_usize()
-    }
-
-    /// The bound on one external call as a whole.
-    pub fn external_timeout(&self) -> Duration {
-        Duration::from_millis(self.external_timeout_ms.get())
-    }
-
-    /// The longest pause a `Retry-After` may impose.
-    pub fn retry_after_max(&self) -> Duration {
-        Duration::from_secs(self.retry_after_max_secs.get())
-    }
-
-    pub fn order_actor_idle(&self) -> Duration {
-        Duration::from_secs(self.order_actor_idle_secs.get())
-    }
-
-    pub fn reconcile_quiet(&self) -> Duration {
-        Duration::from_secs(self.reconcile_quiet_secs.get())
-    }
-
-    /// The shard leases' timings: the lease itself, and the call it must outlast.
-    /// How the external API's health is judged and probed.
-    pub fn destination(&self) -> crate::engine::cluster::destination::DestinationSettings {
-        crate::engine::cluster::destination::DestinationSettings {
-            down_after: self.external_api_down_after.get_u32(),
-            probe_max: Duration::from_millis(self.external_api_probe_max_ms.get()),
-            ramp: Duration::from_millis(self.external_api_ramp_ms.get()),
-            probe_lease: self.external_timeout() + Duration::from_secs(1),
-        }
-    }
-
-    pub fn lease_times(&self) -> crate::engine::cluster::leases::LeaseTimes {
-        crate::engine::cluster::leases::LeaseTimes::new(
-            Duration::from_millis(self.shard_lease_ms.get()),
-            self.external_timeout(),
-        )
-    }
-
-    pub fn shutdown_timeout(&self) -> Duration {
-        Duration::from_secs(self.shutdown_timeout_secs.get())
-    }
-
-    /// How audits and resyncs run (`crate::engine::jobs`).
-    pub fn job_settings(&self) -> crate::engine::jobs::JobSettings {
-        let (rate_per_sec, ..) = self.throttle_limits();
-        crate::engine::jobs::JobSettings {
-            rate_per_sec,
-            audit_share: self.audit_rate_share.get(),
-            audit_every: (self.audit_interval_secs.get() > 0)
-                .then(|| Duration::from_secs(self.audit_interval_secs.get())),
-            audit_sample: self.audit_sample_size.get(),
-        }
-    }
-
-    /// How the attempt log is kept.
-    pub fn attempt_retention(&self) -> crate::engine::attempt_pruner::AttemptRetention {
-        crate::engine::attempt_pruner::AttemptRetention {
-            kept_per_order: self.attempts_kept_per_order.get(),
-            max_age: Duration::from_secs(self.attempts_retention_days.get() * 24 * 3600),
-            every: Duration::from_secs(self.attempts_prune_interval_secs.get()),
-        }
+    pub fn expose(&self) -> &str {
+        &self.0
     }
 }
 
-impl fmt::Debug for Settings {
-    /// Every field, with the passwords in URLs and every token and key redacted.
+impl fmt::Debug for ConnectionUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Settings")
-            .field("order_sync_env", &self.order_sync_env)
-            .field("port", &self.port)
-            .field("host", &self.host)
-            .field("database_url", &redact_url(&self.database_url))
-            .field("database_max_connections", &self.database_max_connections)
-            .field("redis_url", &redact_url(&self.redis_url))
-            .field("redis_prefix", &self.redis_prefix)
-            .field(
-                "external_api_url",
-                &self.external_api_url.as_deref().map(redact_url),
-            )
-            .field("external_api_token", &self.external_api_token)
-            .field("rate_limit_per_sec", &self.rate_limit_per_sec)
-            .field("rate_limit_burst", &self.rate_limit_burst)
-            .field("max_concurrent_calls", &self.max_concurrent_calls)
-            .field("max_in_flight_events", &self.max_in_flight_events)
-            .field("order_actor_idle_secs", &self.order_actor_idle_secs)
-            .field("retry_max_attempts", &self.retry_max_attempts)
-            .field("delayed_retry_limit", &self.delayed_retry_limit)
-            .field("delayed_retry_scale", &self.delayed_retry_scale)
-            .field("external_timeout_ms", &self.external_timeout_ms)
-            .field("retry_after_max_secs", &self.retry_after_max_secs)
-            .field("admin_token", &self.admin_token)
-            .field("api_tokens", &self.api_tokens)
-            .field("inbound_webhook_secret", &self.inbound_webhook_secret)
-            .field("shutdown_timeout_secs", &self.shutdown_timeout_secs)
-            .field("reconcile_quiet_secs", &self.reconcile_quiet_secs)
-            .field("shards", &self.shards)
-            .field("shard_lease_ms", &self.shard_lease_ms)
-            .field("instance_id", &self.instance_id)
-            .field("role", &self.role)
-            .field("sync_engine", &self.sync_engine)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("attempts_kept_per_order", &self.attempts_kept_per_order)
-            .field("attempts_retention_days", &self.attempts_retention_days)
-            .field(
-                "attempts_prune_interval_secs",
-                &self.attempts_prune_interval_secs,
-            )
-            .field("audit_rate_share", &self.audit_rate_share)
-            .field("audit_interval_secs", &self.audit_interval_secs)
-            .field("audit_sample_size", &self.audit_sample_size)
-            .field("external_api_down_after", &self.external_api_down_after)
-            .field("external_api_probe_max_ms", &self.external_api_probe_max_ms)
-            .field("external_api_ramp_ms", &self.external_api_ramp_ms)
-            .finish()
+        write!(f, "{:?}", redact_url(&self.0))
+    }
+}
+
+impl fmt::Display for ConnectionUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+impl From<Variables> for Settings {
+    fn from(v: Variables) -> Self {
+        let external_timeout = Duration::from_millis(v.external_timeout_ms.get());
+        let rate_per_sec = v.rate_limit_per_sec.get_u32();
+        Settings {
+            environment: v.order_sync_env,
+            role: v.role,
+            http: HttpSettings {
+                host: v.host,
+                port: v.port,
+                max_body_bytes: v.max_body_bytes.get_usize(),
+                shutdown_timeout: Duration::from_secs(v.shutdown_timeout_secs.get()),
+            },
+            auth: AuthSettings {
+                api_tokens: v.api_tokens,
+                admin_token: v.admin_token,
+                webhook_keys: v.inbound_webhook_secret,
+            },
+            database: DatabaseSettings {
+                url: ConnectionUrl(v.database_url),
+                max_connections: v.database_max_connections.get_u32(),
+            },
+            redis: RedisSettings {
+                url: ConnectionUrl(v.redis_url),
+                prefix: v.redis_prefix,
+            },
+            external: ExternalSettings {
+                url: v.external_api_url.map(ConnectionUrl),
+                token: v.external_api_token,
+                timeout: external_timeout,
+                retry_after_max: Duration::from_secs(v.retry_after_max_secs.get()),
+                health: crate::engine::cluster::destination::DestinationSettings {
+                    down_after: v.external_api_down_after.get_u32(),
+                    probe_max: Duration::from_millis(v.external_api_probe_max_ms.get()),
+                    ramp: Duration::from_millis(v.external_api_ramp_ms.get()),
+                    probe_lease: external_timeout + Duration::from_secs(1),
+                },
+            },
+            engine: EngineSettings {
+                enabled: v.sync_engine,
+                rate_per_sec,
+                burst: v.rate_limit_burst.get_u32(),
+                max_concurrent_calls: v.max_concurrent_calls.get_u32(),
+                max_in_flight_events: v.max_in_flight_events.get_usize(),
+                order_actor_idle: Duration::from_secs(v.order_actor_idle_secs.get()),
+                retry: crate::engine::actors::RetryPolicy {
+                    quick_attempts: v.retry_max_attempts.get_u32(),
+                    delayed_limit: v.delayed_retry_limit.get_u32(),
+                    delayed_scale: v.delayed_retry_scale.get(),
+                },
+                reconcile_quiet: Duration::from_secs(v.reconcile_quiet_secs.get()),
+            },
+            cluster: ClusterSettings {
+                shards: v.shards.get(),
+                leases: crate::engine::cluster::leases::LeaseTimes::new(
+                    Duration::from_millis(v.shard_lease_ms.get()),
+                    external_timeout,
+                ),
+                instance_id: v.instance_id,
+            },
+            jobs: crate::engine::jobs::JobSettings {
+                rate_per_sec,
+                audit_share: v.audit_rate_share.get(),
+                audit_every: (v.audit_interval_secs.get() > 0)
+                    .then(|| Duration::from_secs(v.audit_interval_secs.get())),
+                audit_sample: v.audit_sample_size.get(),
+            },
+            attempts: crate::engine::attempt_pruner::AttemptRetention {
+                kept_per_order: v.attempts_kept_per_order.get(),
+                max_age: Duration::from_secs(v.attempts_retention_days.get() * 24 * 3600),
+                every: Duration::from_secs(v.attempts_prune_interval_secs.get()),
+            },
+        }
     }
 }
 
@@ -571,12 +630,14 @@ impl Settings {
         // Empty values count as unset, as in most shells' `VAR= cargo run`.
         let vars = vars.into_iter().filter(|(_, v)| !v.is_empty());
         let vars: Vec<(String, String)> = vars.collect();
-        let settings: Settings =
+        let variables: Variables =
             envy::from_iter(vars.clone()).map_err(|e| name_the_variable(&vars, e))?;
-        settings.check()?;
-        Ok(settings)
+        variables.check()?;
+        Ok(variables.into())
     }
+}
 
+impl Variables {
     /// Rejects combinations the service cannot run with. Each number's range is in its type
     /// ([`Bounded`]), so a typo such as `MAX_CONCURRENT_CALLS=0` already failed to parse.
     fn check(&self) -> Result<(), ConfigError> {
@@ -653,7 +714,7 @@ impl Settings {
 fn name_the_variable(vars: &[(String, String)], err: envy::Error) -> ConfigError {
     let message = err.to_string();
     let culprit = vars.iter().find(|(name, value)| {
-        envy::from_iter::<_, Settings>([(name.clone(), value.clone())]).is_err()
+        envy::from_iter::<_, Variables>([(name.clone(), value.clone())]).is_err()
     });
     match culprit {
         Some((name, _)) if !message.contains(name.as_str()) => {
@@ -786,11 +847,11 @@ mod tests {
     #[test]
     fn defaults_apply_when_nothing_is_set() {
         let s = Settings::from_vars(vec![]).expect("defaults are valid");
-        assert_eq!(s.port, 8080);
-        assert_eq!(s.redis_prefix, "order-sync");
-        assert!(s.external_api_url.is_none());
-        assert!(s.admin_token.is_none());
-        assert_eq!(s.retry_after_max_secs.get(), 300);
+        assert_eq!(s.http.port, 8080);
+        assert_eq!(s.redis.prefix, "order-sync");
+        assert!(s.external.url.is_none());
+        assert!(s.auth.admin_token.is_none());
+        assert_eq!(s.external.retry_after_max, Duration::from_secs(300));
     }
 
     #[test]
@@ -978,5 +1039,53 @@ mod tests {
     fn passwords_are_redacted_from_urls() {
         let shown = redact_url("postgres://user:pw@db:5432/x");
         assert!(!shown.contains("pw@"), "{shown}");
+        let s = Settings::from_vars(vars(&[
+            ("DATABASE_URL", "postgres://app:dbpass@db:5432/orders"),
+            ("REDIS_URL", "redis://:redispass@redis:6379"),
+            ("EXTERNAL_API_URL", "https://user:apipass@api.example.com"),
+        ]))
+        .expect("valid");
+        let printed = format!("{s:?}");
+        for password in ["dbpass", "redispass", "apipass"] {
+            assert!(!printed.contains(password), "{printed}");
+        }
+        assert!(printed.contains("db:5432/orders"), "{printed}");
+        assert_eq!(
+            s.database.url.expose(),
+            "postgres://app:dbpass@db:5432/orders"
+        );
+    }
+
+    /// The sections are the variables, converted once: a unit or a share mixed up here would
+    /// change every figure that follows from it.
+    #[test]
+    fn each_variable_lands_in_its_section() {
+        let s = Settings::from_vars(vars(&[
+            ("PORT", "9000"),
+            ("MAX_BODY_BYTES", "2048"),
+            ("SHUTDOWN_TIMEOUT_SECS", "7"),
+            ("EXTERNAL_TIMEOUT_MS", "1500"),
+            ("SHARD_LEASE_MS", "6000"),
+            ("RATE_LIMIT_PER_SEC", "40"),
+            ("RATE_LIMIT_BURST", "5"),
+            ("RETRY_MAX_ATTEMPTS", "4"),
+            ("AUDIT_INTERVAL_SECS", "0"),
+            ("ATTEMPTS_RETENTION_DAYS", "2"),
+            ("ROLE", "worker"),
+            ("SYNC_ENGINE", "false"),
+        ]))
+        .expect("valid");
+        assert_eq!((s.http.port, s.http.max_body_bytes), (9000, 2048));
+        assert_eq!(s.http.shutdown_timeout, Duration::from_secs(7));
+        assert_eq!(s.external.timeout, Duration::from_millis(1500));
+        assert_eq!(s.external.health.probe_lease, Duration::from_millis(2500));
+        assert_eq!(s.cluster.leases.ttl, Duration::from_millis(6000));
+        assert_eq!((s.engine.rate_per_sec, s.engine.burst), (40, 5));
+        assert_eq!(s.jobs.rate_per_sec, 40);
+        assert_eq!(s.engine.retry.quick_attempts, 4);
+        assert!(s.jobs.audit_every.is_none());
+        assert_eq!(s.attempts.max_age, Duration::from_secs(2 * 24 * 3600));
+        assert_eq!(s.role, Role::Worker);
+        assert!(!s.engine.enabled);
     }
 }

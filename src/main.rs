@@ -5,8 +5,11 @@ use order_sync::config::Settings;
 use order_sync::startup::Application;
 use order_sync::telemetry;
 
-#[actix_web::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    order_sync::startup::run_system(run())
+}
+
+async fn run() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match cli::parse(&args) {
         Ok(Command::Serve) => serve().await,

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, edge, ApiError, AppState};
-use crate::config::{redact_url, Settings};
+use crate::config::Settings;
 use crate::db;
 use crate::engine::actors::attempt_log::CallsInFlight;
 use crate::engine::actors::deps::AuditShare;
@@ -76,35 +76,37 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let database_error = |cause| StartupError::Database {
-            url: redact_url(&settings.database_url),
+            url: settings.database.url.to_string(),
             cause,
         };
-        db::ensure_database(&settings.database_url)
+        db::ensure_database(settings.database.url.expose())
             .await
             .map_err(database_error)?;
-        let db =
-            db::connect_and_migrate(&settings.database_url, settings.database_max_connections())
-                .await
-                .map_err(database_error)?;
+        let db = db::connect_and_migrate(
+            settings.database.url.expose(),
+            settings.database.max_connections,
+        )
+        .await
+        .map_err(database_error)?;
         let redis_error = |cause| StartupError::Redis {
-            url: redact_url(&settings.redis_url),
+            url: settings.redis.url.to_string(),
             cause,
         };
-        let redis = crate::engine::backlog::connect(&settings.redis_url)
+        let redis = crate::engine::backlog::connect(settings.redis.url.expose())
             .await
             .map_err(redis_error)?;
-        let keys = Keys::new(&settings.redis_prefix, settings.shards.get());
+        let keys = Keys::new(&settings.redis.prefix, settings.cluster.shards);
         crate::engine::cluster::check_shard_count(&mut redis.clone(), &keys)
             .await
             .map_err(StartupError::Cluster)?;
 
-        let external_api = if settings.external_api_url.is_some() {
+        let external_api = if settings.external.url.is_some() {
             "configured"
         } else {
             "built-in fake"
         };
-        let external_api_url = match &settings.external_api_url {
-            Some(url) => url.clone(),
+        let external_api_url = match &settings.external.url {
+            Some(url) => url.expose().to_string(),
             None => {
                 let config = FakeConfig::from_env().map_err(StartupError::FakeApi)?;
                 let listener = TcpListener::bind("127.0.0.1:0")
@@ -118,11 +120,15 @@ impl Application {
 
         let metrics = Arc::new(SyncMetrics::default());
         let shutdown = CancellationToken::new();
-        let (rate_per_sec, burst, max_concurrent) = settings.throttle_limits();
+        let (rate_per_sec, burst, max_concurrent) = (
+            settings.engine.rate_per_sec,
+            settings.engine.burst,
+            settings.engine.max_concurrent_calls,
+        );
         let rate_limit =
             ClusterRateLimit::new(redis.clone(), keys.rate_limit(), rate_per_sec, burst);
         let throttle = Throttle::start_cluster_wide(max_concurrent, rate_limit.clone());
-        let job_settings = settings.job_settings();
+        let job_settings = settings.jobs;
         let audit_share = AuditShare {
             whole: rate_limit,
             share: ClusterRateLimit::new(
@@ -133,29 +139,31 @@ impl Application {
             ),
             slots: tokio::sync::Semaphore::new(job_settings.audit_slots(max_concurrent)),
         };
-        let instance = InstanceId::generate(settings.instance_id.as_deref());
-        let leases = Leases::new(instance.clone(), keys.clone(), settings.lease_times());
+        let instance = InstanceId::generate(settings.cluster.instance_id.as_deref());
+        let leases = Leases::new(instance.clone(), keys.clone(), settings.cluster.leases);
         let pool = db.get_postgres_connection_pool().clone();
         // The one write path, on the durable pool: the API, the audits' repairs and the resyncs
         // change orders through it, and it wakes this instance's relay after their commits.
         let changes = db::Changes::new(db.clone(), db::RelayDoorbell::new());
         let pool_for_pause = pool.clone();
-        let bookkeeping =
-            db::bookkeeping_pool(&settings.database_url, settings.database_max_connections())
-                .await
-                .map_err(database_error)?;
+        let bookkeeping = db::bookkeeping_pool(
+            settings.database.url.expose(),
+            settings.database.max_connections,
+        )
+        .await
+        .map_err(database_error)?;
         // The trusted roots are read here, once; every call's handshake shares them.
         let tls = crate::external::tls::client_config()?;
         let calls_in_flight = CallsInFlight::default();
-        let destination = Destination::new(settings.destination());
+        let destination = Destination::new(settings.external.health);
         actix_rt::spawn(destination.clone().keep_watching(DestinationWatcher {
             redis: redis.clone(),
             keys: keys.clone(),
             instance: instance.to_string(),
             pool: pool.clone(),
-            retry_scale: settings.retry_policy().delayed_scale,
+            retry_scale: settings.engine.retry.delayed_scale,
             throttle: throttle.clone(),
-            syncs: settings.sync_engine && settings.role.syncs(),
+            syncs: settings.engine.enabled && settings.role.syncs(),
             shutdown: shutdown.clone(),
         }));
         let deps = Rc::new(SyncDeps {
@@ -165,23 +173,23 @@ impl Application {
             batched: BatchedQueries::start(pool.clone(), bookkeeping.clone()),
             client: ExternalClient::new(
                 &external_api_url,
-                settings.external_api_token.clone(),
-                settings.external_timeout(),
-                settings.retry_after_max(),
+                settings.external.token.clone(),
+                settings.external.timeout,
+                settings.external.retry_after_max,
                 tls,
             ),
             throttle: throttle.clone(),
             destination: destination.clone(),
             leases: leases.clone(),
-            retry: settings.retry_policy(),
+            retry: settings.engine.retry,
             metrics: metrics.clone(),
             calls_in_flight: calls_in_flight.clone(),
-            attempt_log_on: settings.attempt_retention().kept_per_order > 0,
+            attempt_log_on: settings.attempts.kept_per_order > 0,
             audit_share: Some(audit_share),
             shutdown: shutdown.clone(),
         });
         let role = settings.role;
-        let engine = if settings.sync_engine {
+        let engine = if settings.engine.enabled {
             if role.syncs() {
                 tracing::info!(%instance, shards = keys.shards(), ?role, "sync engine starting; taking this instance's share of the shards");
             } else {
@@ -195,15 +203,15 @@ impl Application {
                 pool,
                 bookkeeping,
                 redis: redis.clone(),
-                redis_url: settings.redis_url.clone(),
+                redis_url: settings.redis.url.expose().to_string(),
                 keys: keys.clone(),
                 leases: leases.clone(),
                 changes: changes.clone(),
                 metrics: metrics.clone(),
-                max_in_flight_events: settings.max_in_flight_events(),
-                order_actor_idle: settings.order_actor_idle(),
-                reconcile_quiet: settings.reconcile_quiet(),
-                attempt_retention: settings.attempt_retention(),
+                max_in_flight_events: settings.engine.max_in_flight_events,
+                order_actor_idle: settings.engine.order_actor_idle,
+                reconcile_quiet: settings.engine.reconcile_quiet,
+                attempt_retention: settings.attempts,
                 jobs: job_settings,
                 relay_only: !role.syncs(),
                 shutdown: shutdown.clone(),
@@ -217,7 +225,7 @@ impl Application {
             None => watch::channel(EngineState::Off).1,
         };
 
-        let addr = format!("{}:{}", settings.host, settings.port);
+        let addr = format!("{}:{}", settings.http.host, settings.http.port);
         let listener = TcpListener::bind(&addr).map_err(|cause| StartupError::Bind {
             addr: addr.clone(),
             cause,
@@ -225,7 +233,7 @@ impl Application {
         let port = listener
             .local_addr()
             .map(|a| a.port())
-            .unwrap_or(settings.port);
+            .unwrap_or(settings.http.port);
 
         let throttle_for_pause = throttle.clone();
         let metrics_for_pause = metrics.clone();
@@ -241,11 +249,12 @@ impl Application {
             throttle,
             shutdown: shutdown.clone(),
             admin_token: settings
+                .auth
                 .admin_token
                 .clone()
                 .filter(|token| !token.is_empty()),
-            api_tokens: settings.api_tokens.clone(),
-            webhook_keys: settings.inbound_webhook_secret.clone(),
+            api_tokens: settings.auth.api_tokens.clone(),
+            webhook_keys: settings.auth.webhook_keys.clone(),
             external_api,
             supervisor: engine.as_ref().map(SyncEngine::supervisor),
             in_flight: engine.as_ref().map(SyncEngine::in_flight),
@@ -257,7 +266,7 @@ impl Application {
             keys,
             started_at: std::time::Instant::now(),
             calls_in_flight,
-            delayed_retry_limit: settings.retry_policy().delayed_limit,
+            delayed_retry_limit: settings.engine.retry.delayed_limit,
             pause: PauseSwitch::new(throttle_for_pause, metrics_for_pause),
             destination,
             role,
@@ -292,13 +301,13 @@ impl Application {
             state.metrics.clone(),
             shutdown.clone(),
         ));
-        if settings.api_tokens.is_empty() {
+        if settings.auth.api_tokens.is_empty() {
             tracing::warn!("API_TOKENS is unset: the orders and metrics routes are open to anyone who can reach the port (set it, or ORDER_SYNC_ENV=production to require it)");
         }
-        if settings.inbound_webhook_secret.is_empty() {
+        if settings.auth.webhook_keys.is_empty() {
             tracing::warn!("INBOUND_WEBHOOK_SECRET is unset: /inbound accepts unsigned write-backs from anyone who can reach the port");
         }
-        let max_body_bytes = settings.max_body_bytes();
+        let max_body_bytes = settings.http.max_body_bytes;
         let server = HttpServer::new(move || {
             // The last `wrap` is the outermost: a request meets the security headers, then the
             // log, then the refusal of compressed bodies and the body's deadline, then its route.
@@ -325,7 +334,7 @@ impl Application {
         .map_err(|cause| StartupError::Bind { addr, cause })?
         // Signals are ours (see `run_until_stopped`): the engine must drain before the server stops.
         .disable_signals()
-        .shutdown_timeout(settings.shutdown_timeout_secs.get())
+        .shutdown_timeout(settings.http.shutdown_timeout.as_secs())
         .run();
         tracing::info!(
             port,
@@ -341,7 +350,7 @@ impl Application {
             in_flight: engine.as_ref().map(SyncEngine::in_flight),
             leases: leases_to_release,
             engine: engine_state,
-            shutdown_timeout: settings.shutdown_timeout(),
+            shutdown_timeout: settings.http.shutdown_timeout,
         })
     }
 
@@ -458,4 +467,63 @@ fn json_error_body<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandler
     let res =
         ServiceResponse::new(req, res.set_body(body).map_into_boxed_body()).map_into_right_body();
     Ok(ErrorHandlerResponse::Response(res))
+}
+
+/// Runs `main` to its end on an actix system on this thread, as `#[actix_web::main]` would, then
+/// drops the system inside tokio's context. Actix drops the tasks still parked on this thread
+/// (an engine task cut off at shutdown, say) before the tokio runtime and outside its context;
+/// one holding a pooled PostgreSQL connection then panicked, because sqlx returns a dropped
+/// connection to its pool by spawning, which needs the context: a SIGTERM landing on such a
+/// moment exited 101 instead of 0. In the context that spawn succeeds, and the runtime cancels
+/// it as it shuts down.
+pub fn run_system<F: std::future::Future>(main: F) -> F::Output {
+    let system = actix_rt::System::new();
+    let tokio = system.runtime().tokio_runtime().handle().clone();
+    let output = system.block_on(main);
+    let _context = tokio.enter();
+    drop(system);
+    output
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_system;
+
+    /// A task parked at the end holding a pooled connection: dropping it must not panic. (Tokio
+    /// catches a panic in a dropped task and prints it, so the test watches for one on its thread.)
+    #[test]
+    fn a_task_left_holding_a_pooled_connection_at_the_end_is_dropped_quietly() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let panicked = Arc::new(AtomicBool::new(false));
+        let this_thread = std::thread::current().id();
+        let previous = std::panic::take_hook();
+        let seen = panicked.clone();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().id() == this_thread {
+                seen.store(true, Ordering::SeqCst);
+            }
+            previous(info)
+        }));
+        let url = format!("{}/postgres", test_support::database_server());
+        let left_running = run_system(async move {
+            let pool = crate::db::PgPool::connect(&url).await.expect("PostgreSQL");
+            let connection = pool.acquire().await.expect("a connection");
+            let (held, holding) = tokio::sync::oneshot::channel::<()>();
+            actix_rt::spawn(async move {
+                let _connection = connection;
+                let _ = held.send(());
+                std::future::pending::<()>().await;
+            });
+            holding.await.is_ok()
+        });
+        assert!(
+            left_running,
+            "the task held its connection when the system ended"
+        );
+        assert!(
+            !panicked.load(Ordering::SeqCst),
+            "dropping the parked task panicked"
+        );
+    }
 }

@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rand::Rng;
+use rand::RngExt;
 use serde_json::{json, Value};
 
 use crate::figures::Row;
@@ -170,9 +170,9 @@ async fn drive_load(
         }
         let target = {
             let ids = ids.lock().map_err(|_| anyhow::anyhow!("ids lock"))?;
-            ids[rand::thread_rng().gen_range(0..ids.len())]
+            ids[rand::rng().random_range(0..ids.len())]
         };
-        let amount = rand::thread_rng().gen_range(100..100_000);
+        let amount = rand::rng().random_range(100..100_000);
         let answer = http
             .patch(format!("{base}/orders/{target}"))
             .json(&json!({"amount": amount}))

@@ -29,7 +29,7 @@ use order_sync::config::WebhookKey;
 use order_sync::db::sync::SyncRow;
 use order_sync::domain::SyncState;
 use order_sync::external::payload::ExternalOrder;
-use rand::Rng;
+use rand::RngExt;
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -909,7 +909,7 @@ impl SharedLedger {
 
     fn any_live(&self) -> Option<i64> {
         self.with(|l| {
-            (!l.live.is_empty()).then(|| l.live[rand::thread_rng().gen_range(0..l.live.len())])
+            (!l.live.is_empty()).then(|| l.live[rand::rng().random_range(0..l.live.len())])
         })
     }
 
@@ -919,7 +919,7 @@ impl SharedLedger {
             if l.live.is_empty() {
                 return None;
             }
-            let at = rand::thread_rng().gen_range(0..l.live.len());
+            let at = rand::rng().random_range(0..l.live.len());
             let id = l.live.swap_remove(at);
             l.orders.entry(id).or_default().delete_sent = true;
             l.deletes_sent += 1;
@@ -1010,7 +1010,7 @@ impl Api {
         if ports.is_empty() {
             return Err(Refusal::NoInstance);
         }
-        let port = ports[rand::thread_rng().gen_range(0..ports.len())];
+        let port = ports[rand::rng().random_range(0..ports.len())];
         Ok(format!("http://127.0.0.1:{port}"))
     }
 
@@ -1146,33 +1146,33 @@ impl Api {
 
 /// A new order: pending, placed at [`PLACED_AT`].
 fn new_order() -> Value {
-    let mut rng = rand::thread_rng();
+    let mut rng = rand::rng();
     json!({
         "status": "pending",
         "placed_at": PLACED_AT,
-        "amount": rng.gen_range(100..100_000),
-        "tax": rng.gen_range(0..5_000),
-        "street_address": format!("{} MG Road", rng.gen_range(1..500)),
+        "amount": rng.random_range(100..100_000),
+        "tax": rng.random_range(0..5_000),
+        "street_address": format!("{} MG Road", rng.random_range(1..500)),
         "city": "Pune",
         "state": "Maharashtra",
         "country": "India",
-        "pincode": format!("{:06}", rng.gen_range(100_000..999_999)),
+        "pincode": format!("{:06}", rng.random_range(100_000..999_999)),
     })
 }
 
 /// A partial change the API accepts whatever the order's state: a delivery time only with
 /// `delivered`, other statuses clear it.
 fn random_patch() -> Value {
-    let mut rng = rand::thread_rng();
-    match rng.gen_range(0..5) {
-        0 => json!({"amount": rng.gen_range(100..100_000)}),
+    let mut rng = rand::rng();
+    match rng.random_range(0..5) {
+        0 => json!({"amount": rng.random_range(100..100_000)}),
         1 => {
-            json!({"tax": rng.gen_range(0..5_000), "city": format!("Pune {}", rng.gen_range(1..99))})
+            json!({"tax": rng.random_range(0..5_000), "city": format!("Pune {}", rng.random_range(1..99))})
         }
         2 => json!({"status": "canceled", "delivered_at": null}),
         3 => json!({"status": "pending", "delivered_at": null}),
         _ => json!({"status": "delivered",
-                    "delivered_at": format!("2025-06-{:02}T12:00:00Z", rng.gen_range(2..28))}),
+                    "delivered_at": format!("2025-06-{:02}T12:00:00Z", rng.random_range(2..28))}),
     }
 }
 
@@ -1205,7 +1205,7 @@ async fn drive_load(soak: Arc<Soak>) {
 }
 
 async fn one_operation(soak: &Soak) {
-    let operation = Operation::pick(rand::thread_rng().gen());
+    let operation = Operation::pick(rand::rng().random());
     soak.operations.fetch_add(1, Ordering::Relaxed);
     let ledger = &soak.ledger;
     let outcome = match operation {
@@ -1550,7 +1550,7 @@ fn signal_pid(pid: u32, signal: &str) -> anyhow::Result<()> {
 async fn recover(soak: &Soak, ended: Instant) -> Option<Duration> {
     let deadline = ended + RECOVERY_TIMEOUT;
     while Instant::now() < deadline {
-        let amount = rand::thread_rng().gen_range(100..100_000);
+        let amount = rand::rng().random_range(100..100_000);
         let Ok(version) = soak
             .api
             .patch_order(soak.canary, json!({"amount": amount}))

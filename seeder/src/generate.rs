@@ -8,7 +8,7 @@ use fake::faker::address::en::{
     BuildingNumber, CityName, CountryName, StateName, StreetName, ZipCode,
 };
 use fake::Fake;
-use rand::Rng;
+use rand::{Rng, RngExt};
 
 /// One batch of orders, column by column, as PostgreSQL's `unnest` takes them.
 #[derive(Default)]
@@ -38,11 +38,11 @@ impl OrderColumns {
     pub fn fake(count: usize, now: DateTime<Utc>, rng: &mut impl Rng) -> Self {
         let mut columns = Self::default();
         for _ in 0..count {
-            let status = ["delivered", "pending", "canceled"][rng.gen_range(0..3)];
-            let placed_at = now - Duration::seconds(rng.gen_range(0..100 * 86_400));
-            let delivered_at =
-                (status == "delivered").then(|| placed_at + Duration::days(rng.gen_range(2..=7)));
-            let amount: i64 = rng.gen_range(100..=9999);
+            let status = ["delivered", "pending", "canceled"][rng.random_range(0..3)];
+            let placed_at = now - Duration::seconds(rng.random_range(0..100 * 86_400));
+            let delivered_at = (status == "delivered")
+                .then(|| placed_at + Duration::days(rng.random_range(2..=7)));
+            let amount: i64 = rng.random_range(100..=9999);
             columns.status.push(status);
             columns.placed_at.push(placed_at);
             columns.delivered_at.push(delivered_at);
@@ -71,7 +71,7 @@ mod tests {
     #[test]
     fn seeded_orders_are_valid_orders() {
         let now = Utc::now();
-        let orders = OrderColumns::fake(2_000, now, &mut rand::thread_rng());
+        let orders = OrderColumns::fake(2_000, now, &mut rand::rng());
         for i in 0..orders.len() {
             assert!(Money::new(orders.amount[i]).is_ok() && Money::new(orders.tax[i]).is_ok());
             assert_eq!(orders.tax[i], (orders.amount[i] * 18 + 50) / 100);

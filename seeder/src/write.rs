@@ -58,7 +58,7 @@ pub async fn insert_orders(
             // Generating takes about as long as inserting, so it runs on the blocking pool
             // while other batches are being written.
             let columns = tokio::task::spawn_blocking(move || {
-                OrderColumns::fake(size as usize, now, &mut rand::thread_rng())
+                OrderColumns::fake(size as usize, now, &mut rand::rng())
             })
             .await?;
             insert_batch(pool, &columns, sync).await

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::{ApiError, AppState};
 use crate::db::admin::{self, AdminChange};
+use crate::db::{QueryError, StoreError};
 use crate::domain::{FieldErrors, SyncState};
 
 /// Checks the bearer token in constant time (the comparison must not tell how much matched).
@@ -132,12 +133,8 @@ fn answer(change: AdminChange, id: i64, done: &str) -> Result<HttpResponse, ApiE
     }
 }
 
-/// The same rule as the orders routes (`db::is_unavailable`): an outage is 503, not 500. For
-/// the routes that query through sqlx directly (these and `super::sync_view`).
-pub(super) fn store_error(err: sqlx::Error) -> ApiError {
-    if matches!(err, sqlx::Error::PoolClosed) || crate::db::is_transient(&err) {
-        ApiError::Unavailable("the database is unavailable; try again shortly".into())
-    } else {
-        ApiError::Unexpected(anyhow::Error::new(err).context("query failed"))
-    }
+/// A failed statement of `db`'s, answered as the orders routes answer one: through
+/// [`StoreError`], the one error that leaves `db` for the API (an outage is 503, not 500).
+pub(super) fn store_error(err: QueryError) -> ApiError {
+    StoreError::from(err).into()
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::admin::{require_admin, store_error};
 use super::{ApiError, AppState};
-use crate::db::jobs::{self, Job, AUDIT, RESYNC};
+use crate::db::jobs::{self, Job, JobKind};
 use crate::domain::FieldErrors;
 
 /// The ids a job covers; both optional (from the first id to the highest handed out).
@@ -72,7 +72,7 @@ pub async fn start_audit(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    start_job(&state, &req, &body, AUDIT).await
+    start_job(&state, &req, &body, JobKind::Audit).await
 }
 
 #[utoipa::path(post, path = "/admin/resync", tag = "admin", request_body = Option<JobRangeIn>, security(("admin_token" = [])),
@@ -82,14 +82,14 @@ pub async fn start_resync(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    start_job(&state, &req, &body, RESYNC).await
+    start_job(&state, &req, &body, JobKind::Resync).await
 }
 
 async fn start_job(
     state: &AppState,
     req: &HttpRequest,
     body: &[u8],
-    kind: &'static str,
+    kind: JobKind,
 ) -> Result<HttpResponse, ApiError> {
     require_admin(state, req)?;
     state.ensure_accepting_writes()?;
@@ -100,7 +100,7 @@ async fn start_job(
         .map_err(store_error)?;
     tracing::info!(
         job = job.id,
-        kind,
+        kind = kind.as_str(),
         from_id = job.from_id,
         to_id = job.to_id,
         "operator started a job"
@@ -157,7 +157,7 @@ fn read_range(req: &HttpRequest, body: &[u8]) -> Result<JobRangeIn, ApiError> {
 }
 
 /// A job with its progress.
-async fn job_out(pool: &sqlx::PgPool, job: Job) -> Result<JobOut, ApiError> {
+async fn job_out(pool: &crate::db::PgPool, job: Job) -> Result<JobOut, ApiError> {
     let (progress, sent) = jobs::progress(pool, &job).await.map_err(store_error)?;
     Ok(JobOut {
         job,

@@ -44,7 +44,7 @@ use super::{admin, control, health, inbound, metrics, orders, sync_view, ApiErro
         control::pause_sync,
         control::resume_sync,
     ),
-    components(schemas(orders::OrderIn, orders::OrderPatchIn, inbound::InboundJson, inbound::InboundOrder, inbound::InboundForm, orders::OrderOut, orders::SyncOut, orders::OrderPageOut, sync_view::AttemptPageOut, sync_view::SyncExplanationOut, metrics::HistoryOut, control::JobRangeIn, control::JobOut, control::JobListOut, control::SyncSwitchOut, crate::db::jobs::Job, super::ErrorBody)),
+    components(schemas(orders::OrderIn, orders::OrderPatchIn, inbound::InboundJson, inbound::InboundOrder, inbound::InboundForm, orders::OrderOut, orders::SyncOut, orders::OrderPageOut, sync_view::AttemptPageOut, sync_view::SyncExplanationOut, metrics::HistoryOut, control::JobRangeIn, control::JobOut, control::JobListOut, control::SyncSwitchOut, crate::db::jobs::Job, crate::db::jobs::JobKind, crate::db::jobs::JobStatus, super::ErrorBody)),
     modifiers(&AdminToken, &OrderLinks, &CommonErrors, &ProblemMediaType),
     tags(
         (name = "orders", description = "Orders; every change is synced to the external API"),
@@ -338,6 +338,27 @@ mod tests {
             .expect("parameters");
         let page = list.iter().find(|p| p["name"] == "page").expect("page");
         assert_eq!(page["schema"]["maximum"], super::super::orders::MAX_PAGE);
+    }
+
+    /// A job's kind and status are declared by the names the API sends.
+    #[test]
+    fn the_job_enums_are_declared_by_the_names_sent() {
+        use crate::db::jobs::{JobKind, JobStatus};
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let names = |values: Vec<&str>| serde_json::json!(values);
+        assert_eq!(
+            schemas["JobKind"]["enum"],
+            names(JobKind::ALL.iter().map(|k| k.as_str()).collect())
+        );
+        assert_eq!(
+            schemas["JobStatus"]["enum"],
+            names(JobStatus::ALL.iter().map(|s| s.as_str()).collect())
+        );
+        assert_eq!(
+            serde_json::to_value(JobKind::Resync).expect("JSON"),
+            serde_json::json!("resync")
+        );
     }
 
     /// Every error answer is declared as it is sent: a `Problem` as `application/problem+json`.

@@ -13,7 +13,6 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
-use sea_orm::ConnectionTrait;
 use serde_json::json;
 
 use super::AppState;
@@ -26,8 +25,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 #[utoipa::path(get, path = "/health", tag = "operations",
     responses((status = 200, description = "PostgreSQL and Redis answer, and the sync engine runs (`engine`: `ok`, or `off` with `SYNC_ENGINE=false`; `sync`: `running`, or `paused` by an operator; `external_api`: `healthy`, `down` or `probing`, which does not make this instance unhealthy)"), (status = 503, description = "One of them is down, or the sync engine failed; the body names which")))]
 pub async fn check_health(state: web::Data<AppState>) -> HttpResponse {
-    let postgres =
-        tokio::time::timeout(PROBE_TIMEOUT, state.db.execute_unprepared("SELECT 1")).await;
+    let postgres = tokio::time::timeout(PROBE_TIMEOUT, crate::db::ping(&state.db)).await;
     let postgres_ok = matches!(postgres, Ok(Ok(_)));
     let mut redis = state.redis.clone();
     let ping = tokio::time::timeout(

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::AppState;
 use crate::db;
-use crate::db::jobs::{Job, Verdict, AUDIT, RESYNC};
+use crate::db::jobs::{Job, JobKind, Verdict};
 use crate::domain::SyncState;
 use crate::engine::actors::messages::{GetMailboxStats, MailboxStats};
 use crate::engine::actors::throttle::ThrottleState;
@@ -179,13 +179,13 @@ fn record(state: &AppState, g: &Gathered) {
     let probes = state.destination.probes_sent();
     m.external_api_probes
         .inc_by(probes.saturating_sub(m.external_api_probes.get()));
-    for kind in [AUDIT, RESYNC] {
+    for kind in JobKind::ALL {
         let running: Vec<_> = g.jobs.iter().filter(|(job, _)| job.kind == kind).collect();
         m.jobs_running
-            .with_label_values(&[kind])
+            .with_label_values(&[kind.as_str()])
             .set(running.len() as i64);
         m.job_progress
-            .with_label_values(&[kind])
+            .with_label_values(&[kind.as_str()])
             .set(running.first().map_or(0.0, |(_, progress)| *progress));
     }
 }

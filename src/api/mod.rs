@@ -22,8 +22,8 @@ use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::{web, HttpRequest, HttpResponse};
 use std::sync::Arc;
 
+use crate::db::DatabaseConnection;
 use redis::aio::ConnectionManager;
-use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 
 use actix::Addr;

@@ -8,7 +8,7 @@
 use actix_web::http::header::HeaderMap;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use super::ApiError;
@@ -79,7 +79,7 @@ pub fn verify(
 /// The MAC of one write-back under one key.
 fn signed(key: &WebhookKey, id: &str, timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
     // HMAC takes a key of any length, so this cannot fail.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.bytes())
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.bytes())
         .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
     mac.update(id.as_bytes());
     mac.update(b".");

@@ -11,7 +11,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::domain::SyncState;
+use super::codec::text_column;
+use crate::domain::{serialize_as_str, SyncState};
 
 /// The highest order id ever handed out (the sequence's, so ids deleted at the top count), or
 /// the highest id present if that is higher; 0 on an empty table.
@@ -19,18 +20,79 @@ pub(super) const HIGHEST_ID: &str = "SELECT GREATEST(
         COALESCE(pg_sequence_last_value(pg_get_serial_sequence('orders', 'id')), 0),
         COALESCE((SELECT max(id) FROM orders), 0)) AS highest";
 
-/// `audit` or `resync`.
-pub const AUDIT: &str = "audit";
-pub const RESYNC: &str = "resync";
+/// What a job does: check the external copies, or send every order again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum JobKind {
+    Audit,
+    Resync,
+}
+
+impl JobKind {
+    pub const ALL: [Self; 2] = [Self::Audit, Self::Resync];
+
+    /// The name stored in `sync_jobs.kind`, shown in the API and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Audit => "audit",
+            Self::Resync => "resync",
+        }
+    }
+}
+
+/// Where a job stands: its runner is queuing work, or it has queued all of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum JobStatus {
+    Running,
+    Done,
+}
+
+impl JobStatus {
+    pub const ALL: [Self; 2] = [Self::Running, Self::Done];
+
+    /// The name stored in `sync_jobs.status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Done => "done",
+        }
+    }
+}
+
+/// Both read from the database by their names, which only this module writes.
+macro_rules! named_by_as_str {
+    ($enum:ty, $what:literal) => {
+        impl std::str::FromStr for $enum {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::ALL
+                    .into_iter()
+                    .find(|value| value.as_str() == s)
+                    .ok_or_else(|| format!("{s:?} is not a job {}", $what))
+            }
+        }
+
+        impl std::fmt::Display for $enum {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        text_column!($enum);
+        serialize_as_str!($enum);
+    };
+}
+named_by_as_str!(JobKind, "kind");
+named_by_as_str!(JobStatus, "status");
 
 /// One job, as stored and as `GET /admin/jobs/{id}` shows it.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct Job {
     pub id: i64,
-    /// `audit` or `resync`.
-    pub kind: String,
-    /// `running` or `done`.
-    pub status: String,
+    pub kind: JobKind,
+    pub status: JobStatus,
     /// Started by `AUDIT_INTERVAL_SECS` rather than by an operator.
     pub sampled: bool,
     pub from_id: i64,
@@ -66,7 +128,7 @@ const JOB_COLUMNS: &str = "id, kind, status, sampled, from_id, to_id, next_id, t
 /// the highest id handed out: a stray remote copy above it cannot be one of our deleted orders.
 pub async fn create_job(
     pool: &PgPool,
-    kind: &'static str,
+    kind: JobKind,
     from: Option<i64>,
     to: Option<i64>,
 ) -> Result<Job, sqlx::Error> {
@@ -78,7 +140,7 @@ pub async fn create_job(
 
 async fn create_in(
     txn: &mut sqlx::PgConnection,
-    kind: &'static str,
+    kind: JobKind,
     from: Option<i64>,
     to: Option<i64>,
     sampled: bool,
@@ -143,7 +205,7 @@ pub async fn start_sampled_audit(
     };
     let sample = i64::try_from(sample).unwrap_or(i64::MAX);
     let to = from.saturating_add(sample - 1);
-    let job = create_in(&mut txn, AUDIT, Some(from), Some(to), true).await?;
+    let job = create_in(&mut txn, JobKind::Audit, Some(from), Some(to), true).await?;
     txn.commit().await?;
     Ok(Some(job))
 }
@@ -272,7 +334,7 @@ pub async fn running_jobs(pool: &PgPool) -> Result<Vec<Job>, sqlx::Error> {
 /// How far a job got, from 0 to 1: checked ids of the total (audit), or recorded resends of the
 /// total (resync), with the number of those resends.
 pub async fn progress(pool: &PgPool, job: &Job) -> Result<(f64, Option<i64>), sqlx::Error> {
-    let done = job.status == "done";
+    let done = job.status == JobStatus::Done;
     let of_total = |n: i64| {
         if done || job.total <= 0 {
             1.0
@@ -280,7 +342,7 @@ pub async fn progress(pool: &PgPool, job: &Job) -> Result<(f64, Option<i64>), sq
             (n as f64 / job.total as f64).clamp(0.0, 1.0)
         }
     };
-    if job.kind == AUDIT {
+    if job.kind == JobKind::Audit {
         return Ok((of_total(job.checked), None));
     }
     let outstanding = if done {

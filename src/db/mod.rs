@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod attempts;
 mod changes;
+mod codec;
 pub mod entity;
 pub mod jobs;
 mod orders;
@@ -18,15 +19,21 @@ pub use orders::{
     count_by_sync_state, get_order, list_orders, OrderFilter, OrderPage, PageRequest, StoreError,
 };
 pub use outbox::ChangeAction;
+/// The database handles the rest of the service holds: sea-orm's connection (entities, the write
+/// path) and the sqlx pool under it (the batched statements). Named here so that nothing
+/// outside this module depends on which library provides them.
+pub use sea_orm::DatabaseConnection;
+/// The error of a statement of this module's: what the engine's retries classify with
+/// [`is_transient`] and [`sqlstate`]. Order writes answer [`StoreError`] instead, which the API
+/// turns into its answers.
+pub use sqlx::Error as QueryError;
+pub use sqlx::PgPool;
 
 use std::time::Duration;
 
 use anyhow::Context;
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
-    Statement,
-};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DbBackend, DbErr, RuntimeErr, Statement};
 use sqlx::Connection;
 
 /// Creates the database named by `url` when it does not exist yet, by connecting to the
@@ -99,6 +106,11 @@ pub async fn connect_and_migrate(
 
 /// Whether every migration this binary knows is recorded as applied (for `/health/ready`). An
 /// instance of a newer release may have applied more; those do not make this one unready.
+/// One round trip to PostgreSQL (`SELECT 1`), for the health checks.
+pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {
+    db.execute_unprepared("SELECT 1").await.map(|_| ())
+}
+
 pub async fn migrations_applied(pool: &sqlx::PgPool) -> Result<bool, sqlx::Error> {
     use migration::MigratorTrait;
     let ours: Vec<String> = migration::Migrator::migrations()

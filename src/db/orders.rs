@@ -19,7 +19,7 @@ pub enum StoreError {
     #[error("the change makes the order invalid")]
     Invalid(FieldErrors),
     #[error("the database is unavailable")]
-    Unavailable(#[source] DbErr),
+    Unavailable(#[source] anyhow::Error),
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
 }
@@ -27,9 +27,21 @@ pub enum StoreError {
 impl From<DbErr> for StoreError {
     fn from(err: DbErr) -> Self {
         if is_unavailable(&err) {
-            Self::Unavailable(err)
+            Self::Unavailable(err.into())
         } else {
             Self::Unexpected(anyhow::Error::new(err).context("database query failed"))
+        }
+    }
+}
+
+/// The same rule for the statements run through sqlx: an outage (the pool closed, the
+/// connection lost, the server unavailable) is `Unavailable`, anything else `Unexpected`.
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        if matches!(err, sqlx::Error::PoolClosed) || super::is_transient(&err) {
+            Self::Unavailable(err.into())
+        } else {
+            Self::Unexpected(anyhow::Error::new(err).context("query failed"))
         }
     }
 }

@@ -6,7 +6,8 @@
 use sea_orm::{DeriveActiveEnum, EnumIter};
 use sqlx::{PgConnection, PgPool};
 
-use crate::domain::text_column;
+use super::codec::text_column;
+use crate::domain::serialize_as_str;
 
 /// Why an outbox row was written: a change to the order, or an operator's retry. Stored as its
 /// lowercase name in `outbox.action`.
@@ -47,6 +48,7 @@ impl std::str::FromStr for ChangeAction {
 }
 
 text_column!(ChangeAction);
+serialize_as_str!(ChangeAction);
 
 /// One committed change waiting to be published.
 #[derive(Debug, Clone, sqlx::FromRow)]

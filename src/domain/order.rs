@@ -84,8 +84,8 @@ impl FromStr for SyncState {
     }
 }
 
-text_column!(OrderStatus);
-text_column!(SyncState);
+serialize_as_str!(OrderStatus);
+serialize_as_str!(SyncState);
 
 impl fmt::Display for SyncState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

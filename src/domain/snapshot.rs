@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use super::OrderStatus;
 
 /// The order fields the external payload is made from (`external::payload`), read as part of
-/// the sync engine's row (`db::sync::SyncRow`, which nests it).
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// the sync engine's row (`db::sync::SyncRow`, which nests it; `db::codec` reads it from a row).
+#[derive(Debug, Clone)]
 pub struct OrderSnapshot {
     pub id: i64,
     pub version: i64,

@@ -8,10 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
+use crate::db::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::attempts;
+use crate::db::QueryError;
 use crate::metrics::SyncMetrics;
 
 /// Attempts looked at (or deleted) per statement.
@@ -20,7 +21,7 @@ const PAGE: i64 = 1_000;
 /// rather than in one long burst.
 const MOST_PAGES_PER_PASS: usize = 100;
 
-/// How the attempt log is kept (`Settings::attempt_retention`).
+/// How the attempt log is kept (`crate::config::Settings::attempts`).
 #[derive(Debug, Clone, Copy)]
 pub struct AttemptRetention {
     /// 0: the log is off (nothing is written, nothing to prune).
@@ -55,7 +56,7 @@ pub async fn keep_pruning(
 }
 
 /// One pass: the per-order limit, then the age limit. Returns how many attempts it deleted.
-pub async fn prune_once(pool: &PgPool, retention: AttemptRetention) -> Result<u64, sqlx::Error> {
+pub async fn prune_once(pool: &PgPool, retention: AttemptRetention) -> Result<u64, QueryError> {
     let mut deleted = 0;
     // With the log off there is still a log from before to age out.
     if retention.kept_per_order > 0 {

@@ -23,14 +23,14 @@
 
 use std::time::{Duration, Instant};
 
+use crate::db::PgPool;
 use redis::aio::ConnectionManager;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::backlog::keys::Keys;
 use super::backlog::relay;
 use super::cluster::InstanceId;
-use crate::db::jobs::{self, Job, AUDIT, RESYNC};
+use crate::db::jobs::{self, Job, JobKind};
 use crate::db::Changes;
 use crate::domain::{EventKind, SyncEvent};
 
@@ -47,7 +47,7 @@ const QUEUED_SECS: f64 = 2.0;
 /// Most orders a resync queues in one transaction.
 const MAX_RESYNC_PAGE: i64 = 500;
 
-/// How jobs run (`crate::config::Settings::job_settings`).
+/// How jobs run (`crate::config::Settings::jobs`).
 #[derive(Debug, Clone, Copy)]
 pub struct JobSettings {
     /// `RATE_LIMIT_PER_SEC`.
@@ -147,7 +147,7 @@ impl JobRunner {
     async fn work(&self, job: Job) {
         tracing::info!(
             job = job.id,
-            kind = job.kind,
+            kind = job.kind.as_str(),
             from_id = job.from_id,
             to_id = job.to_id,
             next_id = job.next_id,
@@ -173,7 +173,7 @@ impl JobRunner {
                     continue;
                 }
             };
-            let step = if job.kind == AUDIT {
+            let step = if job.kind == JobKind::Audit {
                 self.audit_step(&job, &mut stall).await
             } else {
                 self.resync_step(&job).await
@@ -185,7 +185,7 @@ impl JobRunner {
                     match jobs::finish(&self.pool, id, self.instance.as_str()).await {
                         Ok(true) => tracing::info!(
                             job = id,
-                            kind = job.kind,
+                            kind = job.kind.as_str(),
                             checked = job.checked,
                             matching = job.matching,
                             repaired_missing = job.repaired_missing,
@@ -278,7 +278,7 @@ impl JobRunner {
     /// Queues the next page of a resync, as much as keeps [`JobSettings::resync_window`]
     /// resends outstanding.
     async fn resync_step(&self, job: &Job) -> anyhow::Result<Step> {
-        debug_assert_eq!(job.kind, RESYNC);
+        debug_assert_eq!(job.kind, JobKind::Resync);
         let outstanding = jobs::resync_outstanding(&self.pool, job).await?;
         if job.next_id > job.to_id {
             return Ok(if outstanding == 0 {

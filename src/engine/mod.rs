@@ -45,9 +45,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::db::PgPool;
 use actix::{Actor, Addr};
 use redis::aio::ConnectionManager;
-use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 

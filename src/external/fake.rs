@@ -27,7 +27,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::http::header::{AUTHORIZATION, RETRY_AFTER};
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use rand::Rng;
+use rand::RngExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -391,14 +391,14 @@ async fn gate(state: &Shared, req: &HttpRequest, verb: &'static str) -> Option<H
         }
         return Some(answer.json(json!({"message": "Injected outage."})));
     }
-    if config.throttle_rate > 0.0 && rand::thread_rng().gen_bool(config.throttle_rate.min(1.0)) {
+    if config.throttle_rate > 0.0 && rand::rng().random_bool(config.throttle_rate.min(1.0)) {
         return Some(
             HttpResponse::TooManyRequests()
                 .insert_header((RETRY_AFTER, config.retry_after_secs.to_string()))
                 .json(json!({"message": "Too many requests."})),
         );
     }
-    if config.failure_rate > 0.0 && rand::thread_rng().gen_bool(config.failure_rate.min(1.0)) {
+    if config.failure_rate > 0.0 && rand::rng().random_bool(config.failure_rate.min(1.0)) {
         return Some(
             HttpResponse::InternalServerError().json(json!({"message": "Injected failure."})),
         );

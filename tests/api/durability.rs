@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
@@ -60,11 +60,11 @@ async fn drive_load(
     while !stop.load(Ordering::Relaxed) {
         let base = format!("http://127.0.0.1:{}", port.load(Ordering::Relaxed));
         let live = ledger.lock().unwrap().live_ids();
-        let roll: u32 = rng.gen_range(0..100);
-        let target = (!live.is_empty()).then(|| live[rng.gen_range(0..live.len())]);
+        let roll: u32 = rng.random_range(0..100);
+        let target = (!live.is_empty()).then(|| live[rng.random_range(0..live.len())]);
         let acked = match (roll, target) {
             (0..=34, _) | (_, None) => create(&http, &base).await,
-            (35..=84, Some(id)) => update(&http, &base, id, rng.gen_range(100..10_000)).await,
+            (35..=84, Some(id)) => update(&http, &base, id, rng.random_range(100..10_000)).await,
             (_, Some(id)) => {
                 ledger.lock().unwrap().delete_sent.insert(id);
                 delete(&http, &base, id).await
@@ -354,7 +354,7 @@ async fn sigkill_at_random_moments_under_load_loses_nothing_and_keeps_each_order
     let mut kills = Vec::new();
     for _ in 0..5 {
         // Let the load run for a random while (this is the load's duration, not a wait for anything).
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1200))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1200))).await;
         service.signal("KILL");
         kills.push(Instant::now());
         service.kill();

@@ -82,7 +82,9 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     let settings = test_settings(&unique_db_name(), &redis_prefix, overrides);
     // A DATABASE_URL override (a second instance on another's database) names the database.
     let db_name = settings
-        .database_url
+        .database
+        .url
+        .expose()
         .rsplit('/')
         .next()
         .unwrap_or_default()

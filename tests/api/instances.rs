@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use serde_json::json;
 
 use crate::durability::{verify, wait_for_quiescence, Load, Rig};
@@ -23,10 +23,10 @@ async fn rolling_deploys_under_load_lose_nothing_and_keep_each_orders_calls_in_o
     let mut rng = StdRng::seed_from_u64(7);
     for deploy in 1..=4 {
         // The load runs for a while before each deploy (its duration, not a wait for anything).
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(500..1500))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
         let new = rig.start_instance(&format!("v{deploy}"), &[]).await;
         load.port.store(new.port, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(500..2000))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(500..2000))).await;
         old.signal("TERM");
         assert_eq!(
             old.wait_exit(Duration::from_secs(20)).await,
@@ -65,8 +65,8 @@ async fn three_instances_with_sigkills_among_them_lose_nothing_and_keep_each_ord
     let mut rng = StdRng::seed_from_u64(11);
     let mut kills = Vec::new();
     for round in 1..=4 {
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1500))).await;
-        let victim = rng.gen_range(1..3);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
+        let victim = rng.random_range(1..3);
         instances[victim].signal("KILL");
         kills.push(Instant::now());
         instances[victim].kill();

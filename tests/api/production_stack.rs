@@ -68,14 +68,21 @@ fn repository() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs a documented line that ends before the next (the build) in the repository, as a
-/// newcomer's shell would: the test's own `CARGO_TARGET_DIR`, if any, is not the newcomer's.
+/// Runs a documented line that ends before the next (the build) in the repository, in a
+/// newcomer's shell: none of the `CARGO_*` and `OUT_DIR` variables cargo sets for this test.
+/// Build scripts watch some of them (ring's `rerun-if-env-changed=CARGO_PKG_NAME`, say), so
+/// with them set the build would compile its dependencies again instead of finding them fresh.
 fn run_to_the_end(line: &str) {
+    let shell: Vec<(String, String)> = ["PATH", "HOME", "USER", "CARGO_HOME", "RUSTUP_HOME"]
+        .iter()
+        .filter_map(|name| Some((name.to_string(), std::env::var(name).ok()?)))
+        .collect();
     let status = Command::new("bash")
         .arg("-c")
         .arg(line)
         .current_dir(repository())
-        .env_remove("CARGO_TARGET_DIR")
+        .env_clear()
+        .envs(shell)
         .status()
         .expect("bash runs");
     assert!(status.success(), "`{line}` failed: {status}");

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use order_sync::engine::backlog::keys::{Keys, GROUP};
 use order_sync::engine::backlog::{EventKind, SyncEvent};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamInfoGroupsReply, StreamPendingReply, StreamRangeReply};
 use redis::AsyncCommands;
@@ -482,11 +482,11 @@ async fn drive(
         let target = {
             let ledger = ledger.lock().unwrap();
             let patchable = &ledger.patchable;
-            (!patchable.is_empty() && rng.gen_range(0..100) >= 40)
-                .then(|| patchable[rng.gen_range(0..patchable.len())])
+            (!patchable.is_empty() && rng.random_range(0..100) >= 40)
+                .then(|| patchable[rng.random_range(0..patchable.len())])
         };
         let acked = match target {
-            Some(id) => patch(&http, &base, id, rng.gen_range(100..10_000)).await,
+            Some(id) => patch(&http, &base, id, rng.random_range(100..10_000)).await,
             None => create(&http, &base).await,
         };
         let mut ledger = ledger.lock().unwrap();
@@ -578,7 +578,7 @@ async fn redis_dropping_every_connection_under_load_loses_no_order() {
         assert!(count >= 1, "CLIENT KILL found no connection to drop");
         dropped.push(count);
         repeats.push((order_id, entry_id));
-        load.run_for(Duration::from_millis(rng.gen_range(1_000..2_000)))
+        load.run_for(Duration::from_millis(rng.random_range(1_000..2_000)))
             .await;
     }
     let (ledger, ran) = load.stop().await;

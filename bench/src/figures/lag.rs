@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rand::Rng;
+use rand::RngExt;
 use serde_json::{json, Value};
 
 use super::{order_json, wait_all_synced, Row, UNTHROTTLED};
@@ -73,8 +73,8 @@ pub async fn lag(scale: &Scale) -> anyhow::Result<Row> {
         let (http, ids, body, base) = (http.clone(), ids.clone(), body.clone(), service.url(""));
         let target = {
             let ids = ids.lock().expect("ids");
-            (!ids.is_empty() && rand::thread_rng().gen_bool(0.5))
-                .then(|| ids[rand::thread_rng().gen_range(0..ids.len())])
+            (!ids.is_empty() && rand::rng().random_bool(0.5))
+                .then(|| ids[rand::rng().random_range(0..ids.len())])
         };
         tasks.push(tokio::spawn(async move {
             match target {

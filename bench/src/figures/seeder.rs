@@ -58,7 +58,7 @@ fn write_csv(path: &std::path::Path, orders: u64) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     let now = chrono::Utc::now();
-    let mut rng = rand::thread_rng();
+    let mut rng = rand::rng();
     let mut left = orders;
     while left > 0 {
         let n = left.min(10_000);

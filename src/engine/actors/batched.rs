@@ -19,11 +19,12 @@ use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use sqlx::PgPool;
+use crate::db::PgPool;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::db::attempts::{self, NewAttempt};
 use crate::db::sync::{self as queries, SyncRow};
+use crate::db::QueryError;
 
 /// Most requests in one statement.
 const MOST_PER_BATCH: usize = 256;
@@ -31,7 +32,7 @@ const MOST_PER_BATCH: usize = 256;
 /// grows: the busier the engine, the larger its batches.
 const BATCHES_IN_FLIGHT: usize = 4;
 
-type Reply<T> = oneshot::Sender<Result<T, sqlx::Error>>;
+type Reply<T> = oneshot::Sender<Result<T, QueryError>>;
 
 /// A queue of requests of one kind, sent in batches.
 struct Batcher<Req, Resp> {
@@ -44,9 +45,9 @@ impl<Req: Clone + 'static, Resp: 'static> Batcher<Req, Resp> {
     fn start<B, BFut, S, SFut>(batch: B, single: S) -> Self
     where
         B: Fn(Vec<Req>) -> BFut + 'static,
-        BFut: Future<Output = Result<Vec<Resp>, sqlx::Error>> + 'static,
+        BFut: Future<Output = Result<Vec<Resp>, QueryError>> + 'static,
         S: Fn(Req) -> SFut + Clone + 'static,
-        SFut: Future<Output = Result<Resp, sqlx::Error>> + 'static,
+        SFut: Future<Output = Result<Resp, QueryError>> + 'static,
     {
         let (queue, mut waiting) = mpsc::unbounded_channel::<(Req, Reply<Resp>)>();
         let batch = Rc::new(batch);
@@ -89,15 +90,12 @@ impl<Req: Clone + 'static, Resp: 'static> Batcher<Req, Resp> {
     }
 
     /// Queues `request` at once, and returns its answer to wait for.
-    fn ask(
-        &self,
-        request: Req,
-    ) -> impl Future<Output = Result<Resp, sqlx::Error>> + use<Req, Resp> {
+    fn ask(&self, request: Req) -> impl Future<Output = Result<Resp, QueryError>> + use<Req, Resp> {
         let (reply, answer) = oneshot::channel();
         let queued = self.queue.send((request, reply));
         async move {
-            queued.map_err(|_| sqlx::Error::PoolClosed)?;
-            answer.await.unwrap_or(Err(sqlx::Error::PoolClosed))
+            queued.map_err(|_| QueryError::PoolClosed)?;
+            answer.await.unwrap_or(Err(QueryError::PoolClosed))
         }
     }
 }
@@ -193,7 +191,7 @@ impl BatchedQueries {
     }
 
     /// [`queries::load_marking_create`], in a batch.
-    pub async fn load_marking_create(&self, id: i64) -> Result<Option<SyncRow>, sqlx::Error> {
+    pub async fn load_marking_create(&self, id: i64) -> Result<Option<SyncRow>, QueryError> {
         self.loads.ask(id).await
     }
 
@@ -204,7 +202,7 @@ impl BatchedQueries {
         id: i64,
         version: i64,
         attempts: Vec<NewAttempt>,
-    ) -> Result<Option<i64>, sqlx::Error> {
+    ) -> Result<Option<i64>, QueryError> {
         self.successes
             .ask(Success {
                 id,

@@ -7,6 +7,7 @@ use tokio_retry::strategy::{jitter, ExponentialBackoff};
 use tokio_retry::RetryIf;
 
 use crate::db;
+use crate::db::QueryError;
 
 /// Why a database step of an event could not be completed.
 #[derive(Debug)]
@@ -41,7 +42,7 @@ pub(crate) async fn db_step<T, F, Fut>(
 ) -> Result<T, DbStepFailed>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    Fut: std::future::Future<Output = Result<T, QueryError>>,
 {
     let attempt = || {
         let next = run();

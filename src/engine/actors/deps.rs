@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
-use sqlx::PgPool;
+use crate::db::PgPool;
+use rand::RngExt;
 use tokio_util::sync::CancellationToken;
 
 use super::attempt_log::CallsInFlight;
@@ -37,7 +37,7 @@ impl RetryPolicy {
     /// Capped at [`MAX_DELAYED_RETRY`], so no scale or count can overflow a date.
     pub fn delay(&self, attempt: u32) -> Duration {
         let count = f64::from(attempt.saturating_sub(1));
-        let jitter = rand::thread_rng().gen_range(0.0..10.0 * (count + 1.0));
+        let jitter = rand::rng().random_range(0.0..10.0 * (count + 1.0));
         let secs = (count.powi(4) + 15.0 + jitter) * self.delayed_scale;
         Duration::try_from_secs_f64(secs)
             .unwrap_or(MAX_DELAYED_RETRY)

@@ -9,9 +9,9 @@
 
 use std::time::Duration;
 
+use crate::db::PgPool;
 use anyhow::Context;
 use redis::aio::ConnectionManager;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::keys::Keys;

@@ -19,10 +19,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::db::PgPool;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamInfoGroupsReply, StreamRangeReply};
 use redis::AsyncCommands;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::dispatcher::InFlight;

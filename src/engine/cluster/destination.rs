@@ -30,11 +30,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::Rng;
+use crate::db::PgPool;
+use rand::RngExt;
 use redis::aio::ConnectionManager;
 use redis::Script;
 use serde::Serialize;
-use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -670,7 +670,7 @@ static PROBE_ANSWERED_SCRIPT: std::sync::LazyLock<Script> =
 /// random part of up to half, so that jitter never makes a probe later than the schedule.
 fn probe_delay(failed: u32, max: Duration) -> Duration {
     let full = FIRST_PROBE.saturating_mul(1u32 << failed.min(20)).min(max);
-    let shortened = rand::thread_rng().gen_range(0.5..=1.0);
+    let shortened = rand::rng().random_range(0.5..=1.0);
     full.mul_f64(shortened)
 }
 

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
+use crate::db::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 

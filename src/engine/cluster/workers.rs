@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::db::PgPool;
 use redis::aio::ConnectionManager;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::db;
