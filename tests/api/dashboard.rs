@@ -249,6 +249,18 @@ pub(crate) fn save_screenshot(name: &str, png: &[u8]) {
     std::fs::write(shots.join(name), png).unwrap();
 }
 
+/// The user types the API token into the page's header and saves it.
+pub(crate) async fn enter_api_token(browser: &Client, token: &str) {
+    browser
+        .find(Locator::Css("#api-token"))
+        .await
+        .expect("the token field")
+        .send_keys(token)
+        .await
+        .expect("typed");
+    click(browser, "#save-api-token").await;
+}
+
 /// The operator types the admin token and saves it.
 async fn enter_admin_token(browser: &Client) {
     browser
@@ -325,14 +337,7 @@ async fn the_dashboard_asks_for_the_api_token_and_announces_the_built_in_fake() 
         },
     )
     .await;
-    browser
-        .find(Locator::Css("#api-token"))
-        .await
-        .unwrap()
-        .send_keys("dash-token")
-        .await
-        .unwrap();
-    click(&browser, "#save-api-token").await;
+    enter_api_token(&browser, "dash-token").await;
     wait_for("the figures", Duration::from_secs(20), || async {
         text_of(&browser, "#status-line")
             .await

@@ -24,10 +24,8 @@ use order_sync::api::webhook::sign;
 use order_sync::config::WebhookKey;
 use serde_json::{json, Value};
 
-use fantoccini::Locator;
-
 use crate::dashboard::{
-    click, policy_violations, save_screenshot, text_of, wait_for_text, wait_until_shown,
+    enter_api_token, policy_violations, save_screenshot, text_of, wait_for_text, wait_until_shown,
     ChromeDriver,
 };
 use crate::external::{ExternalApi, TOKEN};
@@ -412,14 +410,7 @@ async fn the_documented_production_stack_syncs_shows_the_whole_cluster_and_says_
         .goto(&api_instance.url("/"))
         .await
         .expect("the dashboard loads");
-    browser
-        .find(Locator::Css("#api-token"))
-        .await
-        .expect("the token field")
-        .send_keys(API_TOKEN)
-        .await
-        .expect("typed");
-    click(&browser, "#save-api-token").await;
+    enter_api_token(&browser, API_TOKEN).await;
     wait_for_text(&browser, "#stat-synced", &calls.to_string()).await;
     let table = wait_for(
         "the dashboard's row per instance",
