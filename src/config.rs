@@ -258,7 +258,7 @@ struct Variables {
     #[serde(default = "defaults::audit_sample_size")]
     pub audit_sample_size: Bounded<1, 10_000_000>,
     /// Failed calls for different orders in a row (no connection, timeouts, 5xx, 408, 429) that
-    /// turn the external API `down` for the whole cluster (`engine::cluster::destination`).
+    /// turn the external API `down` for the whole cluster (`engine::gate::destination`).
     #[serde(default = "defaults::external_api_down_after")]
     pub external_api_down_after: Bounded<1, 1_000>,
     /// The longest wait between two probes of a down external API, in milliseconds (probes back
@@ -409,9 +409,9 @@ pub struct Settings {
     pub engine: EngineSettings,
     pub cluster: ClusterSettings,
     /// Audits and resyncs (`AUDIT_*`, and the rate they share).
-    pub jobs: crate::engine::jobs::JobSettings,
+    pub jobs: JobSettings,
     /// The attempt log (`ATTEMPTS_*`).
-    pub attempts: crate::engine::attempt_pruner::AttemptRetention,
+    pub attempts: AttemptRetention,
 }
 
 /// The HTTP server (`HOST`, `PORT`, `MAX_BODY_BYTES`, `SHUTDOWN_TIMEOUT_SECS`).
@@ -461,7 +461,7 @@ pub struct ExternalSettings {
     pub timeout: Duration,
     /// Longest pause a 429's `Retry-After` can impose on every call.
     pub retry_after_max: Duration,
-    pub health: crate::engine::cluster::destination::DestinationSettings,
+    pub health: DestinationSettings,
 }
 
 /// The sync engine: whether it runs, the throttle, the actors and the retries.
@@ -477,7 +477,7 @@ pub struct EngineSettings {
     pub max_concurrent_calls: u32,
     pub max_in_flight_events: usize,
     pub order_actor_idle: Duration,
-    pub retry: crate::engine::actors::RetryPolicy,
+    pub retry: RetryPolicy,
     /// How long an order that is behind must have been quiet before the reconciler publishes it
     /// again (`RECONCILE_QUIET_SECS`).
     pub reconcile_quiet: Duration,
@@ -487,7 +487,7 @@ pub struct EngineSettings {
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
     pub shards: u64,
-    pub leases: crate::engine::cluster::leases::LeaseTimes,
+    pub leases: LeaseTimes,
     /// This instance's name in logs and leases (a unique suffix is added); `None`: the host name.
     pub instance_id: Option<String>,
 }
@@ -550,7 +550,7 @@ impl From<Variables> for Settings {
                 token: v.external_api_token,
                 timeout: external_timeout,
                 retry_after_max: Duration::from_secs(v.retry_after_max_secs.get()),
-                health: crate::engine::cluster::destination::DestinationSettings {
+                health: DestinationSettings {
                     down_after: v.external_api_down_after.get_u32(),
                     probe_max: Duration::from_millis(v.external_api_probe_max_ms.get()),
                     ramp: Duration::from_millis(v.external_api_ramp_ms.get()),
@@ -564,7 +564,7 @@ impl From<Variables> for Settings {
                 max_concurrent_calls: v.max_concurrent_calls.get_u32(),
                 max_in_flight_events: v.max_in_flight_events.get_usize(),
                 order_actor_idle: Duration::from_secs(v.order_actor_idle_secs.get()),
-                retry: crate::engine::actors::RetryPolicy {
+                retry: RetryPolicy {
                     quick_attempts: v.retry_max_attempts.get_u32(),
                     delayed_limit: v.delayed_retry_limit.get_u32(),
                     delayed_scale: v.delayed_retry_scale.get(),
@@ -573,20 +573,20 @@ impl From<Variables> for Settings {
             },
             cluster: ClusterSettings {
                 shards: v.shards.get(),
-                leases: crate::engine::cluster::leases::LeaseTimes::new(
+                leases: LeaseTimes::new(
                     Duration::from_millis(v.shard_lease_ms.get()),
                     external_timeout,
                 ),
                 instance_id: v.instance_id,
             },
-            jobs: crate::engine::jobs::JobSettings {
+            jobs: JobSettings {
                 rate_per_sec,
                 audit_share: v.audit_rate_share.get(),
                 audit_every: (v.audit_interval_secs.get() > 0)
                     .then(|| Duration::from_secs(v.audit_interval_secs.get())),
                 audit_sample: v.audit_sample_size.get(),
             },
-            attempts: crate::engine::attempt_pruner::AttemptRetention {
+            attempts: AttemptRetention {
                 kept_per_order: v.attempts_kept_per_order.get(),
                 max_age: Duration::from_secs(v.attempts_retention_days.get() * 24 * 3600),
                 every: Duration::from_secs(v.attempts_prune_interval_secs.get()),
@@ -831,6 +831,65 @@ pub fn redact_url(raw: &str) -> String {
         }
         Err(_) => "<unparseable url>".to_string(),
     }
+}
+
+// The sections' types read by the sync engine (their behaviour, where they have one, is in the
+// engine module that uses them: `impl RetryPolicy` in `engine::actors::deps`, say).
+
+/// How jobs run (`crate::config::Settings::jobs`).
+#[derive(Debug, Clone, Copy)]
+pub struct JobSettings {
+    /// `RATE_LIMIT_PER_SEC`.
+    pub rate_per_sec: u32,
+    /// `AUDIT_RATE_SHARE`.
+    pub audit_share: f64,
+    /// `AUDIT_INTERVAL_SECS`, when continuous audits are on.
+    pub audit_every: Option<Duration>,
+    /// `AUDIT_SAMPLE_SIZE`.
+    pub audit_sample: u64,
+}
+
+/// How the attempt log is kept (`crate::config::Settings::attempts`).
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptRetention {
+    /// 0: the log is off (nothing is written, nothing to prune).
+    pub kept_per_order: u64,
+    pub max_age: Duration,
+    pub every: Duration,
+}
+
+/// What the settings say (`EXTERNAL_API_DOWN_AFTER`, `EXTERNAL_API_PROBE_MAX_MS`,
+/// `EXTERNAL_API_RAMP_MS`).
+#[derive(Debug, Clone, Copy)]
+pub struct DestinationSettings {
+    /// Failed calls for different orders in a row that turn the API `down`.
+    pub down_after: u32,
+    /// The longest wait between two probes.
+    pub probe_max: Duration,
+    /// How long the throttle takes to open fully after the API is back.
+    pub ramp: Duration,
+    /// How long a probe may hold its lease: a call's whole budget.
+    pub probe_lease: Duration,
+}
+
+/// How failed calls are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts per call in process (the first included), with exponential backoff and jitter.
+    pub quick_attempts: u32,
+    /// Delayed retries (Sidekiq's schedule) before the order is `dead`.
+    pub delayed_limit: u32,
+    /// Multiplies the delayed schedule; 1.0 is Sidekiq's own (`count^4 + 15 + jitter` seconds).
+    pub delayed_scale: f64,
+}
+
+/// The lease's timings.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTimes {
+    /// How long a lease lasts unless renewed (`SHARD_LEASE_MS`).
+    pub ttl: Duration,
+    /// How long before the deadline no call may start: the call's timeout plus a margin (`engine::cluster::leases`).
+    pub call_budget: Duration,
 }
 
 #[cfg(test)]

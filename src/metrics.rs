@@ -110,7 +110,7 @@ pub struct SyncMetrics {
     /// Set at scrape time: live instances holding at least one shard (the workers syncing).
     pub workers_live: IntGauge,
     /// 1 while changes have waited with no worker holding a shard for 30 s
-    /// (`engine::cluster::workers`).
+    /// (`engine::view::workers`).
     pub workers_missing: IntGauge,
     pub outbox_rows: IntGauge,
     pub orders: IntGaugeVec,
@@ -121,7 +121,7 @@ pub struct SyncMetrics {
     /// 1 while outbound calls are paused (`POST /admin/sync/pause`), for every instance.
     pub sync_paused: IntGauge,
     /// Set at scrape time: 1 while the external API is healthy for the cluster, 0 while it is
-    /// down or being probed (`engine::cluster::destination`); how long it has been so; and the
+    /// down or being probed (`engine::gate::destination`); how long it has been so; and the
     /// probes this instance sent.
     pub external_api_up: IntGauge,
     pub external_api_state_seconds: Gauge,

@@ -7,7 +7,6 @@
 //! clear error naming the variable at fault when a dependency cannot be reached.
 
 use std::net::TcpListener;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,29 +14,13 @@ use actix_web::dev::{Server, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
 use actix_web::{web, App, HttpServer};
-use redis::aio::ConnectionManager;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, edge, ApiError, AppState};
 use crate::config::Settings;
 use crate::db;
-use crate::engine::actors::attempt_log::CallsInFlight;
-use crate::engine::actors::deps::AuditShare;
-use crate::engine::actors::throttle::Throttle;
-use crate::engine::actors::{BatchedQueries, SyncDeps};
-use crate::engine::backlog::dispatcher::InFlight;
-use crate::engine::backlog::keys::Keys;
-use crate::engine::cluster::census::Publisher;
-use crate::engine::cluster::destination::{Destination, DestinationWatcher};
-use crate::engine::cluster::leases::Leases;
-use crate::engine::cluster::pause::PauseSwitch;
-use crate::engine::cluster::rate_limit::ClusterRateLimit;
-use crate::engine::cluster::workers::WorkerWatch;
-use crate::engine::cluster::InstanceId;
-use crate::engine::{EngineParts, EngineState, SyncEngine};
+use crate::engine::{self, BuildError, EngineState, SyncEngine};
 use crate::external::fake::{FakeConfig, FakeExternalApi};
-use crate::external::ExternalClient;
 use crate::metrics::SyncMetrics;
 
 /// Why the service could not start. Each message names the variable to fix.
@@ -64,189 +47,58 @@ pub struct Application {
     external_api_url: String,
     /// Cancelled on SIGTERM or Ctrl-C: writes answer 503, no new event or call starts.
     shutdown: CancellationToken,
-    /// Events read but not yet acknowledged; shutdown waits for them (`None` without the engine).
-    in_flight: Option<InFlight>,
-    /// Released once the events in flight are done, so other instances take over at once.
-    leases: Option<(Leases, ConnectionManager)>,
-    /// The sync engine's state: a failed engine stops the process (see `crate::engine`).
-    engine: watch::Receiver<EngineState>,
+    /// Drained and its shards handed over at shutdown; a failed engine stops the process.
+    engine: SyncEngine,
     shutdown_timeout: Duration,
 }
 
 impl Application {
+    /// Connects, migrates, starts the engine and binds the HTTP server, in that order.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let database_error = |cause| StartupError::Database {
-            url: settings.database.url.to_string(),
-            cause,
-        };
-        db::ensure_database(settings.database.url.expose())
+        let db = connect_database(&settings).await?;
+        let redis = crate::engine::connect_redis(settings.redis.url.expose())
             .await
-            .map_err(database_error)?;
-        let db = db::connect_and_migrate(
-            settings.database.url.expose(),
-            settings.database.max_connections,
-        )
-        .await
-        .map_err(database_error)?;
-        let redis_error = |cause| StartupError::Redis {
-            url: settings.redis.url.to_string(),
-            cause,
-        };
-        let redis = crate::engine::backlog::connect(settings.redis.url.expose())
-            .await
-            .map_err(redis_error)?;
-        let keys = Keys::new(&settings.redis.prefix, settings.cluster.shards);
-        crate::engine::cluster::check_shard_count(&mut redis.clone(), &keys)
-            .await
-            .map_err(StartupError::Cluster)?;
-
-        let external_api = if settings.external.url.is_some() {
-            "configured"
-        } else {
-            "built-in fake"
-        };
-        let external_api_url = match &settings.external.url {
-            Some(url) => url.expose().to_string(),
-            None => {
-                let config = FakeConfig::from_env().map_err(StartupError::FakeApi)?;
-                let listener = TcpListener::bind("127.0.0.1:0")
-                    .map_err(|e| StartupError::FakeApi(e.to_string()))?;
-                let fake = FakeExternalApi::start(listener, config)
-                    .map_err(|e| StartupError::FakeApi(e.to_string()))?;
-                tracing::warn!(url = %fake.url, "EXTERNAL_API_URL is unset: started the built-in fake external API; orders are synced to it alone, and it keeps them in memory (development only)");
-                fake.url
-            }
-        };
-
+            .map_err(|cause| StartupError::Redis {
+                url: settings.redis.url.to_string(),
+                cause,
+            })?;
+        let (external_api, external_api_url) = external_api(&settings)?;
         let metrics = Arc::new(SyncMetrics::default());
         let shutdown = CancellationToken::new();
-        let (rate_per_sec, burst, max_concurrent) = (
-            settings.engine.rate_per_sec,
-            settings.engine.burst,
-            settings.engine.max_concurrent_calls,
-        );
-        let rate_limit =
-            ClusterRateLimit::new(redis.clone(), keys.rate_limit(), rate_per_sec, burst);
-        let throttle = Throttle::start_cluster_wide(max_concurrent, rate_limit.clone());
-        let job_settings = settings.jobs;
-        let audit_share = AuditShare {
-            whole: rate_limit,
-            share: ClusterRateLimit::new(
-                redis.clone(),
-                keys.audit_rate_limit(),
-                job_settings.audit_rate(),
-                (job_settings.audit_rate() / 20).max(1),
-            ),
-            slots: tokio::sync::Semaphore::new(job_settings.audit_slots(max_concurrent)),
-        };
-        let instance = InstanceId::generate(settings.cluster.instance_id.as_deref());
-        let leases = Leases::new(instance.clone(), keys.clone(), settings.cluster.leases);
-        let pool = db.get_postgres_connection_pool().clone();
         // The one write path, on the durable pool: the API, the audits' repairs and the resyncs
         // change orders through it, and it wakes this instance's relay after their commits.
         let changes = db::Changes::new(db.clone(), db::RelayDoorbell::new());
-        let pool_for_pause = pool.clone();
-        let bookkeeping = db::bookkeeping_pool(
-            settings.database.url.expose(),
-            settings.database.max_connections,
-        )
-        .await
-        .map_err(database_error)?;
-        // The trusted roots are read here, once; every call's handshake shares them.
-        let tls = crate::external::tls::client_config()?;
-        let calls_in_flight = CallsInFlight::default();
-        let destination = Destination::new(settings.external.health);
-        actix_rt::spawn(destination.clone().keep_watching(DestinationWatcher {
-            redis: redis.clone(),
-            keys: keys.clone(),
-            instance: instance.to_string(),
-            pool: pool.clone(),
-            retry_scale: settings.engine.retry.delayed_scale,
-            throttle: throttle.clone(),
-            syncs: settings.engine.enabled && settings.role.syncs(),
-            shutdown: shutdown.clone(),
-        }));
-        let deps = Rc::new(SyncDeps {
-            pool: pool.clone(),
-            changes: changes.clone(),
-            bookkeeping: bookkeeping.clone(),
-            batched: BatchedQueries::start(pool.clone(), bookkeeping.clone()),
-            client: ExternalClient::new(
-                &external_api_url,
-                settings.external.token.clone(),
-                settings.external.timeout,
-                settings.external.retry_after_max,
-                tls,
-            ),
-            throttle: throttle.clone(),
-            destination: destination.clone(),
-            leases: leases.clone(),
-            retry: settings.engine.retry,
-            metrics: metrics.clone(),
-            calls_in_flight: calls_in_flight.clone(),
-            attempt_log_on: settings.attempts.kept_per_order > 0,
-            audit_share: Some(audit_share),
-            shutdown: shutdown.clone(),
-        });
-        let role = settings.role;
-        let engine = if settings.engine.enabled {
-            if role.syncs() {
-                tracing::info!(%instance, shards = keys.shards(), ?role, "sync engine starting; taking this instance's share of the shards");
-            } else {
-                tracing::info!(
-                    ?role,
-                    "ROLE=api: relaying the outbox only; workers make the calls"
-                );
-            }
-            Some(SyncEngine::start(EngineParts {
-                deps,
-                pool,
-                bookkeeping,
+        let engine = SyncEngine::build(
+            &settings,
+            engine::Shared {
+                db: db.clone(),
                 redis: redis.clone(),
-                redis_url: settings.redis.url.expose().to_string(),
-                keys: keys.clone(),
-                leases: leases.clone(),
                 changes: changes.clone(),
                 metrics: metrics.clone(),
-                max_in_flight_events: settings.engine.max_in_flight_events,
-                order_actor_idle: settings.engine.order_actor_idle,
-                reconcile_quiet: settings.engine.reconcile_quiet,
-                attempt_retention: settings.attempts,
-                jobs: job_settings,
-                relay_only: !role.syncs(),
+                external_api_url: external_api_url.clone(),
                 shutdown: shutdown.clone(),
-            }))
-        } else {
-            tracing::info!("SYNC_ENGINE=false: serving the API only; changes wait in the outbox");
-            None
-        };
-        let engine_state = match &engine {
-            Some(engine) => engine.state(),
-            None => watch::channel(EngineState::Off).1,
-        };
-
-        let addr = format!("{}:{}", settings.http.host, settings.http.port);
-        let listener = TcpListener::bind(&addr).map_err(|cause| StartupError::Bind {
-            addr: addr.clone(),
-            cause,
+            },
+        )
+        .await
+        .map_err(|error| match error {
+            BuildError::Database(cause) => StartupError::Database {
+                url: settings.database.url.to_string(),
+                cause,
+            },
+            BuildError::Cluster(why) => StartupError::Cluster(why),
+            BuildError::Tls(error) => StartupError::Tls(error),
         })?;
-        let port = listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or(settings.http.port);
-
-        let throttle_for_pause = throttle.clone();
-        let metrics_for_pause = metrics.clone();
-        let leases_to_release = engine
-            .as_ref()
-            .filter(|_| role.syncs())
-            .map(|_| (leases.clone(), redis.clone()));
+        actix_rt::spawn(crate::metrics::keep_history(
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        warn_about_open_routes(&settings);
         let state = web::Data::new(AppState {
             db,
             redis,
             changes,
             metrics,
-            throttle,
+            engine: engine.clone(),
             shutdown: shutdown.clone(),
             admin_token: settings
                 .auth
@@ -256,86 +108,10 @@ impl Application {
             api_tokens: settings.auth.api_tokens.clone(),
             webhook_keys: settings.auth.webhook_keys.clone(),
             external_api,
-            supervisor: engine.as_ref().map(SyncEngine::supervisor),
-            in_flight: engine.as_ref().map(SyncEngine::in_flight),
-            leases: engine
-                .as_ref()
-                .filter(|_| role.syncs())
-                .map(|_| leases.clone()),
-            engine: engine_state.clone(),
-            keys,
             started_at: std::time::Instant::now(),
-            calls_in_flight,
-            delayed_retry_limit: settings.engine.retry.delayed_limit,
-            pause: PauseSwitch::new(throttle_for_pause, metrics_for_pause),
-            destination,
-            role,
-            instance_id: instance.to_string(),
-            workers: WorkerWatch::default(),
+            role: settings.role,
         });
-        actix_rt::spawn(
-            Publisher {
-                redis: state.redis.clone(),
-                keys: state.keys.clone(),
-                instance: instance.to_string(),
-                role,
-                metrics: state.metrics.clone(),
-                in_flight: state.in_flight.clone(),
-                shutdown: shutdown.clone(),
-            }
-            .keep_publishing(),
-        );
-        actix_rt::spawn(state.workers.clone().keep_watching(
-            state.redis.clone(),
-            state.keys.clone(),
-            state.db.get_postgres_connection_pool().clone(),
-            shutdown.clone(),
-        ));
-        actix_rt::spawn(
-            state
-                .pause
-                .clone()
-                .keep_watching(pool_for_pause, shutdown.clone()),
-        );
-        actix_rt::spawn(crate::metrics::keep_history(
-            state.metrics.clone(),
-            shutdown.clone(),
-        ));
-        if settings.auth.api_tokens.is_empty() {
-            tracing::warn!("API_TOKENS is unset: the orders and metrics routes are open to anyone who can reach the port (set it, or ORDER_SYNC_ENV=production to require it)");
-        }
-        if settings.auth.webhook_keys.is_empty() {
-            tracing::warn!("INBOUND_WEBHOOK_SECRET is unset: /inbound accepts unsigned write-backs from anyone who can reach the port");
-        }
-        let max_body_bytes = settings.http.max_body_bytes;
-        let server = HttpServer::new(move || {
-            // The last `wrap` is the outermost: a request meets the security headers, then the
-            // log, then the refusal of compressed bodies and the body's deadline, then its route.
-            App::new()
-                .wrap(actix_web::middleware::from_fn(edge::limit_body_read_time))
-                .wrap(actix_web::middleware::from_fn(
-                    edge::refuse_compressed_bodies,
-                ))
-                .wrap(ErrorHandlers::new().default_handler(json_error_body))
-                .wrap(actix_web::middleware::from_fn(
-                    crate::api::auth::require_api_token,
-                ))
-                .wrap(actix_web::middleware::from_fn(
-                    crate::telemetry::log_request,
-                ))
-                .wrap(edge::security_headers())
-                .app_data(state.clone())
-                .configure(|cfg| api::configure(cfg, max_body_bytes, role))
-                .default_service(web::to(api::route_not_found))
-        })
-        // A request's head must arrive within this; its body within `edge::BODY_READ_TIMEOUT`.
-        .client_request_timeout(edge::CLIENT_REQUEST_TIMEOUT)
-        .listen(listener)
-        .map_err(|cause| StartupError::Bind { addr, cause })?
-        // Signals are ours (see `run_until_stopped`): the engine must drain before the server stops.
-        .disable_signals()
-        .shutdown_timeout(settings.http.shutdown_timeout.as_secs())
-        .run();
+        let (server, port) = serve(state, &settings)?;
         tracing::info!(
             port,
             version = crate::build_info::VERSION,
@@ -347,9 +123,7 @@ impl Application {
             server,
             external_api_url,
             shutdown,
-            in_flight: engine.as_ref().map(SyncEngine::in_flight),
-            leases: leases_to_release,
-            engine: engine_state,
+            engine,
             shutdown_timeout: settings.http.shutdown_timeout,
         })
     }
@@ -372,7 +146,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let mut server = actix_rt::spawn(self.server);
-        let mut engine = self.engine.clone();
+        let mut engine = self.engine.states();
         let engine_failed = async {
             match engine
                 .wait_for(|state| matches!(state, EngineState::Failed { .. }))
@@ -403,19 +177,7 @@ impl Application {
             }
         }
         self.shutdown.cancel();
-        if let Some(in_flight) = &self.in_flight {
-            let pending = in_flight.count();
-            match tokio::time::timeout(self.shutdown_timeout, in_flight.drained()).await {
-                Ok(()) => tracing::info!(events = pending, "in-flight events finished"),
-                Err(_) => tracing::warn!(
-                    events = in_flight.count(),
-                    "shutdown timeout: leaving unfinished events in Redis for the next start"
-                ),
-            }
-        }
-        if let Some((leases, redis)) = &self.leases {
-            leases.release_all(redis.clone()).await;
-        }
+        self.engine.drain_and_hand_over(self.shutdown_timeout).await;
         handle.stop(true).await;
         let _ = server.await;
         match failure {
@@ -423,6 +185,92 @@ impl Application {
             None => Ok(()),
         }
     }
+}
+
+/// Creates the database when it is missing, then connects and applies the migrations.
+async fn connect_database(settings: &Settings) -> Result<db::DatabaseConnection, StartupError> {
+    let database_error = |cause| StartupError::Database {
+        url: settings.database.url.to_string(),
+        cause,
+    };
+    db::ensure_database(settings.database.url.expose())
+        .await
+        .map_err(database_error)?;
+    db::connect_and_migrate(
+        settings.database.url.expose(),
+        settings.database.max_connections,
+    )
+    .await
+    .map_err(database_error)
+}
+
+/// Where external calls go, and how `/health` names it: `EXTERNAL_API_URL`, or the built-in
+/// fake, started here, when it is unset.
+fn external_api(settings: &Settings) -> Result<(&'static str, String), StartupError> {
+    if let Some(url) = &settings.external.url {
+        return Ok(("configured", url.expose().to_string()));
+    }
+    let config = FakeConfig::from_env().map_err(StartupError::FakeApi)?;
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(|e| StartupError::FakeApi(e.to_string()))?;
+    let fake = FakeExternalApi::start(listener, config)
+        .map_err(|e| StartupError::FakeApi(e.to_string()))?;
+    tracing::warn!(url = %fake.url, "EXTERNAL_API_URL is unset: started the built-in fake external API; orders are synced to it alone, and it keeps them in memory (development only)");
+    Ok(("built-in fake", fake.url))
+}
+
+/// Says at start-up which routes are open to anyone who can reach the port.
+fn warn_about_open_routes(settings: &Settings) {
+    if settings.auth.api_tokens.is_empty() {
+        tracing::warn!("API_TOKENS is unset: the orders and metrics routes are open to anyone who can reach the port (set it, or ORDER_SYNC_ENV=production to require it)");
+    }
+    if settings.auth.webhook_keys.is_empty() {
+        tracing::warn!("INBOUND_WEBHOOK_SECRET is unset: /inbound accepts unsigned write-backs from anyone who can reach the port");
+    }
+}
+
+/// Binds `HOST:PORT` and builds the HTTP server over `state` (not yet serving), with the port
+/// actually bound (`PORT=0` picks one).
+fn serve(state: web::Data<AppState>, settings: &Settings) -> Result<(Server, u16), StartupError> {
+    let addr = format!("{}:{}", settings.http.host, settings.http.port);
+    let listener = TcpListener::bind(&addr).map_err(|cause| StartupError::Bind {
+        addr: addr.clone(),
+        cause,
+    })?;
+    let port = listener
+        .local_addr()
+        .map(|a| a.port())
+        .unwrap_or(settings.http.port);
+    let (max_body_bytes, role) = (settings.http.max_body_bytes, settings.role);
+    let server = HttpServer::new(move || {
+        // The last `wrap` is the outermost: a request meets the security headers, then the
+        // log, then the refusal of compressed bodies and the body's deadline, then its route.
+        App::new()
+            .wrap(actix_web::middleware::from_fn(edge::limit_body_read_time))
+            .wrap(actix_web::middleware::from_fn(
+                edge::refuse_compressed_bodies,
+            ))
+            .wrap(ErrorHandlers::new().default_handler(json_error_body))
+            .wrap(actix_web::middleware::from_fn(
+                crate::api::auth::require_api_token,
+            ))
+            .wrap(actix_web::middleware::from_fn(
+                crate::telemetry::log_request,
+            ))
+            .wrap(edge::security_headers())
+            .app_data(state.clone())
+            .configure(|cfg| api::configure(cfg, max_body_bytes, role))
+            .default_service(web::to(api::route_not_found))
+    })
+    // A request's head must arrive within this; its body within `edge::BODY_READ_TIMEOUT`.
+    .client_request_timeout(edge::CLIENT_REQUEST_TIMEOUT)
+    .listen(listener)
+    .map_err(|cause| StartupError::Bind { addr, cause })?
+    // Signals are ours (see `run_until_stopped`): the engine must drain before the server stops.
+    .disable_signals()
+    .shutdown_timeout(settings.http.shutdown_timeout.as_secs())
+    .run();
+    Ok((server, port))
 }
 
 /// Resolves on SIGTERM or Ctrl-C, with the signal's name.

@@ -1,24 +1,17 @@
 //! Logging with `tracing`: human-readable on a terminal, JSON when `LOG_FORMAT=json`, level from
 //! `RUST_LOG` (default `info`). Every HTTP request is one line (with a request id, also sent back
 //! as `X-Request-Id`), every external call attempt is one line (`crate::engine::actors::calls`),
-//! and while there is work a one-line summary comes every few seconds.
+//! and while there is work a one-line summary comes every few seconds
+//! (`crate::engine::view::progress`).
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use redis::aio::ConnectionManager;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
-
-use crate::engine::backlog::dispatcher::InFlight;
-use crate::engine::backlog::keys::Keys;
-use crate::engine::backlog::stats::shard_stats;
-use crate::metrics::SyncMetrics;
 
 /// Installs the global subscriber; call once, from `main`.
 pub fn init() {
@@ -83,48 +76,6 @@ fn incoming_request_id(headers: &HeaderMap) -> Option<String> {
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b));
     sane.then(|| value.iter().map(|&b| char::from(b)).collect())
-}
-
-/// How often the summary line comes while there is work.
-const SUMMARY_EVERY: Duration = Duration::from_secs(5);
-
-/// Logs `synced/s, backlog, lag` every few seconds while events are coming or waiting.
-pub async fn log_progress(
-    metrics: Arc<SyncMetrics>,
-    in_flight: InFlight,
-    mut redis: ConnectionManager,
-    keys: Keys,
-    shutdown: CancellationToken,
-) {
-    let (mut last_synced, mut last_received) =
-        (metrics.synced.get(), metrics.events_received.get());
-    while !shutdown.is_cancelled() {
-        tokio::select! {
-            _ = tokio::time::sleep(SUMMARY_EVERY) => {}
-            _ = shutdown.cancelled() => return,
-        }
-        let (synced, received) = (metrics.synced.get(), metrics.events_received.get());
-        let backlog: u64 = shard_stats(&mut redis, &keys)
-            .await
-            .map(|shards| shards.iter().map(|s| s.length).sum())
-            .unwrap_or(0);
-        if received == last_received && backlog == 0 && in_flight.count() == 0 {
-            continue; // idle: say nothing
-        }
-        let lag = metrics.lag_summary();
-        tracing::info!(
-            synced_per_sec = format!(
-                "{:.1}",
-                (synced - last_synced) as f64 / SUMMARY_EVERY.as_secs_f64()
-            ),
-            backlog,
-            in_flight = in_flight.count(),
-            lag_p50_ms = lag.p50,
-            lag_p95_ms = lag.p95,
-            "sync progress"
-        );
-        (last_synced, last_received) = (synced, received);
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The operator's controls (behind `ADMIN_TOKEN`, like the rest of `/admin`): start an audit or a
 //! full resync (`crate::engine::jobs`), follow jobs, and pause or resume outbound calls for every
-//! instance (`crate::engine::cluster::pause`).
+//! instance (`crate::engine::gate::pause`).
 
 use actix_web::http::header::LOCATION;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
@@ -226,7 +226,7 @@ async fn switch(
         .await
         .map_err(store_error)?;
     // This instance at once; the others at their next look (`pause::WATCH_EVERY`).
-    state.pause.apply(paused);
+    state.engine.set_paused(paused);
     let sync = if paused { "paused" } else { "running" };
     tracing::warn!(sync, "operator switched outbound calls");
     Ok(HttpResponse::Ok().json(SyncSwitchOut { sync, since }))

@@ -34,7 +34,7 @@ pub async fn check_health(state: web::Data<AppState>) -> HttpResponse {
     )
     .await;
     let redis_ok = matches!(ping, Ok(Ok(_)));
-    let engine = state.engine.borrow().clone();
+    let engine = state.engine.state();
     let engine_ok = !matches!(engine, EngineState::Failed { .. });
     let all_ok = postgres_ok && redis_ok && engine_ok;
     let word = |ok: bool| if ok { "ok" } else { "down" };
@@ -45,15 +45,15 @@ pub async fn check_health(state: web::Data<AppState>) -> HttpResponse {
         "engine": engine.describe(),
         "external": state.external_api,
         // Paused by an operator (`POST /admin/sync/pause`): healthy, and making no calls.
-        "sync": if state.pause.is_paused() { "paused" } else { "running" },
+        "sync": if state.engine.is_paused() { "paused" } else { "running" },
         // The external API's health for the cluster: `down` or `probing` is not this
         // instance's fault, so the answer stays 200 (a restart would not help).
-        "external_api": state.destination.view().state,
+        "external_api": state.engine.destination().state,
     });
-    if let Some(leases) = &state.leases {
+    if let Some(shards) = state.engine.shards() {
         // Which instance answered, and its share of the backlog (a rolling deploy's progress).
-        body["instance"] = json!(leases.instance().as_str());
-        body["shards"] = json!(leases.held_shards());
+        body["instance"] = json!(state.engine.instance_id());
+        body["shards"] = json!(shards);
     }
     if all_ok {
         HttpResponse::Ok().json(body)
@@ -65,7 +65,7 @@ pub async fn check_health(state: web::Data<AppState>) -> HttpResponse {
 #[utoipa::path(get, path = "/health/live", tag = "operations",
     responses((status = 200, description = "The process and its sync engine run; dependencies are not checked (`engine`: `ok`, `off` or `relay only`)"), (status = 503, description = "The sync engine has given up; the body says which task failed (the process is stopping)")))]
 pub async fn check_live(state: web::Data<AppState>) -> HttpResponse {
-    let engine = state.engine.borrow().clone();
+    let engine = state.engine.state();
     let body = json!({"status": if matches!(engine, EngineState::Failed { .. }) { "down" } else { "ok" }, "engine": engine.describe()});
     if matches!(engine, EngineState::Failed { .. }) {
         HttpResponse::ServiceUnavailable().json(body)
@@ -102,30 +102,18 @@ pub async fn check_ready(state: web::Data<AppState>) -> HttpResponse {
             PROBE_TIMEOUT.as_secs()
         )),
     }
-    let engine = state.engine.borrow().clone();
+    let engine = state.engine.state();
     if let EngineState::Failed { .. } = engine {
         why.push(format!("engine: {}", engine.describe()));
     }
-    let mut body = json!({"role": state.role.as_str(), "instance": state.instance_id, "engine": engine.describe()});
-    if let Some(leases) = &state.leases {
-        // A worker is ready while its keeper renews: past the lease time without a round, its
-        // leases have run out and it syncs nothing.
-        let ttl = leases.times().ttl;
-        match leases.since_last_round() {
-            Some(ago) if ago <= ttl => {}
-            Some(ago) => why.push(format!(
-                "leases: not renewed for {} s (Redis unreachable?); this worker holds no shard",
-                ago.as_secs()
-            )),
-            None if state.started_at.elapsed() > ttl => {
-                why.push("leases: never taken since start (Redis unreachable?)".into())
-            }
-            None => why.push("leases: starting".into()),
-        }
-        body["shards"] = json!(leases.held_shards());
+    let mut body = json!({"role": state.role.as_str(), "instance": state.engine.instance_id(), "engine": engine.describe()});
+    // A worker is ready while its keeper renews its leases.
+    why.extend(state.engine.lease_trouble());
+    if let Some(shards) = state.engine.shards() {
+        body["shards"] = json!(shards);
     }
     if state.role != Role::Worker {
-        let seen = state.workers.seen();
+        let seen = state.engine.workers();
         body["workers"] = json!({
             "status": if !seen.known { "unknown" } else if seen.missing { "missing" } else { "ok" },
             "live": seen.live,

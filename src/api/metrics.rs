@@ -9,11 +9,7 @@ use super::AppState;
 use crate::db;
 use crate::db::jobs::{Job, JobKind, Verdict};
 use crate::domain::SyncState;
-use crate::engine::actors::messages::{GetMailboxStats, MailboxStats};
-use crate::engine::actors::throttle::ThrottleState;
-use crate::engine::backlog::stats::{shard_stats, ShardStats};
-use crate::engine::cluster::census::{self, Counts, InstanceFigures};
-use crate::engine::cluster::destination::{DestinationView, Health};
+use crate::engine::{Counts, DestinationView, Health, Snapshot, ThrottleState};
 
 /// How long the external API has been in its current state (0 when it never changed).
 fn state_seconds(view: &DestinationView) -> f64 {
@@ -30,7 +26,7 @@ pub fn external_api_json(
     throttle: Option<&ThrottleState>,
     orders: &[(SyncState, i64)],
 ) -> serde_json::Value {
-    let view = state.destination.view();
+    let view = state.engine.destination();
     let now_ms = chrono::Utc::now().timestamp_millis();
     let waiting: i64 = orders
         .iter()
@@ -43,7 +39,7 @@ pub fn external_api_json(
         "state_seconds": state_seconds(&view),
         "next_probe_in_ms": view.next_probe_ms.filter(|_| view.state != Health::Healthy).map(|at| (at - now_ms).max(0)),
         "probes_failed": view.probes_failed,
-        "probes_sent_here": state.destination.probes_sent(),
+        "probes_sent_here": state.engine.probes_sent(),
         "calls_waiting_here": throttle.map_or(0, |t| t.slot_waiters),
         "orders_waiting": waiting,
     })
@@ -58,14 +54,10 @@ fn counted_states() -> Vec<SyncState> {
         .collect()
 }
 
-/// What is gathered at scrape time.
+/// What is gathered at scrape time: the engine's figures, and PostgreSQL's.
 struct Gathered {
-    throttle: Option<ThrottleState>,
-    mailbox: MailboxStats,
-    shards: Vec<ShardStats>,
+    engine: Snapshot,
     outbox_rows: i64,
-    /// The live instances of the deployment, their figures and their shards.
-    instances: Vec<InstanceFigures>,
     /// Orders by sync state: pending, retrying, dead.
     orders: Vec<(SyncState, i64)>,
     /// Running jobs with their progress, oldest first.
@@ -73,25 +65,7 @@ struct Gathered {
 }
 
 async fn gather(state: &AppState) -> Gathered {
-    let mailbox = match &state.supervisor {
-        Some(supervisor) => supervisor.send(GetMailboxStats).await.unwrap_or_default(),
-        None => MailboxStats::default(),
-    };
-    let mut redis = state.redis.clone();
-    let shards = shard_stats(&mut redis, &state.keys)
-        .await
-        .unwrap_or_else(|error| {
-            tracing::warn!(error = %error, "cannot read the backlog's size");
-            Vec::new()
-        });
-    let owners: Vec<(u64, Option<String>)> =
-        shards.iter().map(|s| (s.shard, s.owner.clone())).collect();
-    let instances = census::read_instances(&mut redis, &state.keys, &owners)
-        .await
-        .unwrap_or_else(|error| {
-            tracing::warn!(error = %error, "cannot read the live instances");
-            Vec::new()
-        });
+    let engine = state.engine.snapshot().await;
     let pool = state.db.get_postgres_connection_pool();
     let outbox_rows = db::outbox::count(pool).await.unwrap_or(-1);
     let states = counted_states();
@@ -111,11 +85,8 @@ async fn gather(state: &AppState) -> Gathered {
     }
     let gathered = Gathered {
         jobs,
-        throttle: state.throttle.state().await,
-        mailbox,
-        shards,
+        engine,
         outbox_rows,
-        instances,
         orders: states.iter().map(|state| (*state, count(*state))).collect(),
     };
     record(state, &gathered);
@@ -125,10 +96,10 @@ async fn gather(state: &AppState) -> Gathered {
 /// Puts the scrape-time figures into the registry's gauges.
 fn record(state: &AppState, g: &Gathered) {
     let m = &state.metrics;
-    m.mailbox_depth_max.set(g.mailbox.depth_max as i64);
+    m.mailbox_depth_max.set(g.engine.mailbox.depth_max as i64);
     m.events_in_flight
-        .set(state.in_flight.as_ref().map_or(0, |f| f.count() as i64));
-    if let Some(t) = &g.throttle {
+        .set(state.engine.events_in_flight() as i64);
+    if let Some(t) = &g.engine.throttle {
         m.throttle_tokens.set(t.tokens);
         m.throttle_waiters.set(t.waiters as i64);
         m.throttle_calls_in_flight.set(i64::from(t.in_flight));
@@ -137,7 +108,7 @@ fn record(state: &AppState, g: &Gathered) {
         m.throttle_paused_seconds
             .set(t.paused_for_ms.unwrap_or(0) as f64 / 1000.0);
     }
-    for shard in &g.shards {
+    for shard in &g.engine.shards {
         let label = shard.shard.to_string();
         m.stream_length
             .with_label_values(&[label.as_str()])
@@ -149,34 +120,31 @@ fn record(state: &AppState, g: &Gathered) {
     m.outbox_rows.set(g.outbox_rows);
     m.shards_held.set(
         state
-            .leases
-            .as_ref()
-            .map_or(0, |l| l.held_shards().len() as i64),
+            .engine
+            .shards()
+            .map_or(0, |shards| shards.len() as i64),
     );
-    m.live_instances.set(g.instances.len() as i64);
+    m.live_instances.set(g.engine.instances.len() as i64);
     m.workers_live.set(
-        g.instances
+        g.engine
+            .instances
             .iter()
             .filter(|instance| !instance.shards.is_empty())
             .count() as i64,
     );
     m.workers_missing
-        .set(i64::from(state.workers.seen().missing));
+        .set(i64::from(state.engine.workers().missing));
     for &(state, count) in &g.orders {
         m.orders.with_label_values(&[state.as_str()]).set(count);
     }
-    let engine_up = matches!(
-        *state.engine.borrow(),
-        crate::engine::EngineState::Running | crate::engine::EngineState::RelayOnly
-    );
-    m.engine_up.set(i64::from(engine_up));
-    m.sync_paused.set(i64::from(state.pause.is_paused()));
-    let destination = state.destination.view();
+    m.engine_up.set(i64::from(state.engine.state().is_up()));
+    m.sync_paused.set(i64::from(state.engine.is_paused()));
+    let destination = state.engine.destination();
     m.external_api_up
         .set(i64::from(destination.state == Health::Healthy));
     m.external_api_state_seconds
         .set(state_seconds(&destination));
-    let probes = state.destination.probes_sent();
+    let probes = state.engine.probes_sent();
     m.external_api_probes
         .inc_by(probes.saturating_sub(m.external_api_probes.get()));
     for kind in JobKind::ALL {
@@ -206,7 +174,7 @@ pub async fn actor_metrics(state: web::Data<AppState>) -> HttpResponse {
             "spawned": m.actors_spawned.get(),
             "stopped": m.actors_stopped.get(),
             "restarted": m.actors_restarted.get(),
-            "mailbox": g.mailbox,
+            "mailbox": g.engine.mailbox,
         },
         "events": {
             "received": m.events_received.get(),
@@ -222,35 +190,35 @@ pub async fn actor_metrics(state: web::Data<AppState>) -> HttpResponse {
             "republished": m.republished.get(),
         },
         "engine": {
-            "state": state.engine.borrow().describe(),
+            "state": state.engine.state().describe(),
             "task_restarts": m.engine_task_restarts.get(),
         },
         "instance": {
-            "id": state.instance_id,
+            "id": state.engine.instance_id(),
             "role": state.role.as_str(),
-            "shards": state.leases.as_ref().map(|l| l.held_shards()).unwrap_or_default(),
+            "shards": state.engine.shards().unwrap_or_default(),
         },
         // Every live instance (role, version, shards, counters since it started) and their
         // sums: what the dashboard shows, whichever instance serves it.
         "cluster": {
-            "instances": g.instances,
-            "totals": Counts::sum_of(&g.instances),
+            "instances": g.engine.instances,
+            "totals": Counts::sum_of(&g.engine.instances),
         },
-        // Whether any worker syncs (`engine::cluster::workers`): the dashboard's banner.
-        "workers": state.workers.seen(),
+        // Whether any worker syncs (`engine::view::workers`): the dashboard's banner.
+        "workers": state.engine.workers(),
         "calls": calls,
-        "throttle": g.throttle,
+        "throttle": g.engine.throttle,
         "backlog": {
-            "stream_length": g.shards.iter().map(|s| s.length).sum::<u64>(),
-            "pending": g.shards.iter().map(|s| s.pending).sum::<u64>(),
+            "stream_length": g.engine.shards.iter().map(|s| s.length).sum::<u64>(),
+            "pending": g.engine.shards.iter().map(|s| s.pending).sum::<u64>(),
             "outbox_rows": g.outbox_rows,
-            "shards": g.shards,
+            "shards": g.engine.shards,
         },
         "orders": g.orders.iter().map(|(state, count)| (state.to_string(), json!(count))).collect::<serde_json::Map<_, _>>(),
         "lag_ms": m.lag_summary(),
         "uptime_secs": state.started_at.elapsed().as_secs(),
-        "sync": if state.pause.is_paused() { "paused" } else { "running" },
-        "external_api": external_api_json(&state, g.throttle.as_ref(), &g.orders),
+        "sync": if state.engine.is_paused() { "paused" } else { "running" },
+        "external_api": external_api_json(&state, g.engine.throttle.as_ref(), &g.orders),
         // The cluster's running jobs (from PostgreSQL), and the checks this instance made.
         "jobs": g.jobs.iter().map(|(job, progress)| json!({
             "id": job.id, "kind": job.kind, "sampled": job.sampled, "progress": progress,
@@ -286,8 +254,7 @@ pub struct HistoryOut {
 #[utoipa::path(get, path = "/metrics/history", tag = "operations",
     responses((status = 200, body = HistoryOut, description = "The cluster's throughput (calls synced per second, summed over the instances) and lag p95 (the worst instance's) over the last 15 minutes, a point every 5 s: the dashboard's chart. `scope` is `cluster`, or `instance` when Redis cannot be read and the points are this instance's own")))]
 pub async fn metrics_history(state: web::Data<AppState>) -> HttpResponse {
-    let mut redis = state.redis.clone();
-    let (scope, points) = match census::read_history(&mut redis, &state.keys).await {
+    let (scope, points) = match state.engine.cluster_history().await {
         Ok(points) => ("cluster", points),
         Err(error) => {
             tracing::warn!(error = %error, "cannot read the cluster's history; showing this instance's");

@@ -26,25 +26,23 @@ use crate::db::DatabaseConnection;
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
-use actix::Addr;
-
 use crate::config::{Role, Secret, WebhookKey};
-use crate::engine::actors::supervisor::SupervisorActor;
-use crate::engine::actors::throttle::Throttle;
-use crate::engine::backlog::dispatcher::InFlight;
-use crate::engine::backlog::keys::Keys;
+use crate::engine::SyncEngine;
 use crate::metrics::SyncMetrics;
 
 /// What every handler can reach, shared through `web::Data`.
 pub struct AppState {
     /// The durable pool: reads, and the operator's discard (which queues no event).
     pub db: DatabaseConnection,
+    /// For `/health`'s ping.
     pub redis: ConnectionManager,
     /// Every change to an order goes through it: it writes the outbox row in the change's
     /// transaction and wakes the relay after the commit.
     pub changes: crate::db::Changes,
     pub metrics: Arc<SyncMetrics>,
-    pub throttle: Throttle,
+    /// The sync engine's handle: its state, the pause, the external API's health, the calls in
+    /// flight, the shards and the cluster's figures.
+    pub engine: SyncEngine,
     /// Cancelled when shutdown begins: writes answer 503 from then on.
     pub shutdown: CancellationToken,
     /// `None`: the admin endpoints are off.
@@ -55,30 +53,9 @@ pub struct AppState {
     pub webhook_keys: Vec<WebhookKey>,
     /// Where external calls go: `"built-in fake"` or `"configured"`, for `/health`.
     pub external_api: &'static str,
-    /// The engine's parts, for the metrics endpoints (`None` with `SYNC_ENGINE=false`).
-    pub supervisor: Option<Addr<SupervisorActor>>,
-    pub in_flight: Option<InFlight>,
-    /// This instance's id and the shards it holds, for `/health`.
-    pub leases: Option<crate::engine::cluster::leases::Leases>,
-    /// The sync engine's state, for `/health`.
-    pub engine: tokio::sync::watch::Receiver<crate::engine::EngineState>,
-    pub keys: Keys,
     pub started_at: std::time::Instant,
-    /// The calls this instance is making, for `GET /orders/{id}/sync`.
-    pub calls_in_flight: crate::engine::actors::attempt_log::CallsInFlight,
-    /// `DELAYED_RETRY_LIMIT`, for `GET /orders/{id}/sync`.
-    pub delayed_retry_limit: u32,
-    /// Whether outbound calls are paused (cluster-wide), for `/health` and the admin routes.
-    pub pause: crate::engine::cluster::pause::PauseSwitch,
-    /// The external API's health as the cluster sees it, for `/health`, the metrics, the
-    /// dashboard and `GET /orders/{id}/sync`.
-    pub destination: crate::engine::cluster::destination::Destination,
     /// `ROLE`, for `/health/ready`.
     pub role: Role,
-    /// This process's id among the instances (every role has one: the census names it).
-    pub instance_id: String,
-    /// Whether any worker holds the shards, for `/health/ready`, the metrics and the dashboard.
-    pub workers: crate::engine::cluster::workers::WorkerWatch,
 }
 
 impl AppState {

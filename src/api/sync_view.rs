@@ -11,7 +11,7 @@ use super::admin::store_error;
 use super::{ApiError, AppState};
 use crate::db::attempts::{self, Attempt, SyncColumns};
 use crate::domain::{FieldErrors, SyncState};
-use crate::engine::actors::attempt_log::CallInFlight;
+use crate::engine::CallInFlight;
 
 const DEFAULT_PER_PAGE: i64 = 20;
 const MAX_PER_PAGE: i64 = 100;
@@ -163,8 +163,8 @@ pub async fn explain_sync(
     if columns.is_none() && last_attempt.is_none() {
         return Err(ApiError::NotFound(format!("order {id} not found")));
     }
-    let in_flight = state.calls_in_flight.get(id).map(CallInFlightOut::from);
-    let limit = state.delayed_retry_limit;
+    let in_flight = state.engine.call_in_flight(id).map(CallInFlightOut::from);
+    let limit = state.engine.delayed_retry_limit();
     let (status, mut explanation) = explain(
         columns.as_ref(),
         last_attempt.as_ref(),
@@ -172,10 +172,8 @@ pub async fn explain_sync(
         limit,
         Utc::now(),
     );
-    let destination = state.destination.view();
-    if destination.state != crate::engine::cluster::destination::Health::Healthy
-        && in_flight.is_none()
-    {
+    let destination = state.engine.destination();
+    if destination.state != crate::engine::Health::Healthy && in_flight.is_none() {
         let since = DateTime::from_timestamp_millis(destination.since_ms);
         if let Some(line) = columns
             .as_ref()

@@ -6,8 +6,8 @@
 //! others skip it), and the age pass is harmless to repeat.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use crate::config::AttemptRetention;
 use crate::db::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -20,15 +20,6 @@ const PAGE: i64 = 1_000;
 /// Most statements of each kind per pass: a backlog of pruning is worked off over several passes
 /// rather than in one long burst.
 const MOST_PAGES_PER_PASS: usize = 100;
-
-/// How the attempt log is kept (`crate::config::Settings::attempts`).
-#[derive(Debug, Clone, Copy)]
-pub struct AttemptRetention {
-    /// 0: the log is off (nothing is written, nothing to prune).
-    pub kept_per_order: u64,
-    pub max_age: Duration,
-    pub every: Duration,
-}
 
 /// Prunes until shutdown. Errors are logged and the next pass tries again.
 pub async fn keep_pruning(

@@ -23,16 +23,17 @@
 
 use std::time::{Duration, Instant};
 
+use crate::config::JobSettings;
 use crate::db::PgPool;
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
-use super::backlog::keys::Keys;
 use super::backlog::relay;
 use super::cluster::InstanceId;
 use crate::db::jobs::{self, Job, JobKind};
 use crate::db::Changes;
 use crate::domain::{EventKind, SyncEvent};
+use crate::engine::keys::Keys;
 
 /// How long a claim on a job holds unless renewed (it is renewed at every step).
 pub const CLAIM_HOLD: Duration = Duration::from_secs(15);
@@ -46,19 +47,6 @@ const STALL: Duration = Duration::from_secs(60);
 const QUEUED_SECS: f64 = 2.0;
 /// Most orders a resync queues in one transaction.
 const MAX_RESYNC_PAGE: i64 = 500;
-
-/// How jobs run (`crate::config::Settings::jobs`).
-#[derive(Debug, Clone, Copy)]
-pub struct JobSettings {
-    /// `RATE_LIMIT_PER_SEC`.
-    pub rate_per_sec: u32,
-    /// `AUDIT_RATE_SHARE`.
-    pub audit_share: f64,
-    /// `AUDIT_INTERVAL_SECS`, when continuous audits are on.
-    pub audit_every: Option<Duration>,
-    /// `AUDIT_SAMPLE_SIZE`.
-    pub audit_sample: u64,
-}
 
 impl JobSettings {
     /// The audits' rate, in calls per second: at least one.

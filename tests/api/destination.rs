@@ -1,4 +1,4 @@
-//! When the external API is down (`engine::cluster::destination`): real instances under load
+//! When the external API is down (`engine::gate::destination`): real instances under load
 //! against a recording external API switched between down (503 to everything) and up. While it is
 //! down only probes reach it, one at a time for the cluster; when it is back every waiting order
 //! goes out at once (parked ones too), in order, and nothing is lost. A probe holder that dies

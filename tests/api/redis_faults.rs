@@ -30,8 +30,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use order_sync::engine::backlog::keys::{Keys, GROUP};
 use order_sync::engine::backlog::{EventKind, SyncEvent};
+use order_sync::engine::keys::{Keys, GROUP};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use redis::aio::MultiplexedConnection;

@@ -21,7 +21,7 @@ const ADMIN_TOKEN: &str = "bench-admin-token";
 
 /// What the audits' share allows, in checks per second: the engine's own rounding.
 fn audit_allowed(rate_limit: u32, share: f64) -> u32 {
-    order_sync::engine::jobs::JobSettings {
+    order_sync::config::JobSettings {
         rate_per_sec: rate_limit,
         audit_share: share,
         audit_every: None,
@@ -268,8 +268,8 @@ async fn share_limiter_alone(
     waiters: usize,
     duration: Duration,
 ) -> anyhow::Result<(f64, f64)> {
-    use order_sync::engine::cluster::rate_limit::{ClusterRateLimit, Grant};
-    let redis = order_sync::engine::backlog::connect(&crate::harness::redis_url()).await?;
+    use order_sync::engine::gate::rate_limit::{ClusterRateLimit, Grant};
+    let redis = order_sync::engine::keys::connect(&crate::harness::redis_url()).await?;
     let scripts_before = redis_script_calls(&redis).await?;
     let key = format!("bench-audit-share-{}", uuid::Uuid::new_v4().simple());
     let limit = ClusterRateLimit::new(redis.clone(), key.clone(), rate, 1);
@@ -414,7 +414,7 @@ async fn audit_run(
         settings.push(("AUDIT_RATE_SHARE", share.as_str()));
     }
     let service = crate::harness::start_service_logging_to(db, fake, &settings, Some(&log)).await?;
-    let redis = order_sync::engine::backlog::connect(&crate::harness::redis_url()).await?;
+    let redis = order_sync::engine::keys::connect(&crate::harness::redis_url()).await?;
     let http = reqwest::Client::new();
     let started = http
         .post(service.url("/admin/audit"))

@@ -87,8 +87,8 @@ pub async fn several_instances(scale: &Scale) -> anyhow::Result<Vec<Row>> {
 /// request at a time as the throttle does, one call per request against `MAX_GRANT`-sized
 /// batches; beside the round trip's own limit (PINGs one at a time).
 pub async fn rate_limit_grants(scale: &Scale) -> anyhow::Result<Row> {
-    use order_sync::engine::cluster::rate_limit::{ClusterRateLimit, Grant};
-    let redis = order_sync::engine::backlog::connect(&crate::harness::redis_url()).await?;
+    use order_sync::engine::gate::rate_limit::{ClusterRateLimit, Grant};
+    let redis = order_sync::engine::keys::connect(&crate::harness::redis_url()).await?;
     let key = format!("bench-grants-{}", uuid::Uuid::new_v4().simple());
     let requests = scale.grant_requests;
     let mut ping = redis.clone();

@@ -25,7 +25,7 @@ use super::messages::Outcome;
 use crate::db::jobs::{self, Drift, Verdict};
 use crate::db::sync::{self as queries, SyncRow};
 use crate::domain::SyncState;
-use crate::engine::cluster::rate_limit::Grant;
+use crate::engine::gate::rate_limit::Grant;
 use crate::external::payload::ExternalOrder;
 use crate::external::{CallError, ExternalCall};
 

@@ -10,9 +10,9 @@ use tokio_retry::RetryIf;
 
 use super::attempt_log::{attempt_row, CallInFlight};
 use super::deps::SyncDeps;
-use super::throttle::CallPermit;
 use crate::db::attempts::NewAttempt;
 use crate::engine::cluster::leases::Fence;
+use crate::engine::gate::throttle::CallPermit;
 use crate::external::{Answer, CallError, ExternalCall};
 
 /// A call's result, and every attempt it took (for the attempt log).
@@ -20,12 +20,12 @@ pub(crate) struct CallReport {
     pub result: Result<Answer, CallError>,
     pub attempts: Vec<NewAttempt>,
     /// The call was a probe of a down API, and its failure is the order's own to record
-    /// ([`crate::engine::cluster::destination::Destination::finish_probe`]).
+    /// ([`crate::engine::gate::destination::Destination::finish_probe`]).
     pub failed_probe_is_the_orders: bool,
 }
 
 /// Makes the call, retrying quickly (exponential backoff with jitter) what may pass on a retry,
-/// unless the external API looks unwell (`crate::engine::cluster::destination`): quick retries
+/// unless the external API looks unwell (`crate::engine::gate::destination`): quick retries
 /// into an API that is going down are a retry storm. Every result is evidence of the API's
 /// health; the probe's is reported as the probe's.
 /// Every attempt takes its own slot and token from the throttle; the first uses `first_permit`.
@@ -140,7 +140,8 @@ pub(crate) async fn call_with_retries(
 
 #[cfg(test)]
 mod tests {
-    use crate::engine::actors::deps::{RetryPolicy, MAX_DELAYED_RETRY};
+    use crate::config::RetryPolicy;
+    use crate::engine::actors::deps::MAX_DELAYED_RETRY;
 
     #[test]
     fn no_scale_or_count_overflows_the_delayed_schedule() {

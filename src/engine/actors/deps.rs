@@ -4,32 +4,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::RetryPolicy;
 use crate::db::PgPool;
 use rand::RngExt;
 use tokio_util::sync::CancellationToken;
 
 use super::attempt_log::CallsInFlight;
 use super::batched::BatchedQueries;
-use super::throttle::Throttle;
-use crate::engine::cluster::destination::Destination;
 use crate::engine::cluster::leases::Leases;
-use crate::engine::cluster::rate_limit::ClusterRateLimit;
+use crate::engine::gate::destination::Destination;
+use crate::engine::gate::rate_limit::ClusterRateLimit;
+use crate::engine::gate::throttle::Throttle;
 use crate::external::ExternalClient;
 use crate::metrics::SyncMetrics;
 
 /// The longest wait for a delayed retry (Sidekiq's 25th retry comes after about 20 days).
 pub const MAX_DELAYED_RETRY: Duration = Duration::from_secs(30 * 24 * 3600);
-
-/// How failed calls are retried.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// Attempts per call in process (the first included), with exponential backoff and jitter.
-    pub quick_attempts: u32,
-    /// Delayed retries (Sidekiq's schedule) before the order is `dead`.
-    pub delayed_limit: u32,
-    /// Multiplies the delayed schedule; 1.0 is Sidekiq's own (`count^4 + 15 + jitter` seconds).
-    pub delayed_scale: f64,
-}
 
 impl RetryPolicy {
     /// The delay before delayed retry number `attempt` (1-based): Sidekiq's

@@ -187,7 +187,7 @@ async fn sync_to_current_state(
 /// Whether a failed call failed because the external API is down: then the order waits for it
 /// rather than being parked on its own retry schedule.
 fn waits_for_the_api(deps: &SyncDeps, result: &Result<Answer, CallError>) -> bool {
-    crate::engine::cluster::destination::health_evidence(result) == Some(false)
+    crate::engine::gate::destination::health_evidence(result) == Some(false)
         && deps.destination.is_down()
 }
 

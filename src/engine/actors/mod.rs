@@ -11,10 +11,10 @@
 //! - [`attempt_log`] — each call attempt as a row of the attempt log, and the calls in flight.
 //! - [`audit`] — one audit check: compare the external copy with the order, repair a difference.
 //!
+//! The throttle every call passes is in `crate::engine::gate`, below this layer.
+//!
 //! No module here imports one that imports it back: `messages` and `deps` import no actor,
 //! `event_path` uses `decision`, `calls` and `db_step`, and `order_sync` uses `event_path`.
-//! - [`throttle`] — the one global budget: a token bucket, a cap on calls in flight, and a pause
-//!   for everyone after a 429.
 
 pub mod attempt_log;
 mod audit;
@@ -27,7 +27,6 @@ mod event_path;
 pub mod messages;
 pub mod order_sync;
 pub mod supervisor;
-pub mod throttle;
 
 pub use batched::BatchedQueries;
-pub use deps::{RetryPolicy, SyncDeps};
+pub use deps::SyncDeps;

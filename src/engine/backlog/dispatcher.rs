@@ -36,12 +36,12 @@ use tokio_retry::strategy::ExponentialBackoff;
 use tokio_retry::Retry;
 use tokio_util::sync::CancellationToken;
 
-use super::keys::{Keys, GROUP};
 use super::SyncEvent;
 use crate::engine::actors::messages::{HandleEvent, Outcome};
 use crate::engine::actors::supervisor::SupervisorActor;
 use crate::engine::backoff::Backoff;
 use crate::engine::cluster::leases::Leases;
+use crate::engine::keys::{Keys, GROUP};
 use crate::metrics::SyncMetrics;
 
 /// How long one read waits for new entries before looking again.
@@ -420,7 +420,7 @@ impl ShardReader {
 
     async fn read_until_error(&mut self, progressed: &mut bool) -> anyhow::Result<()> {
         if self.connection.is_none() {
-            self.connection = Some(super::connect(&self.dispatcher.redis_url).await?);
+            self.connection = Some(crate::engine::keys::connect(&self.dispatcher.redis_url).await?);
         }
         self.ensure_group().await?;
         if !self.recovered {

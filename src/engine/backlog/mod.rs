@@ -9,35 +9,7 @@
 
 pub mod dispatcher;
 mod event;
-pub mod keys;
 pub mod relay;
 pub mod scheduler;
-pub mod stats;
 
 pub use event::{EventKind, SyncEvent};
-
-use std::time::Duration;
-
-use anyhow::Context;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-
-/// Connects to Redis and checks it answers. The connection manager reconnects by itself later.
-pub async fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
-    let client = redis::Client::open(url).context("not a valid Redis URL")?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(Duration::from_secs(5)))
-        .set_number_of_retries(2);
-    let mut manager = tokio::time::timeout(
-        Duration::from_secs(10),
-        ConnectionManager::new_with_config(client, config),
-    )
-    .await
-    .context("timed out connecting")?
-    .context("cannot connect")?;
-    redis::cmd("PING")
-        .query_async::<String>(&mut manager)
-        .await
-        .context("PING failed")?;
-    Ok(manager)
-}

@@ -14,11 +14,11 @@ use anyhow::Context;
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
-use super::keys::Keys;
 use super::{EventKind, SyncEvent};
 use crate::db::outbox::{self, ChangeAction};
 use crate::db::RelayDoorbell;
 use crate::engine::backoff::Backoff;
+use crate::engine::keys::Keys;
 
 /// Rows published per transaction.
 const BATCH: i64 = 1_000;

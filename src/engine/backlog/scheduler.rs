@@ -26,11 +26,11 @@ use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
 use super::dispatcher::InFlight;
-use super::keys::{Keys, GROUP};
 use super::relay::publish;
 use super::{EventKind, SyncEvent};
 use crate::db::sync as queries;
 use crate::engine::cluster::leases::Leases;
+use crate::engine::keys::{Keys, GROUP};
 use crate::metrics::SyncMetrics;
 
 /// How often due retries are looked for.

@@ -51,7 +51,8 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::InstanceId;
-use crate::engine::backlog::keys::Keys;
+use crate::config::LeaseTimes;
+use crate::engine::keys::Keys;
 
 /// Added to the external call's timeout: clock drift between this host and Redis over one
 /// lease, and the time between the fence check and the request leaving.
@@ -65,15 +66,6 @@ enum Share {
     Held,
     /// Fewer than its share: the others have not handed theirs over yet.
     Short,
-}
-
-/// The lease's timings.
-#[derive(Debug, Clone, Copy)]
-pub struct LeaseTimes {
-    /// How long a lease lasts unless renewed (`SHARD_LEASE_MS`).
-    pub ttl: Duration,
-    /// How long before the deadline no call may start: the call's timeout plus [`CALL_MARGIN`].
-    pub call_budget: Duration,
 }
 
 impl LeaseTimes {

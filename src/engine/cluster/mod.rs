@@ -5,24 +5,15 @@
 //!   it holds the shard's lease (`SET NX PX`, renewed, released on shutdown). Leases spread
 //!   evenly over the live instances; a shard whose owner died is taken over with its pending
 //!   entries. So one order's events are never handled by two instances at once.
-//! - [`rate_limit`]: the external API's rate limit, enforced across every instance by one Lua
-//!   script (GCRA) in Redis.
-//! - [`pause`]: the operator's switch that stops outbound calls on every instance.
-//! - [`destination`]: the external API's health, one state for every instance: while it is down
-//!   only one probe at a time calls it, and its return releases every waiting call at once.
-//! - [`census`]: every instance publishes its figures, so any instance shows the whole cluster.
-//! - [`workers`]: whether any instance holds the shards; changes waiting with no worker are
-//!   reported loudly rather than left to pile up in silence.
+//!
+//! What every instance shares about the calls themselves (the rate limit, the pause, the external
+//! API's health) is in `crate::engine::gate`; what the instances show of each other (the census,
+//! the worker watch) in `crate::engine::view`.
 //!
 //! Outcomes are recorded in PostgreSQL as compare-and-sets on the version (`crate::db::sync`),
 //! so a late write from an instance whose lease ran out cannot overwrite a newer one.
 
-pub mod census;
-pub mod destination;
 pub mod leases;
-pub mod pause;
-pub mod rate_limit;
-pub mod workers;
 
 use std::fmt;
 use std::sync::Arc;
@@ -30,7 +21,7 @@ use std::sync::Arc;
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
-use super::backlog::keys::Keys;
+use crate::engine::keys::Keys;
 
 /// This process's name among the instances: its consumer name in the group and the value of
 /// the leases it holds. Unique per run (`INSTANCE_ID`, or the host name, the process id and a

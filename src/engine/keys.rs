@@ -1,8 +1,35 @@
-//! Every Redis key and name the service uses, built in one place. All keys live under
-//! `REDIS_PREFIX`, so tests and deployments can share one Redis.
+//! Every Redis key and name the service uses, built in one place, and the connection to Redis:
+//! the engine's bottom layer, which every other part uses. All keys live under `REDIS_PREFIX`,
+//! so tests and deployments can share one Redis.
 //!
 //! One shard's keys (its stream and its lease) share a hash tag, `{prefix:shard}`, so on Redis
 //! Cluster they live in one slot; no command or script touches keys of two shards at once.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+/// Connects to Redis and checks it answers. The connection manager reconnects by itself later.
+pub async fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
+    let client = redis::Client::open(url).context("not a valid Redis URL")?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(2);
+    let mut manager = tokio::time::timeout(
+        Duration::from_secs(10),
+        ConnectionManager::new_with_config(client, config),
+    )
+    .await
+    .context("timed out connecting")?
+    .context("cannot connect")?;
+    redis::cmd("PING")
+        .query_async::<String>(&mut manager)
+        .await
+        .context("PING failed")?;
+    Ok(manager)
+}
 
 /// The consumer group every instance reads the streams with. Each instance reads as its own
 /// consumer, named by its instance id (`crate::engine::cluster::InstanceId`).
@@ -68,7 +95,7 @@ impl Keys {
     }
 
     /// `{prefix}:destination`: the external API's health, shared by every instance
-    /// (`crate::engine::cluster::destination`).
+    /// (`crate::engine::gate::destination`).
     pub fn destination(&self) -> String {
         format!("{{{}}}:destination", self.prefix)
     }
@@ -79,7 +106,7 @@ impl Keys {
     }
 
     /// `{prefix}:census`: the instances publishing their figures, scored by when each one's
-    /// entry runs out (`crate::engine::cluster::census`).
+    /// entry runs out (`crate::engine::view::census`).
     pub fn census(&self) -> String {
         format!("{{{}}}:census", self.prefix)
     }

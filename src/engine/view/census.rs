@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Role;
 use crate::engine::backlog::dispatcher::InFlight;
-use crate::engine::backlog::keys::Keys;
+use crate::engine::keys::Keys;
 use crate::metrics::{HistoryPoint, SyncMetrics, HISTORY_EVERY};
 
 /// How often an instance publishes: the chart's step.

@@ -1,7 +1,7 @@
 //! Whether any worker is syncing. An `api` instance relays changes into the streams and makes no
 //! call itself, so a deployment started without a worker (or whose workers all died) accepts
 //! orders and syncs none. Every [`LOOK_EVERY`] the watcher reads each shard's owner and size
-//! (one pipeline, `crate::engine::backlog::stats`); when changes wait and no instance has held a
+//! (one pipeline, `crate::engine::view::stats`); when changes wait and no instance has held a
 //! shard for [`NO_WORKER_AFTER`], it says so: a warning line every [`WARN_EVERY`],
 //! `/health/ready`'s body, `order_sync_workers_missing`, and the dashboard's banner.
 
@@ -14,8 +14,8 @@ use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 use crate::db;
-use crate::engine::backlog::keys::Keys;
-use crate::engine::backlog::stats::shard_stats;
+use crate::engine::keys::Keys;
+use crate::engine::view::stats::shard_stats;
 
 /// How long changes may wait with no worker before it counts as missing: longer than a
 /// SIGKILLed worker's shards wait for a new owner with the default lease (18 s).

@@ -4,7 +4,7 @@
 
 use redis::aio::ConnectionManager;
 
-use super::keys::{Keys, GROUP};
+use crate::engine::keys::{Keys, GROUP};
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ShardStats {

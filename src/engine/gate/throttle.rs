@@ -6,14 +6,14 @@
 //!
 //! 1. [`Throttle::acquire`] waits for one of `MAX_CONCURRENT_CALLS` slots and returns a
 //!    [`CallPermit`], which holds the slot until dropped. While the external API is down
-//!    (`crate::engine::cluster::destination`) no slot is handed out but the probe's, to the
+//!    (`crate::engine::gate::destination`) no slot is handed out but the probe's, to the
 //!    oldest waiter; when it is back, slots open over a ramp. The caller may still look at the
 //!    database (its freshest state) before deciding to call, or drop the permit and call nothing.
 //! 2. [`CallPermit::take_token`] waits for a token, right before the request is sent. Tokens
 //!    come at `RATE_LIMIT_PER_SEC` after a burst of `RATE_LIMIT_BURST`, so no one-second window
 //!    sees more than rate + burst calls, however long the caller's database steps took. With
 //!    Redis ([`Throttle::start_cluster_wide`]) the tokens are granted by
-//!    `crate::engine::cluster::rate_limit`, so that bound holds for all instances together;
+//!    `crate::engine::gate::rate_limit`, so that bound holds for all instances together;
 //!    without it (unit tests) by a local token bucket. A 429 with `Retry-After`
 //!    ([`Throttle::pause_for`]) stops handing out tokens, to everyone.
 
@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::engine::cluster::destination::ProbeTicket;
-use crate::engine::cluster::rate_limit::{ClusterRateLimit, Grant};
+use crate::engine::gate::destination::ProbeTicket;
+use crate::engine::gate::rate_limit::{ClusterRateLimit, Grant};
 
 /// Most tokens asked of Redis in one round trip: every caller waiting at that moment, up to
 /// this many (BENCHMARKS.md measures what the batch buys).
@@ -73,7 +73,7 @@ struct HandProbe {
     avoid: Vec<i64>,
 }
 
-/// An operator paused (`true`) or resumed outbound calls (`crate::engine::cluster::pause`).
+/// An operator paused (`true`) or resumed outbound calls (`crate::engine::gate::pause`).
 #[derive(Message)]
 #[rtype(result = "()")]
 struct SetSyncPaused(bool);

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::jobs;
-use crate::engine::actors::throttle::Throttle;
+use crate::engine::gate::throttle::Throttle;
 use crate::metrics::SyncMetrics;
 
 /// How often every instance reads the switch.

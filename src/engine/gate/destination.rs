@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::config::DestinationSettings;
 use crate::db::PgPool;
 use rand::RngExt;
 use redis::aio::ConnectionManager;
@@ -38,8 +39,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::actors::throttle::Throttle;
-use crate::engine::backlog::keys::Keys;
+use crate::engine::gate::throttle::Throttle;
+use crate::engine::keys::Keys;
 use crate::external::{Answer, CallError};
 
 /// How often every instance reads the shared state.
@@ -51,20 +52,6 @@ const SUSPECTS_KEPT: usize = 1_024;
 /// Orders parked this long before the outage was noticed are released with the rest: the calls
 /// that tripped it failed over the seconds before.
 const PARKED_BEFORE_DOWN: Duration = Duration::from_secs(60);
-
-/// What the settings say (`EXTERNAL_API_DOWN_AFTER`, `EXTERNAL_API_PROBE_MAX_MS`,
-/// `EXTERNAL_API_RAMP_MS`).
-#[derive(Debug, Clone, Copy)]
-pub struct DestinationSettings {
-    /// Failed calls for different orders in a row that turn the API `down`.
-    pub down_after: u32,
-    /// The longest wait between two probes.
-    pub probe_max: Duration,
-    /// How long the throttle takes to open fully after the API is back.
-    pub ramp: Duration,
-    /// How long a probe may hold its lease: a call's whole budget.
-    pub probe_lease: Duration,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
