@@ -1597,7 +1597,7 @@ async fn differences(soak: &Soak, rows: &[SyncRow]) -> anyhow::Result<Vec<String
             let payload = (!row.deleted)
                 .then(|| serde_json::to_value(ExternalOrder::from(&row.order)))
                 .transpose();
-            payload.map(|payload| (row.id(), payload))
+            payload.map(|payload| (row.id().get(), payload))
         })
         .collect::<Result<_, _>>()?;
     for id in soak
@@ -1691,7 +1691,7 @@ async fn judge(
         .await
         .unwrap_or_default()
         .into_iter()
-        .map(|row| (row.id(), (row.version(), row.deleted)))
+        .map(|row| (row.id().get(), (row.version(), row.deleted)))
         .collect();
     let mut lost: Vec<String> = soak.ledger.with(|l| {
         l.orders

@@ -2,6 +2,7 @@
 //! retry all, discard one). Protected by `ADMIN_TOKEN` as a bearer token: no token is 401, a
 //! wrong one 403; with `ADMIN_TOKEN` unset the endpoints are off (404), never open.
 
+use crate::domain::OrderId;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
@@ -85,7 +86,7 @@ pub async fn list_failed_orders(
 pub async fn retry_order(
     state: web::Data<AppState>,
     req: HttpRequest,
-    id: web::Path<i64>,
+    id: web::Path<OrderId>,
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&state, &req)?;
     let id = id.into_inner();
@@ -110,7 +111,7 @@ pub async fn retry_all_dead(
 pub async fn discard_order(
     state: web::Data<AppState>,
     req: HttpRequest,
-    id: web::Path<i64>,
+    id: web::Path<OrderId>,
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&state, &req)?;
     let id = id.into_inner();
@@ -120,10 +121,10 @@ pub async fn discard_order(
     answer(change, id, "discarded")
 }
 
-fn answer(change: AdminChange, id: i64, done: &str) -> Result<HttpResponse, ApiError> {
+fn answer(change: AdminChange, id: OrderId, done: &str) -> Result<HttpResponse, ApiError> {
     match change {
         AdminChange::Done => {
-            tracing::info!(order_id = id, action = done, "operator action");
+            tracing::info!(order_id = id.get(), action = done, "operator action");
             Ok(HttpResponse::Accepted().json(json!({"id": id, "result": done})))
         }
         AdminChange::NotFound => Err(ApiError::NotFound(format!("order {id} not found"))),

@@ -6,6 +6,7 @@
 //! or wrong signature, or a stale timestamp, gets 401, and a replay is answered without being
 //! applied twice.
 
+use crate::domain::OrderId;
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
@@ -74,7 +75,7 @@ fn epoch_seconds_schema() -> utoipa::openapi::Schema {
     responses((status = 200, description = "`{\"message\": \"Order record updated successfully.\"}`"), (status = 404, body = crate::api::ErrorBody), (status = 422, body = crate::api::ErrorBody)))]
 pub async fn put_inbound(
     state: web::Data<AppState>,
-    id: web::Path<i64>,
+    id: web::Path<OrderId>,
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
@@ -87,7 +88,7 @@ pub async fn put_inbound(
     responses((status = 200, description = "`{\"message\": \"Order record updated successfully.\"}`"), (status = 404, body = crate::api::ErrorBody), (status = 422, body = crate::api::ErrorBody)))]
 pub async fn patch_inbound(
     state: web::Data<AppState>,
-    id: web::Path<i64>,
+    id: web::Path<OrderId>,
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
@@ -96,7 +97,7 @@ pub async fn patch_inbound(
 
 async fn update_from_inbound(
     state: web::Data<AppState>,
-    id: web::Path<i64>,
+    id: web::Path<OrderId>,
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {

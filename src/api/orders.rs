@@ -2,6 +2,7 @@
 //! domain values (which reject bad fields) and hand them to `crate::db` (changes go through
 //! `state.changes`); they check nothing.
 
+use crate::domain::OrderId;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -305,7 +306,7 @@ pub async fn create_order(
     responses((status = 200, body = OrderOut), (status = 400, body = crate::api::ErrorBody), (status = 404, body = crate::api::ErrorBody)))]
 pub async fn get_order(
     state: web::Data<AppState>,
-    id: web::Path<i64>,
+    id: web::Path<OrderId>,
 ) -> Result<HttpResponse, ApiError> {
     let order = db::get_order(&state.db, id.into_inner()).await?;
     Ok(HttpResponse::Ok().json(OrderOut::from(order)))
@@ -336,7 +337,7 @@ pub async fn list_orders(
     responses((status = 200, body = OrderOut), (status = 404, body = crate::api::ErrorBody), (status = 415, body = crate::api::ErrorBody), (status = 422, body = crate::api::ErrorBody)))]
 pub async fn replace_order(
     state: web::Data<AppState>,
-    id: web::Path<i64>,
+    id: web::Path<OrderId>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     state.ensure_accepting_writes()?;
@@ -350,7 +351,7 @@ pub async fn replace_order(
     responses((status = 200, body = OrderOut), (status = 404, body = crate::api::ErrorBody), (status = 415, body = crate::api::ErrorBody), (status = 422, body = crate::api::ErrorBody)))]
 pub async fn patch_order(
     state: web::Data<AppState>,
-    id: web::Path<i64>,
+    id: web::Path<OrderId>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     state.ensure_accepting_writes()?;
@@ -363,7 +364,7 @@ pub async fn patch_order(
     responses((status = 204, description = "Deleted; the delete is synced to the external API"), (status = 404, body = crate::api::ErrorBody)))]
 pub async fn delete_order(
     state: web::Data<AppState>,
-    id: web::Path<i64>,
+    id: web::Path<OrderId>,
 ) -> Result<HttpResponse, ApiError> {
     state.ensure_accepting_writes()?;
     state.changes.delete_order(id.into_inner()).await?;

@@ -3,6 +3,7 @@
 //! why, with the facts it is made from). Both answer for a deleted order whose row is gone
 //! while its attempts are kept.
 
+use crate::domain::OrderId;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -63,7 +64,7 @@ impl AttemptsQuery {
     responses((status = 200, body = AttemptPageOut), (status = 400, body = crate::api::ErrorBody), (status = 404, body = crate::api::ErrorBody), (status = 422, body = crate::api::ErrorBody)))]
 pub async fn list_attempts(
     state: web::Data<AppState>,
-    id: web::Path<i64>,
+    id: web::Path<OrderId>,
     query: web::Query<AttemptsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
@@ -93,7 +94,8 @@ pub async fn list_attempts(
 /// Where an order's sync stands, in one line, and what that line is made from.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SyncExplanationOut {
-    pub order_id: i64,
+    #[schema(value_type = i64)]
+    pub order_id: OrderId,
     /// `synced`, `pending`, `retrying`, `dead`, or `deleted` (the row is gone: its delete was
     /// synced).
     pub state: String,
@@ -149,7 +151,7 @@ impl From<CallInFlight> for CallInFlightOut {
     responses((status = 200, body = SyncExplanationOut), (status = 400, body = crate::api::ErrorBody), (status = 404, body = crate::api::ErrorBody)))]
 pub async fn explain_sync(
     state: web::Data<AppState>,
-    id: web::Path<i64>,
+    id: web::Path<OrderId>,
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let pool = state.db.get_postgres_connection_pool();
@@ -408,7 +410,7 @@ mod tests {
     fn attempt(verb: &str, outcome: &str, status: Option<i16>, excerpt: &str) -> Attempt {
         Attempt {
             id: 1,
-            order_id: 42,
+            order_id: OrderId::new(42),
             version: 7,
             verb: verb.into(),
             outcome: outcome.into(),

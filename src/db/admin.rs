@@ -5,12 +5,12 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::domain::SyncState;
+use crate::domain::{OrderId, SyncState};
 
 /// An order that needs an operator's eye.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct FailedOrder {
-    pub id: i64,
+    pub id: OrderId,
     pub version: i64,
     pub synced_version: i64,
     pub state: SyncState,
@@ -58,7 +58,7 @@ pub enum AdminChange {
 /// `synced_version = 0`, so its next change is sent as a create (not an update of an order the
 /// external API does not know). A call in flight cannot undo a discard: its outcome is recorded
 /// only if the order's sync state is still the one it started from.
-pub async fn discard_order(pool: &PgPool, id: i64) -> Result<AdminChange, sqlx::Error> {
+pub async fn discard_order(pool: &PgPool, id: OrderId) -> Result<AdminChange, sqlx::Error> {
     let mut txn = pool.begin().await?;
     let found: Option<(SyncState, bool)> = sqlx::query_as(
         "SELECT sync_state, deleted_at IS NOT NULL FROM orders WHERE id = $1 FOR UPDATE",

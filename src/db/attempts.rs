@@ -4,13 +4,14 @@
 //! `ATTEMPTS_KEPT_PER_ORDER` attempts per order, and nothing older than
 //! `ATTEMPTS_RETENTION_DAYS`.
 
+use crate::domain::OrderId;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 /// One attempt as the engine records it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewAttempt {
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub version: i64,
     pub verb: &'static str,
     pub outcome: AttemptOutcome,
@@ -51,7 +52,8 @@ impl AttemptOutcome {
 pub struct Attempt {
     /// Increases with every attempt recorded: the list's cursor.
     pub id: i64,
-    pub order_id: i64,
+    #[schema(value_type = i64)]
+    pub order_id: OrderId,
     /// The order's version the call carried.
     pub version: i64,
     /// `POST`, `PUT` or `DELETE`.
@@ -85,7 +87,7 @@ pub(crate) use insert_attempts_sql;
 
 /// Attempts as the nine arrays [`insert_attempts_sql`] takes.
 pub(crate) struct AttemptColumns {
-    order_ids: Vec<i64>,
+    order_ids: Vec<OrderId>,
     versions: Vec<i64>,
     verbs: Vec<&'static str>,
     outcomes: Vec<&'static str>,
@@ -177,7 +179,7 @@ pub async fn insert_many(pool: &PgPool, attempts: &[NewAttempt]) -> Result<(), s
 /// The order's attempts, newest first, older than the attempt `before` when given.
 pub async fn list_for_order(
     pool: &PgPool,
-    order_id: i64,
+    order_id: OrderId,
     before: Option<i64>,
     limit: i64,
 ) -> Result<Vec<Attempt>, sqlx::Error> {
@@ -277,7 +279,7 @@ pub struct SyncColumns {
 /// The order's sync columns; `None` when its row is gone (its delete was synced).
 pub async fn sync_columns(
     pool: &PgPool,
-    order_id: i64,
+    order_id: OrderId,
 ) -> Result<Option<SyncColumns>, sqlx::Error> {
     sqlx::query_as(
         "SELECT version, synced_version, sync_state, sync_attempts, sync_last_error, synced_at,

@@ -13,6 +13,7 @@
 //! resync page must be on disk. Reads, and the engine's bookkeeping (`crate::db::sync`), stay in
 //! their own modules.
 
+use crate::domain::OrderId;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -93,7 +94,7 @@ impl Changes {
     /// Replaces every field of a live order (`PUT /orders/{id}`).
     pub async fn replace_order(
         &self,
-        id: i64,
+        id: OrderId,
         fields: OrderFields,
     ) -> Result<orders::Model, StoreError> {
         let order = replace_order(&self.db, id, fields).await?;
@@ -104,7 +105,7 @@ impl Changes {
     /// Applies a partial change to a live order (`PATCH /orders/{id}`).
     pub async fn patch_order(
         &self,
-        id: i64,
+        id: OrderId,
         patch: OrderPatch,
     ) -> Result<orders::Model, StoreError> {
         let order = patch_order(&self.db, id, patch).await?;
@@ -113,7 +114,7 @@ impl Changes {
     }
 
     /// Turns a live order into a tombstone owed a delete (`DELETE /orders/{id}`).
-    pub async fn delete_order(&self, id: i64) -> Result<(), StoreError> {
+    pub async fn delete_order(&self, id: OrderId) -> Result<(), StoreError> {
         delete_order(&self.db, id).await?;
         self.doorbell.ring();
         Ok(())
@@ -123,7 +124,7 @@ impl Changes {
     /// [`InboundOutcome`] for what it may do.
     pub async fn update_from_inbound(
         &self,
-        id: i64,
+        id: OrderId,
         update: InboundUpdate,
         signed: Option<SignedWriteBack<'_>>,
     ) -> Result<InboundOutcome, StoreError> {
@@ -133,7 +134,7 @@ impl Changes {
     }
 
     /// An operator's retry of a dead or retrying order (`POST /admin/orders/{id}/retry`).
-    pub async fn retry_order(&self, id: i64) -> Result<AdminChange, sqlx::Error> {
+    pub async fn retry_order(&self, id: OrderId) -> Result<AdminChange, sqlx::Error> {
         let change = retry_order(&self.pool, id).await?;
         self.ring_if_outbox_written(change == AdminChange::Done);
         Ok(change)
@@ -149,7 +150,12 @@ impl Changes {
 
     /// An audit's repair of a live order's external copy; `false` if the order moved on since
     /// the audit read version `seen`.
-    pub async fn repair_copy(&self, id: i64, seen: i64, drift: Drift) -> Result<bool, sqlx::Error> {
+    pub async fn repair_copy(
+        &self,
+        id: OrderId,
+        seen: i64,
+        drift: Drift,
+    ) -> Result<bool, sqlx::Error> {
         let repaired = repair_copy(&self.pool, id, seen, drift).await?;
         self.ring_if_outbox_written(repaired);
         Ok(repaired)
@@ -157,7 +163,11 @@ impl Changes {
 
     /// An audit's repair of a stray external copy of a deleted order; `false` if none was
     /// written.
-    pub async fn repair_stray(&self, id: i64, remote_version: i64) -> Result<bool, sqlx::Error> {
+    pub async fn repair_stray(
+        &self,
+        id: OrderId,
+        remote_version: i64,
+    ) -> Result<bool, sqlx::Error> {
         let repaired = repair_stray(&self.pool, id, remote_version).await?;
         self.ring_if_outbox_written(repaired);
         Ok(repaired)
@@ -186,7 +196,7 @@ struct Committed<T> {
 /// Inserts the outbox row of a change, in the change's transaction.
 async fn insert_outbox_row(
     txn: &DatabaseTransaction,
-    order_id: i64,
+    order_id: OrderId,
     version: i64,
     action: ChangeAction,
 ) -> Result<(), DbErr> {
@@ -247,7 +257,7 @@ async fn create_order(
 /// Replaces every field of a live order (`PUT`).
 async fn replace_order(
     db: &DatabaseConnection,
-    id: i64,
+    id: OrderId,
     fields: OrderFields,
 ) -> Result<orders::Model, StoreError> {
     change_order(db, id, |_| Ok(fields)).await
@@ -256,14 +266,14 @@ async fn replace_order(
 /// Applies a partial change to a live order (`PATCH`); the result must be a valid order.
 async fn patch_order(
     db: &DatabaseConnection,
-    id: i64,
+    id: OrderId,
     patch: OrderPatch,
 ) -> Result<orders::Model, StoreError> {
     change_order(db, id, |current| current.patched(patch)).await
 }
 
 /// Turns a live order into a tombstone and records the `delete` that is owed to the external API.
-async fn delete_order(db: &DatabaseConnection, id: i64) -> Result<(), StoreError> {
+async fn delete_order(db: &DatabaseConnection, id: OrderId) -> Result<(), StoreError> {
     let txn = db.begin().await?;
     let current = lock_live_order(&txn, id).await?;
     let version = current.version + 1;
@@ -299,7 +309,7 @@ async fn delete_order(db: &DatabaseConnection, id: i64) -> Result<(), StoreError
 ///   as when a call is owed.
 async fn update_from_inbound(
     db: &DatabaseConnection,
-    id: i64,
+    id: OrderId,
     update: InboundUpdate,
     signed: Option<SignedWriteBack<'_>>,
 ) -> Result<Committed<InboundOutcome>, StoreError> {
@@ -399,7 +409,7 @@ pub enum InboundOutcome {
 /// them with a new version and an `update` outbox row.
 async fn change_order(
     db: &DatabaseConnection,
-    id: i64,
+    id: OrderId,
     change: impl FnOnce(OrderFields) -> Result<OrderFields, FieldErrors>,
 ) -> Result<orders::Model, StoreError> {
     let txn = db.begin().await?;
@@ -433,7 +443,10 @@ fn set_sync_state_after_change(row: &mut orders::ActiveModel, current: SyncState
     }
 }
 
-async fn lock_live_order(txn: &DatabaseTransaction, id: i64) -> Result<orders::Model, StoreError> {
+async fn lock_live_order(
+    txn: &DatabaseTransaction,
+    id: OrderId,
+) -> Result<orders::Model, StoreError> {
     orders::Entity::find_by_id(id)
         .filter(orders::Column::DeletedAt.is_null())
         .lock_exclusive()
@@ -483,7 +496,7 @@ fn stored_fields(row: &orders::Model) -> Result<OrderFields, StoreError> {
 
 /// Makes a dead or retrying order pending again (attempts reset) and queues a `retry` event,
 /// which syncs its latest state.
-async fn retry_order(pool: &PgPool, id: i64) -> Result<AdminChange, sqlx::Error> {
+async fn retry_order(pool: &PgPool, id: OrderId) -> Result<AdminChange, sqlx::Error> {
     let mut txn = pool.begin().await?;
     let state: Option<SyncState> =
         sqlx::query_scalar("SELECT sync_state FROM orders WHERE id = $1 FOR UPDATE")
@@ -596,7 +609,12 @@ async fn queue_resync_page(
 /// Makes the order's next version owe the repair of `drift`, with its outbox row. `seen`: the
 /// version the audit compared; nothing changes (`false`) if the order moved on since, or is no
 /// longer synced: its own sync sends the latest state.
-async fn repair_copy(pool: &PgPool, id: i64, seen: i64, drift: Drift) -> Result<bool, sqlx::Error> {
+async fn repair_copy(
+    pool: &PgPool,
+    id: OrderId,
+    seen: i64,
+    drift: Drift,
+) -> Result<bool, sqlx::Error> {
     let missing = drift == Drift::Missing;
     let repaired = sqlx::query(
         "WITH repaired AS (
@@ -628,7 +646,11 @@ async fn repair_copy(pool: &PgPool, id: i64, seen: i64, drift: Drift) -> Result<
 /// placeholders: a delete carries none. `remote_version`: the version the external copy says it
 /// is, so the delete's version follows it. Never above the highest id handed out (that id's
 /// order is yet to come), and never over a row that exists (`ON CONFLICT`: it was not deleted).
-async fn repair_stray(pool: &PgPool, id: i64, remote_version: i64) -> Result<bool, sqlx::Error> {
+async fn repair_stray(
+    pool: &PgPool,
+    id: OrderId,
+    remote_version: i64,
+) -> Result<bool, sqlx::Error> {
     // Audited: only constants are formatted in.
     let sql = format!(
         "WITH top AS ({HIGHEST_ID}),

@@ -8,13 +8,13 @@ use sea_orm::{
 
 use super::entity::orders;
 use super::is_unavailable;
-use crate::domain::{FieldErrors, OrderStatus, SyncState};
+use crate::domain::{FieldErrors, OrderId, OrderStatus, SyncState};
 
 /// Why a query on orders failed, in terms the API can answer with.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("order {0} not found")]
-    NotFound(i64),
+    NotFound(OrderId),
     /// The change would make the order invalid (checked against its current state).
     #[error("the change makes the order invalid")]
     Invalid(FieldErrors),
@@ -47,7 +47,7 @@ impl From<sqlx::Error> for StoreError {
 }
 
 /// A live (not deleted) order.
-pub async fn get_order(db: &DatabaseConnection, id: i64) -> Result<orders::Model, StoreError> {
+pub async fn get_order(db: &DatabaseConnection, id: OrderId) -> Result<orders::Model, StoreError> {
     orders::Entity::find_by_id(id)
         .filter(orders::Column::DeletedAt.is_null())
         .one(db)

@@ -3,6 +3,7 @@
 //! relay (`backlog::relay`) locks a batch, publishes it and deletes it in one transaction of its
 //! own.
 
+use crate::domain::OrderId;
 use sea_orm::{DeriveActiveEnum, EnumIter};
 use sqlx::{PgConnection, PgPool};
 
@@ -54,7 +55,7 @@ serialize_as_str!(ChangeAction);
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OutboxRow {
     pub id: i64,
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub version: i64,
     pub action: ChangeAction,
     /// When the change was committed, in milliseconds since the epoch (for the lag metric).

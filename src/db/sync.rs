@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::db::attempts::{insert_attempts_sql, AttemptColumns, NewAttempt};
-use crate::domain::{OrderSnapshot, SyncState};
+use crate::domain::{OrderId, OrderSnapshot, SyncState};
 
 /// An order as the sync engine sees it, tombstones included: its fields at this version (what a
 /// call carries) and its sync columns.
@@ -24,7 +24,7 @@ pub struct SyncRow {
 }
 
 impl SyncRow {
-    pub fn id(&self) -> i64 {
+    pub fn id(&self) -> OrderId {
         self.order.id
     }
 
@@ -43,7 +43,7 @@ impl SyncRow {
 }
 
 /// The order's current row, or `None` when it no longer exists (its delete was synced).
-pub async fn load(pool: &PgPool, id: i64) -> Result<Option<SyncRow>, sqlx::Error> {
+pub async fn load(pool: &PgPool, id: OrderId) -> Result<Option<SyncRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, status, placed_at, delivered_at, amount, tax, street_address, city, state, country,
                 pincode, version, deleted_at IS NOT NULL AS deleted, sync_state, synced_version,
@@ -59,7 +59,10 @@ pub async fn load(pool: &PgPool, id: i64) -> Result<Option<SyncRow>, sqlx::Error
 /// deleted) it also marks the create as sent, in the same round trip: the mark must be written
 /// before the `POST`, and one statement instead of two is a third fewer per created order
 /// (BENCHMARKS.md, figure 1).
-pub async fn load_marking_create(pool: &PgPool, id: i64) -> Result<Option<SyncRow>, sqlx::Error> {
+pub async fn load_marking_create(
+    pool: &PgPool,
+    id: OrderId,
+) -> Result<Option<SyncRow>, sqlx::Error> {
     Ok(load_many_marking_create(pool, &[id]).await?.pop())
 }
 
@@ -81,7 +84,7 @@ pub async fn load_marking_create(pool: &PgPool, id: i64) -> Result<Option<SyncRo
 /// primary key; planning costs less than the round trip, and there is one per batch.
 pub async fn load_many_marking_create(
     pool: &PgPool,
-    ids: &[i64],
+    ids: &[OrderId],
 ) -> Result<Vec<SyncRow>, sqlx::Error> {
     sqlx::query_as(
         "WITH current AS (SELECT * FROM orders WHERE id = ANY($1)),
@@ -107,7 +110,7 @@ pub async fn load_many_marking_create(
 }
 
 /// Written before the first `POST` goes out, so a crash cannot hide that it may have arrived.
-pub async fn mark_create_sent(pool: &PgPool, id: i64) -> Result<(), sqlx::Error> {
+pub async fn mark_create_sent(pool: &PgPool, id: OrderId) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE orders SET create_sent_at = now() WHERE id = $1 AND create_sent_at IS NULL",
     )
@@ -121,7 +124,7 @@ pub async fn mark_create_sent(pool: &PgPool, id: i64) -> Result<(), sqlx::Error>
 /// the caller can tell whether a newer change arrived meanwhile.
 pub async fn record_synced(
     pool: &PgPool,
-    id: i64,
+    id: OrderId,
     version: i64,
 ) -> Result<Option<i64>, sqlx::Error> {
     let recorded = record_many_synced(pool, &[(id, version)], &[]).await?;
@@ -135,10 +138,10 @@ pub async fn record_synced(
 /// Unprepared, for the reason given at [`load_many_marking_create`].
 pub async fn record_many_synced(
     pool: &PgPool,
-    synced: &[(i64, i64)],
+    synced: &[(OrderId, i64)],
     attempts: &[NewAttempt],
-) -> Result<Vec<(i64, i64)>, sqlx::Error> {
-    let (ids, versions): (Vec<i64>, Vec<i64>) = synced.iter().copied().unzip();
+) -> Result<Vec<(OrderId, i64)>, sqlx::Error> {
+    let (ids, versions): (Vec<OrderId>, Vec<i64>) = synced.iter().copied().unzip();
     let query = sqlx::query_as(concat!(
         "WITH logged AS (",
         insert_attempts_sql!(),
@@ -165,7 +168,7 @@ pub async fn record_many_synced(
 }
 
 /// Removes a tombstone whose delete is done (or was never owed).
-pub async fn purge_tombstone(pool: &PgPool, id: i64) -> Result<(), sqlx::Error> {
+pub async fn purge_tombstone(pool: &PgPool, id: OrderId) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM orders WHERE id = $1 AND deleted_at IS NOT NULL")
         .bind(id)
         .execute(pool)
@@ -214,7 +217,7 @@ pub enum FailureRecorded {
 /// `error` must already be clean (no NUL or control characters; see `external::clean_error_text`).
 pub async fn record_failed_call(
     pool: &PgPool,
-    id: i64,
+    id: OrderId,
     basis: CallBasis,
     attempts: i32,
     error: &str,
@@ -257,7 +260,7 @@ pub async fn record_failed_call(
 /// it in the dead set instead of the engine retrying forever.
 pub async fn mark_dead_unrecordable(
     pool: &PgPool,
-    id: i64,
+    id: OrderId,
     message: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -325,7 +328,7 @@ pub async fn claim_due_retries(
     pool: &PgPool,
     limit: i64,
     lease: std::time::Duration,
-) -> Result<Vec<(i64, i64, i32)>, sqlx::Error> {
+) -> Result<Vec<(OrderId, i64, i32)>, sqlx::Error> {
     sqlx::query_as(
         "UPDATE orders SET sync_next_attempt_at = now() + make_interval(secs => $2)
          WHERE id IN (SELECT id FROM orders
@@ -345,7 +348,7 @@ pub async fn claim_due_retries(
 pub struct BehindScan {
     /// Orders behind, waiting (`pending`), unchanged for `quiet`, and with no outbox row (so any
     /// event of theirs is already in a stream): `(id, version)` pairs.
-    pub candidates: Vec<(i64, i64)>,
+    pub candidates: Vec<(OrderId, i64)>,
     /// The last id looked at; `None` when the walk reached the end.
     pub last_id: Option<i64>,
 }
@@ -359,7 +362,7 @@ pub async fn scan_behind(
     limit: i64,
     quiet: std::time::Duration,
 ) -> Result<BehindScan, sqlx::Error> {
-    let rows: Vec<(i64, i64, bool)> = sqlx::query_as(
+    let rows: Vec<(OrderId, i64, bool)> = sqlx::query_as(
         "WITH scanned AS (
              SELECT id FROM orders WHERE synced_version < version AND id > $1
              ORDER BY id LIMIT $2)
@@ -376,7 +379,7 @@ pub async fn scan_behind(
     .fetch_all(pool)
     .await?;
     let last_id = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|row| row.0))
+        .then(|| rows.last().map(|row| row.0.get()))
         .flatten();
     let candidates = rows
         .into_iter()
@@ -394,9 +397,9 @@ pub async fn scan_behind(
 /// since they were found.
 pub async fn still_behind(
     pool: &PgPool,
-    orders: &[(i64, i64)],
-) -> Result<Vec<(i64, i64)>, sqlx::Error> {
-    let (ids, versions): (Vec<i64>, Vec<i64>) = orders.iter().copied().unzip();
+    orders: &[(OrderId, i64)],
+) -> Result<Vec<(OrderId, i64)>, sqlx::Error> {
+    let (ids, versions): (Vec<OrderId>, Vec<i64>) = orders.iter().copied().unzip();
     sqlx::query_as(
         "SELECT o.id, o.version FROM orders o
          JOIN unnest($1::bigint[], $2::bigint[]) AS s(id, version)

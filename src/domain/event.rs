@@ -3,6 +3,8 @@
 //! order's current state, so an old event can only lead to a skip. How it is written to and read
 //! from a stream is `crate::engine::backlog::event`'s business.
 
+use super::OrderId;
+
 /// Why the event was published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -31,7 +33,7 @@ impl EventKind {
 /// One event read from (or to be written to) a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncEvent {
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub version: i64,
     pub kind: EventKind,
     /// Milliseconds since the epoch when the change was committed.

@@ -19,6 +19,7 @@ pub(crate) use serialize_as_str;
 
 mod event;
 mod order;
+mod order_id;
 mod snapshot;
 
 pub use event::{EventKind, SyncEvent};
@@ -26,4 +27,5 @@ pub use order::{
     whole_number, AddressLine, FieldErrors, InboundUpdate, Money, OrderFields, OrderPatch,
     OrderStatus, Pincode, SyncState, MAX_EPOCH_SECONDS,
 };
+pub use order_id::OrderId;
 pub use snapshot::OrderSnapshot;

@@ -1,5 +1,7 @@
 //! An order's fields as stored, at one version: what a call to the external API is built from.
 
+use super::OrderId;
+
 use chrono::{DateTime, Utc};
 
 use super::OrderStatus;
@@ -8,7 +10,7 @@ use super::OrderStatus;
 /// the sync engine's row (`db::sync::SyncRow`, which nests it; `db::codec` reads it from a row).
 #[derive(Debug, Clone)]
 pub struct OrderSnapshot {
-    pub id: i64,
+    pub id: OrderId,
     pub version: i64,
     pub status: OrderStatus,
     pub placed_at: DateTime<Utc>,

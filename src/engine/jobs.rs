@@ -32,7 +32,7 @@ use super::backlog::relay;
 use super::cluster::InstanceId;
 use crate::db::jobs::{self, Job, JobKind};
 use crate::db::Changes;
-use crate::domain::{EventKind, SyncEvent};
+use crate::domain::{EventKind, OrderId, SyncEvent};
 use crate::engine::keys::Keys;
 
 /// How long a claim on a job holds unless renewed (it is renewed at every step).
@@ -242,8 +242,8 @@ impl JobRunner {
         let count = room.min(job.to_id - job.next_id + 1);
         let now_ms = chrono::Utc::now().timestamp_millis();
         let events: Vec<SyncEvent> = (job.next_id..job.next_id + count)
-            .map(|order_id| SyncEvent {
-                order_id,
+            .map(|id| SyncEvent {
+                order_id: OrderId::new(id),
                 version: 0,
                 kind: EventKind::Audit { job: job.id },
                 committed_at_ms: now_ms,

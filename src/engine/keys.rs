@@ -5,6 +5,7 @@
 //! One shard's keys (its stream and its lease) share a hash tag, `{prefix:shard}`, so on Redis
 //! Cluster they live in one slot; no command or script touches keys of two shards at once.
 
+use crate::domain::OrderId;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -59,8 +60,8 @@ impl Keys {
 
     /// The shard an order's events go to. An order always maps to the same shard, so its events
     /// stay in commit order, and only the instance holding that shard's lease handles them.
-    pub fn shard_of(&self, order_id: i64) -> u64 {
-        order_id.unsigned_abs() % self.shards
+    pub fn shard_of(&self, order_id: OrderId) -> u64 {
+        order_id.get().unsigned_abs() % self.shards
     }
 
     /// `{prefix:shard}:events`: the stream of one shard.
@@ -138,7 +139,7 @@ mod tests {
             |key: &str| key[key.find('{').unwrap_or(0)..=key.find('}').unwrap_or(0)].to_string();
         assert_eq!(tag(&keys.stream(3)), tag(&keys.lease(3)));
         assert_ne!(tag(&keys.stream(3)), tag(&keys.stream(4)));
-        assert_eq!(keys.shard_of(11), 3);
-        assert_eq!(keys.shard_of(-11), 3);
+        assert_eq!(keys.shard_of(crate::domain::OrderId::new(11)), 3);
+        assert_eq!(keys.shard_of(crate::domain::OrderId::new(-11)), 3);
     }
 }

@@ -70,6 +70,7 @@ pub use view::census::{Counts, InstanceFigures};
 pub use view::stats::ShardStats;
 pub use view::workers::WorkersSeen;
 
+use crate::domain::OrderId;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -420,7 +421,7 @@ impl SyncEngine {
     }
 
     /// The call this instance is making for `order_id`, if any.
-    pub fn call_in_flight(&self, order_id: i64) -> Option<CallInFlight> {
+    pub fn call_in_flight(&self, order_id: OrderId) -> Option<CallInFlight> {
         self.calls_in_flight.get(order_id)
     }
 

@@ -15,6 +15,7 @@ use futures_util::{Stream, StreamExt};
 use super::payload::ExternalOrder;
 use super::untrusted::{clean_error_text, parse_retry_after, MAX_ERROR_CHARS};
 use crate::config::Secret;
+use crate::domain::OrderId;
 
 /// One call to the external API: the one that brings it to an order's current state, or an
 /// audit's read of its copy (`version`: ours when it was read, for the attempt log).
@@ -22,8 +23,8 @@ use crate::config::Secret;
 pub enum ExternalCall {
     Create(ExternalOrder),
     Update(ExternalOrder),
-    Delete { id: i64, version: i64 },
-    Get { id: i64, version: i64 },
+    Delete { id: OrderId, version: i64 },
+    Get { id: OrderId, version: i64 },
 }
 
 impl ExternalCall {
@@ -36,7 +37,7 @@ impl ExternalCall {
         }
     }
 
-    pub fn id_and_version(&self) -> (i64, i64) {
+    pub fn id_and_version(&self) -> (OrderId, i64) {
         match self {
             Self::Create(order) | Self::Update(order) => (order.id, order.version),
             Self::Delete { id, version } | Self::Get { id, version } => (*id, *version),
@@ -312,7 +313,10 @@ mod tests {
         )
     }
 
-    const DELETE: ExternalCall = ExternalCall::Delete { id: 1, version: 2 };
+    const DELETE: ExternalCall = ExternalCall::Delete {
+        id: OrderId::new(1),
+        version: 2,
+    };
 
     #[actix_rt::test]
     async fn a_body_that_never_ends_times_out_the_whole_call() {

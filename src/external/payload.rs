@@ -1,6 +1,7 @@
 //! The body of `POST`/`PUT /v1/orders`: the reference service's `Transform#external_payload`,
 //! plus `id` and `version` so the external side can order and deduplicate what it receives.
 
+use crate::domain::OrderId;
 use serde::Serialize;
 
 use crate::domain::OrderSnapshot;
@@ -8,7 +9,7 @@ use crate::domain::OrderSnapshot;
 /// What the external API receives for one order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ExternalOrder {
-    pub id: i64,
+    pub id: OrderId,
     pub version: i64,
     pub status: String,
     /// `placed_at` as `dd/mm/yyyy`.
@@ -62,7 +63,7 @@ mod tests {
     fn the_payload_follows_the_reference_transform() {
         let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
         let order = OrderSnapshot {
-            id: 7,
+            id: OrderId::new(7),
             version: 3,
             status: OrderStatus::Delivered,
             placed_at: at("2025-06-03T23:30:00Z"),

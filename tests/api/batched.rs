@@ -3,6 +3,7 @@
 
 use futures_util::future::join_all;
 use order_sync::db::attempts::{AttemptOutcome, NewAttempt};
+use order_sync::domain::OrderId;
 use order_sync::engine::actors::BatchedQueries;
 use serde_json::json;
 
@@ -11,7 +12,7 @@ use crate::helpers::{id_of, spawn_api_only};
 /// A successful attempt of the order's create, as the engine logs it.
 fn attempt(order_id: i64) -> NewAttempt {
     NewAttempt {
-        order_id,
+        order_id: OrderId::new(order_id),
         version: 1,
         verb: "POST",
         outcome: AttemptOutcome::Ok,
@@ -35,10 +36,14 @@ async fn reads_and_records_asked_at_once_each_get_their_own_answer() {
     // Two connections for 300 requests: most of them wait, and go out together.
     let batched = BatchedQueries::start(app.pool.clone(), app.pool.clone());
 
-    let first = join_all(ids.iter().map(|&id| batched.load_marking_create(id))).await;
+    let first = join_all(
+        ids.iter()
+            .map(|&id| batched.load_marking_create(OrderId::new(id))),
+    )
+    .await;
     for (&id, row) in ids.iter().zip(first) {
         let row = row.expect("the read").expect("the order exists");
-        assert_eq!(row.id(), id);
+        assert_eq!(row.id().get(), id);
         assert_eq!(row.version(), if id == changed { 2 } else { 1 });
         assert!(
             row.marked_now && row.create_sent,
@@ -47,25 +52,30 @@ async fn reads_and_records_asked_at_once_each_get_their_own_answer() {
     }
     assert_eq!(
         batched
-            .load_marking_create(changed)
+            .load_marking_create(OrderId::new(changed))
             .await
             .expect("the read")
             .map(|row| row.order.amount),
         Some(4321)
     );
-    let again = join_all(ids.iter().map(|&id| batched.load_marking_create(id))).await;
+    let again = join_all(
+        ids.iter()
+            .map(|&id| batched.load_marking_create(OrderId::new(id))),
+    )
+    .await;
     for row in again {
         let row = row.expect("the read").expect("the order exists");
         assert!(row.create_sent && !row.marked_now, "marked once, not twice");
     }
-    let missing = join_all([i64::MAX, ids[0]].map(|id| batched.load_marking_create(id))).await;
+    let missing =
+        join_all([i64::MAX, ids[0]].map(|id| batched.load_marking_create(OrderId::new(id)))).await;
     assert!(missing[0].as_ref().expect("the read").is_none());
     assert_eq!(
         missing[1]
             .as_ref()
             .expect("the read")
             .as_ref()
-            .map(|row| row.id()),
+            .map(|row| row.id().get()),
         Some(ids[0])
     );
 
@@ -73,7 +83,7 @@ async fn reads_and_records_asked_at_once_each_get_their_own_answer() {
     // each call's attempt is written in the same statement.
     let recorded = join_all(
         ids.iter()
-            .map(|&id| batched.record_synced(id, 1, vec![attempt(id)])),
+            .map(|&id| batched.record_synced(OrderId::new(id), 1, vec![attempt(id)])),
     )
     .await;
     for (&id, current) in ids.iter().zip(recorded) {
@@ -98,7 +108,7 @@ async fn reads_and_records_asked_at_once_each_get_their_own_answer() {
     assert_eq!(logged, ids, "one attempt per order, each its own");
     assert_eq!(
         batched
-            .record_synced(i64::MAX, 1, Vec::new())
+            .record_synced(OrderId::new(i64::MAX), 1, Vec::new())
             .await
             .expect("the record"),
         None

@@ -242,7 +242,7 @@ async fn a_duplicate_delayed_retry_is_a_no_op() {
 
     let publish_retry = |attempt: i64| {
         let keys = order_sync::engine::keys::Keys::new(&app.redis_prefix, 8);
-        let stream = keys.stream(keys.shard_of(id));
+        let stream = keys.stream(keys.shard_of(order_sync::domain::OrderId::new(id)));
         async move {
             let client = redis::Client::open(crate::helpers::redis_url()).expect("redis url");
             let mut redis = client

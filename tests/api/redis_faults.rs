@@ -25,6 +25,7 @@
 //! stream drains empty (nothing left pending); the external API's last successful call for each
 //! order carries the database's version; and the service process is still the one started.
 
+use order_sync::domain::OrderId;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -118,14 +119,14 @@ impl Rig {
     /// (stall, drop connections) happens between the read's delivery and its reply.
     fn pipeline_after_repeat_of_create(&self, order_id: i64) -> redis::Pipeline {
         let repeat = SyncEvent {
-            order_id,
+            order_id: OrderId::new(order_id),
             version: 1,
             kind: EventKind::Change,
             committed_at_ms: chrono::Utc::now().timestamp_millis(),
         };
         let mut pipe = redis::pipe();
         pipe.xadd(
-            self.keys.stream(self.keys.shard_of(order_id)),
+            self.keys.stream(self.keys.shard_of(OrderId::new(order_id))),
             "*",
             &repeat.fields(),
         );

@@ -178,14 +178,16 @@ async fn raw_ceiling(db_url: &str, api_url: &str, orders: u64) -> anyhow::Result
                             return anyhow::Ok(());
                         }
                         next.set(id + 1);
-                        let Some(row) = queries::load(&pool, id).await? else {
+                        let Some(row) =
+                            queries::load(&pool, order_sync::domain::OrderId::new(id)).await?
+                        else {
                             continue;
                         };
                         client
                             .send(&ExternalCall::Create(ExternalOrder::from(&row.order)))
                             .await
                             .map_err(|e| anyhow::anyhow!("{e}"))?;
-                        queries::record_synced(&pool, id, row.version()).await?;
+                        queries::record_synced(&pool, row.id(), row.version()).await?;
                     }
                 }
             });

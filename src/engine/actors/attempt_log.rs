@@ -3,6 +3,7 @@
 //! instance has in flight right now (for `GET /orders/{id}/sync`), which no table holds: writing
 //! a row as each call starts would cost every call a statement.
 
+use crate::domain::OrderId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,11 +26,11 @@ pub struct CallInFlight {
 /// The calls this instance has in flight, by order id. Shared with the HTTP workers' threads, so
 /// a mutex held for an insert or a lookup only.
 #[derive(Debug, Clone, Default)]
-pub struct CallsInFlight(Arc<Mutex<HashMap<i64, CallInFlight>>>);
+pub struct CallsInFlight(Arc<Mutex<HashMap<OrderId, CallInFlight>>>);
 
 impl CallsInFlight {
     /// Registers the call until the returned guard is dropped (the call ended or was cancelled).
-    pub(crate) fn start(&self, order_id: i64, call: CallInFlight) -> InFlightGuard {
+    pub(crate) fn start(&self, order_id: OrderId, call: CallInFlight) -> InFlightGuard {
         if let Ok(mut calls) = self.0.lock() {
             calls.insert(order_id, call);
         }
@@ -40,7 +41,7 @@ impl CallsInFlight {
     }
 
     /// The call in flight for the order on this instance, if any.
-    pub fn get(&self, order_id: i64) -> Option<CallInFlight> {
+    pub fn get(&self, order_id: OrderId) -> Option<CallInFlight> {
         self.0.lock().ok()?.get(&order_id).cloned()
     }
 }
@@ -48,7 +49,7 @@ impl CallsInFlight {
 /// Removes its call from [`CallsInFlight`] when dropped.
 pub(crate) struct InFlightGuard {
     calls: CallsInFlight,
-    order_id: i64,
+    order_id: OrderId,
 }
 
 impl Drop for InFlightGuard {

@@ -16,6 +16,7 @@
 //! call), and against the audits' share of it (`AUDIT_RATE_SHARE`, [`AuditShare`]): one of the
 //! audits' call slots, a throttle slot, then a token of both limits at once.
 
+use crate::domain::OrderId;
 use serde_json::{Map, Value};
 
 use super::attempt_log::{attempt_row, CallInFlight};
@@ -30,14 +31,14 @@ use crate::external::payload::ExternalOrder;
 use crate::external::{CallError, ExternalCall};
 
 /// Checks order `id` for audit `job` and counts the verdict.
-pub(crate) async fn audit_order(deps: &SyncDeps, id: i64, job: i64) -> Outcome {
+pub(crate) async fn audit_order(deps: &SyncDeps, id: OrderId, job: i64) -> Outcome {
     let verdict = match check(deps, id).await {
         Ok(Some(verdict)) => verdict,
         // Shutting down, or the shard moved: the event stays for whoever handles it next.
         Ok(None) => return Outcome::Abandoned,
         Err(DbStepFailed::Unavailable { .. }) => return Outcome::Deferred,
         Err(DbStepFailed::Rejected { step, code }) => {
-            tracing::warn!(order_id = id, job, step, code, "audit check failed");
+            tracing::warn!(order_id = id.get(), job, step, code, "audit check failed");
             Verdict::Error
         }
     };
@@ -46,20 +47,30 @@ pub(crate) async fn audit_order(deps: &SyncDeps, id: i64, job: i64) -> Outcome {
         .with_label_values(&[verdict.as_str()])
         .inc();
     if !matches!(verdict, Verdict::Matching | Verdict::Skipped) {
-        tracing::info!(order_id = id, job, verdict = verdict.as_str(), "audit");
+        tracing::info!(
+            order_id = id.get(),
+            job,
+            verdict = verdict.as_str(),
+            "audit"
+        );
     }
     let counted = db_step("count the audit check", id, || {
         jobs::record_check(&deps.bookkeeping, job, verdict)
     })
     .await;
     if let Err(error) = counted {
-        tracing::warn!(order_id = id, job, ?error, "could not count an audit check");
+        tracing::warn!(
+            order_id = id.get(),
+            job,
+            ?error,
+            "could not count an audit check"
+        );
     }
     Outcome::Audited
 }
 
 /// The verdict, or `None` when the check was not made (shutdown, or the shard moved).
-async fn check(deps: &SyncDeps, id: i64) -> Result<Option<Verdict>, DbStepFailed> {
+async fn check(deps: &SyncDeps, id: OrderId) -> Result<Option<Verdict>, DbStepFailed> {
     let row = db_step("load the order", id, || queries::load(&deps.pool, id)).await?;
     if row
         .as_ref()
@@ -79,7 +90,7 @@ async fn check(deps: &SyncDeps, id: i64) -> Result<Option<Verdict>, DbStepFailed
             // Not an order, or another one: the answer is wrong, which no repair can fix.
             _ => {
                 tracing::warn!(
-                    order_id = id,
+                    order_id = id.get(),
                     answer = answer.excerpt,
                     "the external API's answer to GET is not this order's copy"
                 );
@@ -110,7 +121,7 @@ async fn check(deps: &SyncDeps, id: i64) -> Result<Option<Verdict>, DbStepFailed
             if differing.is_empty() {
                 Verdict::Matching
             } else {
-                tracing::info!(order_id = id, fields = ?differing, "the external copy differs");
+                tracing::info!(order_id = id.get(), fields = ?differing, "the external copy differs");
                 let repaired = db_step("queue the differing order's update", id, || {
                     deps.changes
                         .repair_copy(id, row.version(), Drift::Different)
@@ -134,10 +145,10 @@ fn repaired_or_skipped(repaired: bool, verdict: Verdict) -> Verdict {
 }
 
 /// Whether the answer is order `id`'s copy: its `id` names it (as a number, or as text).
-fn is_copy_of(copy: &Map<String, Value>, id: i64) -> bool {
+fn is_copy_of(copy: &Map<String, Value>, id: OrderId) -> bool {
     match copy.get("id") {
-        Some(Value::Number(n)) => n.as_i64() == Some(id),
-        Some(Value::String(s)) => s.trim().parse::<i64>().ok() == Some(id),
+        Some(Value::Number(n)) => n.as_i64() == Some(id.get()),
+        Some(Value::String(s)) => s.trim().parse::<i64>().ok() == Some(id.get()),
         _ => false,
     }
 }
@@ -261,7 +272,7 @@ mod tests {
     fn row() -> SyncRow {
         SyncRow {
             order: OrderSnapshot {
-                id: 7,
+                id: OrderId::new(7),
                 version: 3,
                 status: OrderStatus::Pending,
                 placed_at: Utc::now(),
@@ -305,10 +316,10 @@ mod tests {
     #[test]
     fn only_an_answer_naming_the_order_is_its_copy() {
         let copy = |id: Value| Map::from_iter([("id".to_string(), id)]);
-        assert!(is_copy_of(&copy(json!(7)), 7));
-        assert!(is_copy_of(&copy(json!(" 7")), 7));
-        assert!(!is_copy_of(&copy(json!(8)), 7));
-        assert!(!is_copy_of(&copy(json!(null)), 7));
-        assert!(!is_copy_of(&Map::new(), 7));
+        assert!(is_copy_of(&copy(json!(7)), OrderId::new(7)));
+        assert!(is_copy_of(&copy(json!(" 7")), OrderId::new(7)));
+        assert!(!is_copy_of(&copy(json!(8)), OrderId::new(7)));
+        assert!(!is_copy_of(&copy(json!(null)), OrderId::new(7)));
+        assert!(!is_copy_of(&Map::new(), OrderId::new(7)));
     }
 }

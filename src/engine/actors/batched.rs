@@ -20,6 +20,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::db::PgPool;
+use crate::domain::OrderId;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::db::attempts::{self, NewAttempt};
@@ -104,14 +105,14 @@ impl<Req: Clone + 'static, Resp: 'static> Batcher<Req, Resp> {
 /// call's attempts for the attempt log.
 #[derive(Clone)]
 struct Success {
-    id: i64,
+    id: OrderId,
     version: i64,
     attempts: Vec<NewAttempt>,
 }
 
 /// The batched statements of the event path. Built once per engine, on its arbiter.
 pub struct BatchedQueries {
-    loads: Batcher<i64, Option<SyncRow>>,
+    loads: Batcher<OrderId, Option<SyncRow>>,
     successes: Batcher<Success, Option<i64>>,
     /// The attempts of one call each.
     attempts: Batcher<Vec<NewAttempt>, ()>,
@@ -142,11 +143,11 @@ impl BatchedQueries {
         let loads = {
             let (many, one) = (pool.clone(), pool);
             Batcher::start(
-                move |ids: Vec<i64>| {
+                move |ids: Vec<OrderId>| {
                     let pool = many.clone();
                     async move {
                         let rows = queries::load_many_marking_create(&pool, &ids).await?;
-                        let by_id: HashMap<i64, SyncRow> =
+                        let by_id: HashMap<OrderId, SyncRow> =
                             rows.into_iter().map(|row| (row.id(), row)).collect();
                         Ok(ids.iter().map(|id| by_id.get(id).cloned()).collect())
                     }
@@ -163,12 +164,12 @@ impl BatchedQueries {
                 move |synced: Vec<Success>| {
                     let pool = many.clone();
                     async move {
-                        let pairs: Vec<(i64, i64)> =
+                        let pairs: Vec<(OrderId, i64)> =
                             synced.iter().map(|s| (s.id, s.version)).collect();
                         let attempts: Vec<NewAttempt> =
                             synced.into_iter().flat_map(|s| s.attempts).collect();
                         let current = queries::record_many_synced(&pool, &pairs, &attempts).await?;
-                        let by_id: HashMap<i64, i64> = current.into_iter().collect();
+                        let by_id: HashMap<OrderId, i64> = current.into_iter().collect();
                         Ok(pairs.iter().map(|(id, _)| by_id.get(id).copied()).collect())
                     }
                 },
@@ -191,7 +192,7 @@ impl BatchedQueries {
     }
 
     /// [`queries::load_marking_create`], in a batch.
-    pub async fn load_marking_create(&self, id: i64) -> Result<Option<SyncRow>, QueryError> {
+    pub async fn load_marking_create(&self, id: OrderId) -> Result<Option<SyncRow>, QueryError> {
         self.loads.ask(id).await
     }
 
@@ -199,7 +200,7 @@ impl BatchedQueries {
     /// in the same statement.
     pub async fn record_synced(
         &self,
-        id: i64,
+        id: OrderId,
         version: i64,
         attempts: Vec<NewAttempt>,
     ) -> Result<Option<i64>, QueryError> {
@@ -222,7 +223,7 @@ impl BatchedQueries {
         async move {
             let Some(written) = written else { return };
             if let Err(error) = written.await {
-                tracing::warn!(order_id, error = %error, "cannot write the attempt log; these attempts are not recorded");
+                tracing::warn!(order_id = order_id.map(OrderId::get), error = %error, "cannot write the attempt log; these attempts are not recorded");
             }
         }
     }

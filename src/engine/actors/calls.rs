@@ -110,7 +110,7 @@ pub(crate) async fn call_with_retries(
                 Err(other) => other.to_string(),
             };
             tracing::info!(
-                order_id = id,
+                order_id = id.get(),
                 version,
                 verb = call.verb(),
                 status,

@@ -1,6 +1,7 @@
 //! One PostgreSQL step of an event, retried only when retrying can help, for a bounded time:
 //! no event holds its in-flight slot for as long as the database misbehaves.
 
+use crate::domain::OrderId;
 use std::time::Duration;
 
 use tokio_retry::strategy::{jitter, ExponentialBackoff};
@@ -37,7 +38,7 @@ fn db_backoff() -> impl Iterator<Item = Duration> {
 /// retry logged with the order's id; anything else fails at once.
 pub(crate) async fn db_step<T, F, Fut>(
     step: &'static str,
-    order_id: i64,
+    order_id: OrderId,
     mut run: F,
 ) -> Result<T, DbStepFailed>
 where
@@ -49,7 +50,7 @@ where
         async move {
             next.await.inspect_err(|error| {
                 if db::is_transient(error) {
-                    tracing::warn!(order_id, step, error = %error, "database step failed; retrying");
+                    tracing::warn!(order_id = order_id.get(), step, error = %error, "database step failed; retrying");
                 }
             })
         }

@@ -102,7 +102,7 @@ mod tests {
     ) -> SyncRow {
         SyncRow {
             order: crate::domain::OrderSnapshot {
-                id: 1,
+                id: crate::domain::OrderId::new(1),
                 version,
                 status: OrderStatus::Pending,
                 placed_at: Utc::now(),

@@ -5,6 +5,7 @@
 //! compare-and-set). Only then is the outcome reported, and only then does the dispatcher
 //! acknowledge the event (`crate::engine::backlog::dispatcher`).
 
+use crate::domain::OrderId;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -37,7 +38,7 @@ pub(crate) async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
         Ok(outcome) => outcome,
         Err(DbStepFailed::Unavailable { step }) => {
             tracing::warn!(
-                order_id = id,
+                order_id = id.get(),
                 step,
                 "PostgreSQL stayed unreachable: the event is left for later"
             );
@@ -50,11 +51,11 @@ pub(crate) async fn sync_order(deps: &SyncDeps, event: SyncEvent) -> Outcome {
                 "the sync engine could not {step}: PostgreSQL rejected it (SQLSTATE {})",
                 code.as_deref().unwrap_or("none")
             );
-            tracing::error!(order_id = id, step, error = %message, "order is dead");
+            tracing::error!(order_id = id.get(), step, error = %message, "order is dead");
             if let Err(error) =
                 queries::mark_dead_unrecordable(&deps.bookkeeping, id, &message).await
             {
-                tracing::error!(order_id = id, error = %error, "could not mark the order dead either");
+                tracing::error!(order_id = id.get(), error = %error, "could not mark the order dead either");
             }
             deps.metrics.dead.inc();
             deps.metrics.failed.inc();
@@ -86,7 +87,7 @@ async fn sync_to_current_state(
         let verb = match decide(row.as_ref(), kind, change_version) {
             Decision::Skip(reason) => {
                 tracing::debug!(
-                    order_id = id,
+                    order_id = id.get(),
                     event_version = event.version,
                     reason,
                     "skipped"
@@ -146,7 +147,7 @@ async fn sync_to_current_state(
         // Held until the outcome is recorded: the shard is handed over only after that.
         let Some(fence) = deps.leases.fence(id) else {
             tracing::info!(
-                order_id = id,
+                order_id = id.get(),
                 "this instance no longer holds the order's shard: left for its new owner"
             );
             return Ok(Outcome::Abandoned);
@@ -167,7 +168,7 @@ async fn sync_to_current_state(
             deps.metrics.record_call(call.verb(), &report.result);
             deps.batched.log_attempts(report.attempts).await;
             tracing::debug!(
-                order_id = id,
+                order_id = id.get(),
                 "the external API is down: the order waits for it"
             );
             continue;
@@ -258,7 +259,7 @@ fn synced(
 ) {
     crate::crash::point("after_call");
     tracing::debug!(
-        order_id = row.id(),
+        order_id = row.id().get(),
         version = row.version(),
         verb = call.verb(),
         status = result.as_ref().map_or(0, |answer| answer.status),
@@ -305,12 +306,15 @@ async fn record_other_outcome(
 }
 
 /// Removes a tombstone that was never created remotely: no call is owed.
-async fn purge_without_call(deps: &SyncDeps, id: i64) -> Result<Outcome, DbStepFailed> {
+async fn purge_without_call(deps: &SyncDeps, id: OrderId) -> Result<Outcome, DbStepFailed> {
     db_step("purge the tombstone", id, || {
         queries::purge_tombstone(&deps.bookkeeping, id)
     })
     .await?;
-    tracing::info!(order_id = id, "deleted before it was ever synced: no call");
+    tracing::info!(
+        order_id = id.get(),
+        "deleted before it was ever synced: no call"
+    );
     deps.metrics.purged.inc();
     Ok(Outcome::Purged)
 }
@@ -358,25 +362,25 @@ async fn record_failure(
     .await?;
     let outcome = match (recorded, next) {
         (FailureRecorded::Applied, FailedCallNext::Dead) => {
-            tracing::warn!(order_id = row.id(), version = row.version(), verb = call.verb(), error = %message, attempts, duration_ms = elapsed_ms, "sync failed for good: order is dead");
+            tracing::warn!(order_id = row.id().get(), version = row.version(), verb = call.verb(), error = %message, attempts, duration_ms = elapsed_ms, "sync failed for good: order is dead");
             deps.metrics.dead.inc();
             deps.metrics.failed.inc();
             Some(Outcome::Dead)
         }
         (FailureRecorded::Applied, FailedCallNext::RetryAt(at)) => {
             let retry_in_ms = (at - Utc::now()).num_milliseconds().max(0);
-            tracing::warn!(order_id = row.id(), version = row.version(), verb = call.verb(), error = %message, attempts, retry_in_ms, duration_ms = elapsed_ms, "sync failed: parked for a delayed retry");
+            tracing::warn!(order_id = row.id().get(), version = row.version(), verb = call.verb(), error = %message, attempts, retry_in_ms, duration_ms = elapsed_ms, "sync failed: parked for a delayed retry");
             deps.metrics.parked.inc();
             deps.metrics.failed.inc();
             Some(Outcome::Parked)
         }
         (FailureRecorded::Superseded, _) => {
-            tracing::info!(order_id = row.id(), version = row.version(), verb = call.verb(), error = %message, "call failed, but a newer change arrived meanwhile: syncing that instead");
+            tracing::info!(order_id = row.id().get(), version = row.version(), verb = call.verb(), error = %message, "call failed, but a newer change arrived meanwhile: syncing that instead");
             None
         }
         (FailureRecorded::LeftAlone, _) => {
             deps.metrics.skipped.inc();
-            tracing::info!(order_id = row.id(), version = row.version(), verb = call.verb(), error = %message, "call failed, but an operator retried or discarded the order meanwhile: left as they set it");
+            tracing::info!(order_id = row.id().get(), version = row.version(), verb = call.verb(), error = %message, "call failed, but an operator retried or discarded the order meanwhile: left as they set it");
             Some(Outcome::Skipped)
         }
     };

@@ -3,6 +3,7 @@
 //! forwards it to the order's actor; the actor reports [`Outcome`] on the event's `done` channel,
 //! and offers to stop with [`OrderActorIdle`], to which the supervisor answers [`StopIdle`].
 
+use crate::domain::OrderId;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
@@ -57,7 +58,7 @@ impl Outcome {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct OrderActorIdle {
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub child_id: u64,
     pub handled: u64,
 }

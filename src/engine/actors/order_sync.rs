@@ -6,6 +6,7 @@
 //! This file is the actor's plumbing (its mailbox, its idle timer); what handling an event means
 //! is [`super::event_path`].
 
+use crate::domain::OrderId;
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use super::event_path::sync_order;
 use super::messages::{HandleEvent, OrderActorIdle, StopIdle};
 
 pub struct OrderSyncActor {
-    order_id: i64,
+    order_id: OrderId,
     /// Tells this actor apart from a later one for the same order.
     child_id: u64,
     deps: Rc<SyncDeps>,
@@ -35,7 +36,7 @@ pub struct OrderSyncActor {
 
 impl OrderSyncActor {
     pub fn new(
-        order_id: i64,
+        order_id: OrderId,
         child_id: u64,
         deps: Rc<SyncDeps>,
         supervisor: Recipient<OrderActorIdle>,
@@ -90,7 +91,7 @@ impl Handler<HandleEvent> for OrderSyncActor {
         // Every line logged while handling the event (database retries included) carries it.
         let span = tracing::info_span!(
             "sync_event",
-            order_id = event.order_id,
+            order_id = event.order_id.get(),
             version = event.version,
             kind = event.kind.as_str()
         );

@@ -8,6 +8,7 @@
 //! and told to stop. A failed actor (its mailbox closed) is replaced on the next event; the
 //! events it held were never acknowledged and are delivered again by the dispatcher.
 
+use crate::domain::OrderId;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -33,7 +34,7 @@ struct Child {
 pub struct SupervisorActor {
     deps: Rc<SyncDeps>,
     idle_after: Duration,
-    children: HashMap<i64, Child>,
+    children: HashMap<OrderId, Child>,
     next_child_id: u64,
     metrics: Arc<SyncMetrics>,
 }
@@ -50,7 +51,7 @@ impl SupervisorActor {
         }
     }
 
-    fn spawn_child(&mut self, order_id: i64, ctx: &mut Context<Self>) -> Child {
+    fn spawn_child(&mut self, order_id: OrderId, ctx: &mut Context<Self>) -> Child {
         self.next_child_id += 1;
         let child_id = self.next_child_id;
         let mailbox_depth = Rc::new(Cell::new(0));
@@ -85,7 +86,10 @@ impl Handler<HandleEvent> for SupervisorActor {
         let order_id = msg.event.order_id;
         let replace = match self.children.get(&order_id) {
             Some(child) if !child.addr.connected() => {
-                tracing::warn!(order_id, "order actor failed; starting a new one");
+                tracing::warn!(
+                    order_id = order_id.get(),
+                    "order actor failed; starting a new one"
+                );
                 self.metrics.actors_restarted.inc();
                 self.metrics.actors_stopped.inc();
                 true

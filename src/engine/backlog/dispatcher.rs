@@ -19,6 +19,7 @@
 //! acknowledgement failed, or whose handling was deferred (PostgreSQL unreachable). On shutdown
 //! it stops reading; events not yet started are abandoned unacknowledged and wait in Redis.
 
+use crate::domain::OrderId;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -96,7 +97,7 @@ pub struct InFlight {
 #[derive(Default)]
 struct Tracked {
     entries: HashSet<(String, String)>,
-    orders: HashMap<i64, u32>,
+    orders: HashMap<OrderId, u32>,
 }
 
 impl InFlight {
@@ -122,7 +123,7 @@ impl InFlight {
     }
 
     /// Whether an event of this order is in memory (queued for or held by its actor).
-    pub fn holds_order(&self, order_id: i64) -> bool {
+    pub fn holds_order(&self, order_id: OrderId) -> bool {
         self.lock().orders.contains_key(&order_id)
     }
 
@@ -152,7 +153,7 @@ impl InFlight {
         &self,
         stream: &str,
         entry_id: String,
-        order_id: Option<i64>,
+        order_id: Option<OrderId>,
         slot: OwnedSemaphorePermit,
     ) -> InFlightEntry {
         let mut tracked = self.lock();
@@ -185,7 +186,7 @@ impl InFlight {
 struct InFlightEntry {
     stream: String,
     entry_id: String,
-    order_id: Option<i64>,
+    order_id: Option<OrderId>,
     tracked: Arc<Mutex<Tracked>>,
     _slot: OwnedSemaphorePermit,
 }
@@ -328,7 +329,7 @@ impl Dispatcher {
                 // The order's actor failed holding this event: the supervisor starts a new one.
                 if forwards >= MAX_FORWARDS {
                     tracing::error!(
-                        order_id = event.order_id,
+                        order_id = event.order_id.get(),
                         entry_id = entry.entry_id,
                         forwards,
                         "the order's actor keeps failing on this event; leaving it pending to be reclaimed later"
@@ -336,7 +337,7 @@ impl Dispatcher {
                     return; // dropping `entry` frees the slot; the entry stays pending
                 }
                 tracing::warn!(
-                    order_id = event.order_id,
+                    order_id = event.order_id.get(),
                     forwards,
                     "the order's actor failed holding an event; forwarding it again"
                 );

@@ -1,6 +1,7 @@
 //! A sync event ([`crate::domain::SyncEvent`]) as it travels through a stream: its fields as
 //! stream entry fields, and back.
 
+use crate::domain::OrderId;
 use std::collections::HashMap;
 
 use redis::Value;
@@ -48,7 +49,7 @@ impl SyncEvent {
             _ => return None,
         };
         Some(Self {
-            order_id: number("order_id")?,
+            order_id: OrderId::new(number("order_id")?),
             version: number("version")?,
             kind,
             committed_at_ms: number("committed_at_ms")?,
@@ -63,7 +64,7 @@ mod tests {
     #[test]
     fn an_event_survives_its_round_trip_through_stream_fields() {
         let event = SyncEvent {
-            order_id: 42,
+            order_id: OrderId::new(42),
             version: 7,
             kind: EventKind::Retry { attempt: Some(3) },
             committed_at_ms: 1_700_000_000_123,
@@ -75,7 +76,7 @@ mod tests {
             .collect();
         assert_eq!(SyncEvent::from_fields(&fields), Some(event));
         let audit = SyncEvent {
-            order_id: 42,
+            order_id: OrderId::new(42),
             version: 0,
             kind: EventKind::Audit { job: 9 },
             committed_at_ms: 1_700_000_000_123,

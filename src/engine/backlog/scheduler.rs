@@ -15,6 +15,7 @@
 //! one) or lost. Until then they stay suspects, checked again each round, so a dispatcher that
 //! runs seconds behind under load delays the verdict but never prevents it.
 
+use crate::domain::OrderId;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,7 +64,7 @@ pub struct Scheduler {
     /// Where the reconciler's walk over the orders behind goes on from.
     after_id: i64,
     /// Orders found behind whose shards had not yet been read past `published_by_ms`.
-    suspects: Vec<(i64, i64)>,
+    suspects: Vec<(OrderId, i64)>,
     published_by_ms: u64,
     shutdown: CancellationToken,
 }
@@ -199,7 +200,7 @@ impl Scheduler {
                 .map(|(id, version)| event(id, version, EventKind::Change))
                 .collect();
             if !lost.is_empty() {
-                let ids: Vec<i64> = lost.iter().take(10).map(|e| e.order_id).collect();
+                let ids: Vec<OrderId> = lost.iter().take(10).map(|e| e.order_id).collect();
                 tracing::warn!(
                     orders = lost.len(),
                     first_ids = ?ids,
@@ -265,7 +266,7 @@ impl Scheduler {
     }
 }
 
-fn event(order_id: i64, version: i64, kind: EventKind) -> SyncEvent {
+fn event(order_id: OrderId, version: i64, kind: EventKind) -> SyncEvent {
     SyncEvent {
         order_id,
         version,

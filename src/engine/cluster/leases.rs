@@ -40,6 +40,7 @@
 //! at least twice `call_budget` (checked at start-up). A SIGKILLed owner's shards wait at most
 //! `ttl + renew_every` (18 s) for a new owner; a SIGTERMed one hands them over at once.
 
+use crate::domain::OrderId;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -215,7 +216,7 @@ impl Leases {
 
     /// A fence for a call for `order_id`, if its shard's lease is held, not being handed over,
     /// and far enough from running out for the call to end before it does.
-    pub fn fence(&self, order_id: i64) -> Option<Fence> {
+    pub fn fence(&self, order_id: OrderId) -> Option<Fence> {
         let shard = self.keys.shard_of(order_id);
         let mut held = self.lock();
         let lease = held.get_mut(&shard)?;
@@ -231,7 +232,7 @@ impl Leases {
     }
 
     /// The lease under which this instance holds `order_id`'s shard now, if it does.
-    pub fn generation_of(&self, order_id: i64) -> Option<LeaseGeneration> {
+    pub fn generation_of(&self, order_id: OrderId) -> Option<LeaseGeneration> {
         let shard = self.keys.shard_of(order_id);
         self.lock()
             .get(&shard)
@@ -525,9 +526,9 @@ mod tests {
         let (mut redis, client) = redis().await;
 
         leases.keep_once(&mut redis).await.expect("a round");
-        let before_the_freeze = leases.fence(7).expect("the shard is held");
+        let before_the_freeze = leases.fence(OrderId::new(7)).expect("the shard is held");
         assert!(before_the_freeze.may_call());
-        let read_before = leases.generation_of(7);
+        let read_before = leases.generation_of(OrderId::new(7));
 
         // While it was frozen its lease ran out and another instance took the shard.
         let mut other = client
@@ -542,7 +543,7 @@ mod tests {
             .expect("SET");
         leases.keep_once(&mut redis).await.expect("a round");
         assert!(!before_the_freeze.may_call(), "lost to another instance");
-        assert_eq!(leases.generation_of(7), None);
+        assert_eq!(leases.generation_of(OrderId::new(7)), None);
 
         // The other instance hands it back, and the thawed one takes it again.
         let _: () = redis::cmd("DEL")
@@ -551,14 +552,19 @@ mod tests {
             .await
             .expect("DEL");
         leases.keep_once(&mut redis).await.expect("a round");
-        let taken_back = leases.fence(7).expect("the shard is held again");
+        let taken_back = leases
+            .fence(OrderId::new(7))
+            .expect("the shard is held again");
         assert!(taken_back.may_call());
         assert!(
             !before_the_freeze.may_call(),
             "a fence of the lost lease opened under the new one"
         );
-        assert_ne!(leases.generation_of(7), read_before);
-        assert_eq!(leases.generation_of(7), Some(taken_back.generation()));
+        assert_ne!(leases.generation_of(OrderId::new(7)), read_before);
+        assert_eq!(
+            leases.generation_of(OrderId::new(7)),
+            Some(taken_back.generation())
+        );
 
         // The old fence going does not count against the new lease's calls in progress.
         drop(before_the_freeze);

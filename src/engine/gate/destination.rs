@@ -25,6 +25,7 @@
 //! The streak is counted by each instance over its own calls, so successes cost no Redis command;
 //! only the turn to `down` is written.
 
+use crate::domain::OrderId;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -131,10 +132,10 @@ struct Inner {
     view: watch::Sender<DestinationView>,
     /// Orders whose calls failed in a row (different orders only: one order's retries say
     /// little about the API).
-    streak: Mutex<Vec<i64>>,
+    streak: Mutex<Vec<OrderId>>,
     /// Orders whose calls failed lately, newest last (at most [`SUSPECTS_KEPT`]): the probe goes
     /// to another order if one waits, since one order's own failure says little about the API.
-    suspects: Mutex<VecDeque<i64>>,
+    suspects: Mutex<VecDeque<OrderId>>,
     /// Set when this instance tripped and Redis has not said `down` yet: its own calls wait.
     tripped_here: AtomicBool,
     probes_sent: AtomicU64,
@@ -220,7 +221,7 @@ impl Destination {
 
     /// Counts one call's result (not a probe's: see [`ProbeTicket::finish`]) toward the streak,
     /// and trips the API `down` when the streak is long enough. Returns whether it tripped.
-    fn observe(&self, order_id: i64, result: &Result<Answer, CallError>, throttle: &Throttle) {
+    fn observe(&self, order_id: OrderId, result: &Result<Answer, CallError>, throttle: &Throttle) {
         let Some(answered) = health_evidence(result) else {
             return;
         };
@@ -248,7 +249,7 @@ impl Destination {
     /// ordinary call).
     pub fn report_call(
         &self,
-        order_id: i64,
+        order_id: OrderId,
         probe: Option<ProbeTicket>,
         result: &Result<Answer, CallError>,
         throttle: &Throttle,
@@ -270,7 +271,7 @@ impl Destination {
     fn finish_probe(
         &self,
         ticket: ProbeTicket,
-        order_id: i64,
+        order_id: OrderId,
         result: &Result<Answer, CallError>,
     ) -> bool {
         let failed = health_evidence(result) == Some(false);
@@ -283,7 +284,7 @@ impl Destination {
     }
 
     /// Remembers that a call for `order_id` failed the way an unwell API fails.
-    fn suspect(&self, order_id: i64) {
+    fn suspect(&self, order_id: OrderId) {
         if let Ok(mut suspects) = self.inner.suspects.lock() {
             suspects.retain(|id| *id != order_id);
             suspects.push_back(order_id);
@@ -294,14 +295,14 @@ impl Destination {
     }
 
     /// Whether a call for `order_id` failed lately the way an unwell API fails.
-    pub fn is_suspect(&self, order_id: i64) -> bool {
+    pub fn is_suspect(&self, order_id: OrderId) -> bool {
         self.inner
             .suspects
             .lock()
             .is_ok_and(|suspects| suspects.contains(&order_id))
     }
 
-    fn suspects(&self) -> Vec<i64> {
+    fn suspects(&self) -> Vec<OrderId> {
         self.inner
             .suspects
             .lock()

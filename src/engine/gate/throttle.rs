@@ -17,6 +17,7 @@
 //!    without it (unit tests) by a local token bucket. A 429 with `Retry-After`
 //!    ([`Throttle::pause_for`]) stops handing out tokens, to everyone.
 
+use crate::domain::OrderId;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,7 @@ const REDIS_RETRY: Duration = Duration::from_millis(500);
 #[rtype(result = "()")]
 struct AcquireSlot {
     /// The order the call is for: the probe avoids orders known to fail.
-    order_id: i64,
+    order_id: OrderId,
     reply: oneshot::Sender<CallPermit>,
 }
 
@@ -70,7 +71,7 @@ struct SetDestinationOpen {
 #[rtype(result = "()")]
 struct HandProbe {
     ticket: ProbeTicket,
-    avoid: Vec<i64>,
+    avoid: Vec<OrderId>,
 }
 
 /// An operator paused (`true`) or resumed outbound calls (`crate::engine::gate::pause`).
@@ -189,7 +190,7 @@ impl Throttle {
 
     /// Waits for a slot for a call for `order_id`. `None` when the throttle has stopped
     /// (shutdown).
-    pub async fn acquire(&self, order_id: i64) -> Option<CallPermit> {
+    pub async fn acquire(&self, order_id: OrderId) -> Option<CallPermit> {
         let (reply, permit) = oneshot::channel();
         self.addr.do_send(AcquireSlot { order_id, reply });
         permit.await.ok()
@@ -209,7 +210,7 @@ impl Throttle {
 
     /// Lets the oldest waiting caller through as the probe, preferring orders not in `avoid`
     /// (dropped unused if no one waits).
-    pub fn hand_probe(&self, ticket: ProbeTicket, avoid: Vec<i64>) {
+    pub fn hand_probe(&self, ticket: ProbeTicket, avoid: Vec<OrderId>) {
         self.addr.do_send(HandProbe { ticket, avoid });
     }
 
@@ -241,7 +242,7 @@ pub struct ThrottleActor {
     tokens: f64,
     refilled_at: Instant,
     in_flight: u32,
-    slot_waiters: VecDeque<(i64, oneshot::Sender<CallPermit>)>,
+    slot_waiters: VecDeque<(OrderId, oneshot::Sender<CallPermit>)>,
     token_waiters: VecDeque<oneshot::Sender<()>>,
     paused_until: Option<Instant>,
     /// An operator paused outbound calls: slots wait.
@@ -251,7 +252,7 @@ pub struct ThrottleActor {
     /// Since when, and over how long, slots open after the API came back.
     ramp: Option<(Instant, Duration)>,
     /// The probe's ticket, waiting for the next slot waiter, and the orders it avoids.
-    probe: Option<(ProbeTicket, Vec<i64>)>,
+    probe: Option<(ProbeTicket, Vec<OrderId>)>,
     /// Serves the slot waiters again while slots open over a ramp.
     ramp_timer: Option<SpawnHandle>,
     /// The timer that serves token waiters once a token or the end of a pause is due.
@@ -556,7 +557,7 @@ mod tests {
     #[actix_rt::test]
     async fn tokens_beyond_the_burst_wait_for_the_rate() {
         let throttle = Throttle::start(50, 5, 100);
-        let permit = throttle.acquire(1).await.expect("a slot");
+        let permit = throttle.acquire(OrderId::new(1)).await.expect("a slot");
         let started = Instant::now();
         for _ in 0..15 {
             assert!(permit.take_token().await);
@@ -573,7 +574,7 @@ mod tests {
     async fn no_slot_is_handed_out_while_calls_are_paused() {
         let throttle = Throttle::start(10_000, 100, 10);
         throttle.set_sync_paused(true);
-        let waiting = throttle.acquire(1);
+        let waiting = throttle.acquire(OrderId::new(1));
         tokio::pin!(waiting);
         assert!(
             tokio::time::timeout(Duration::from_millis(100), &mut waiting)
@@ -589,9 +590,9 @@ mod tests {
     #[actix_rt::test]
     async fn no_more_than_max_concurrent_slots_are_out_at_once() {
         let throttle = Throttle::start(10_000, 100, 2);
-        let first = throttle.acquire(1).await.expect("permit");
-        let _second = throttle.acquire(2).await.expect("permit");
-        let third = throttle.acquire(3);
+        let first = throttle.acquire(OrderId::new(1)).await.expect("permit");
+        let _second = throttle.acquire(OrderId::new(2)).await.expect("permit");
+        let third = throttle.acquire(OrderId::new(3));
         tokio::pin!(third);
         assert!(tokio::time::timeout(Duration::from_millis(50), &mut third)
             .await
